@@ -1,0 +1,22 @@
+//! SQL for tarn: what a node accepts and how it reads time.
+//!
+//! The crate does no I/O. [`Select::parse`] is the gate every query passes
+//! before it reaches a store: exactly one read-only SELECT (SQLite dialect),
+//! bounded in size and nesting. [`time`] holds tarn's timestamp rules: UTC,
+//! stored as fixed-width text so that text order is time order.
+//!
+//! - `select`: parsing, validation, timestamp-literal normalisation
+//! - [`time`]: parsing and formatting timestamps
+//!
+//! ```
+//! let mut q = tarn_query::Select::parse("SELECT avg(v) FROM t WHERE ts > '2024-01-01T00:00:00Z'")?;
+//! q.normalize_timestamps(|col| col == "ts");
+//! assert_eq!(q.to_sql(), "SELECT avg(v) FROM t WHERE ts > '2024-01-01 00:00:00.000000'");
+//! assert!(tarn_query::Select::parse("DELETE FROM t").is_err());
+//! # Ok::<(), tarn_query::SqlError>(())
+//! ```
+
+mod select;
+pub mod time;
+
+pub use select::{MAX_SQL_LEN, Select, SqlError};
