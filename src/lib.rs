@@ -1,1 +1,40 @@
+//! tarn: a peer-to-peer edge data lake. This crate is the node: it wires the
+//! leaf crates (`tarn-net`, `tarn-ledger`, `tarn-query`) into one process that
+//! plays the roles its configuration names.
+//!
+//! - `config`: the typed configuration ([`Config`]) with defaults and validation
+//! - `node`: a running node ([`Node`]): storage, buffers, watcher, REST server
+//! - `storage`: SQLite per logical database, batches, de-duplication, queries
+//! - `rows`: JSON bodies into typed rows; inference and coercion
+//! - `stream`: EdgeLake's streaming mode, journaled so acknowledged rows survive a crash
+//! - `watch`: the watched directory for file ingest
+//! - `rest`, `edgelake`, `format`: the native `/v1` API and EdgeLake's protocol
+//! - `client`, `cli`: the REST client behind `tarn query`, `tarn ingest`, `tarn status`
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let cfg = tarn::Config { rest: "127.0.0.1:0".parse()?, ..Default::default() };
+//! let node = tarn::Node::start(cfg).await?;
+//! println!("REST on {}", node.rest_addr());
+//! node.shutdown().await?;
+//! # Ok(()) }
+//! ```
 
+pub mod cli;
+pub mod client;
+mod config;
+mod edgelake;
+mod error;
+mod format;
+mod node;
+mod rest;
+mod rows;
+mod storage;
+mod stream;
+mod watch;
+
+pub use config::{Config, Service, StreamingConfig, WatchConfig};
+pub use error::ApiError;
+pub use node::Node;
+pub use rest::batch_hash;
+pub use storage::Durability;

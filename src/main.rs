@@ -1,1 +1,199 @@
-fn main() {}
+//! The `tarn` binary: parses the command line and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tarn::cli::OutFormat;
+use tarn::client::DEFAULT_NODE;
+use tarn::{Config, Durability, Service};
+
+#[derive(Parser)]
+#[command(name = "tarn", version, about = "tarn: a peer-to-peer edge data lake. One binary, every role.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (operator, query, master, publisher services).
+    Node(NodeArgs),
+    /// Run a SELECT on a node and print the rows.
+    Query {
+        /// The node's REST address.
+        #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+        /// The logical database.
+        #[arg(long)]
+        db: String,
+        /// One SELECT statement.
+        sql: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutFormat,
+    },
+    /// Send JSON rows (an array or one object per line) from a file or stdin.
+    Ingest {
+        #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+        #[arg(long)]
+        db: String,
+        #[arg(long)]
+        table: String,
+        /// The file to send; `-` or nothing reads stdin.
+        file: Option<String>,
+        /// Rows per batch.
+        #[arg(long, default_value_t = 5000)]
+        batch_rows: usize,
+    },
+    /// Show a node's status.
+    Status {
+        #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+    },
+}
+
+/// Flags of `tarn node`; each overrides the same key of the `--config` file.
+#[derive(Args)]
+struct NodeArgs {
+    /// A TOML file with any of the settings below (flags win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The node's name [default: tarn-<hostname>].
+    #[arg(long)]
+    name: Option<String>,
+    /// Where the node keeps its data [default: ./tarn-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// REST listen address [default: 127.0.0.1:32049].
+    #[arg(long)]
+    rest: Option<String>,
+    /// Services to run, comma separated [default: operator,query,master].
+    #[arg(long, value_delimiter = ',', value_parser = Service::parse)]
+    services: Option<Vec<Service>>,
+    /// `normal` survives a crash of the process; `fsync` also a power cut [default: normal].
+    #[arg(long, value_parser = parse_durability)]
+    durability: Option<Durability>,
+    /// Largest request body in bytes [default: 67108864].
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+    /// Watched directory for data files [default: <data-dir>/watch].
+    #[arg(long)]
+    watch_dir: Option<PathBuf>,
+    /// Streaming mode: flush a table's buffer at this many rows [default: 10000].
+    #[arg(long)]
+    stream_rows: Option<usize>,
+    /// Streaming mode: flush a table's buffer after this many ms [default: 1000].
+    #[arg(long)]
+    stream_ms: Option<u64>,
+    /// Streaming mode: write every PUT at once.
+    #[arg(long)]
+    write_immediate: bool,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "normal" => Ok(Durability::Normal),
+        "fsync" => Ok(Durability::Fsync),
+        _ => Err(format!("unknown durability {s:?}; expected normal or fsync")),
+    }
+}
+
+impl NodeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = self.name {
+            cfg.name = v;
+        }
+        if let Some(v) = self.data_dir {
+            cfg.data_dir = v;
+        }
+        if let Some(v) = self.rest {
+            cfg.rest = v.parse().map_err(|_| anyhow::anyhow!("--rest {v:?} is not HOST:PORT (an IP address and a port)"))?;
+        }
+        if let Some(v) = self.services {
+            cfg.services = v;
+        }
+        if let Some(v) = self.durability {
+            cfg.durability = v;
+        }
+        if let Some(v) = self.max_body_bytes {
+            cfg.max_body_bytes = v;
+        }
+        if let Some(v) = self.watch_dir {
+            cfg.watch.dir = Some(v);
+        }
+        if let Some(v) = self.stream_rows {
+            cfg.streaming.threshold_rows = v;
+        }
+        if let Some(v) = self.stream_ms {
+            cfg.streaming.threshold_ms = v;
+        }
+        if self.write_immediate {
+            cfg.streaming.write_immediate = true;
+        }
+        cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        Ok(cfg)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Node(args) => run_node(args),
+        Command::Query { node, db, sql, format } => tarn::cli::query(&node, &db, &sql, format, &mut std::io::stdout()),
+        Command::Ingest { node, db, table, file, batch_rows } => {
+            tarn::cli::ingest(&node, &db, &table, file.as_deref(), batch_rows)
+        }
+        Command::Status { node } => tarn::cli::status(&node, &mut std::io::stdout()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tarn: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let cfg = args.into_config()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let node = tarn::Node::start(cfg).await?;
+        // One plain line on stdout, for people and for scripts that start nodes.
+        println!("tarn node listening: rest=http://{}", node.rest_addr());
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        node.shutdown().await
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler succeeds on unix");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,186 @@
+//! The client commands of the `tarn` binary: `query`, `ingest`, `status`.
+//! Each prints its result to stdout and returns an error for the binary to
+//! print as one line.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+
+use crate::client::Client;
+
+/// Output formats of `tarn query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+/// `tarn query`: runs a SELECT and prints the rows.
+pub fn query(node: &str, db: &str, sql: &str, format: OutFormat, out: &mut impl Write) -> anyhow::Result<()> {
+    let answer = Client::new(node).query(db, sql)?;
+    let v = answer.ok_json()?;
+    let columns: Vec<String> = v["columns"]
+        .as_array()
+        .context("the answer has no columns")?
+        .iter()
+        .map(|c| c.as_str().unwrap_or("").to_owned())
+        .collect();
+    let empty = Vec::new();
+    let rows = v["rows"].as_array().unwrap_or(&empty);
+    let cell = |x: &serde_json::Value| match x {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match format {
+        OutFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?,
+        OutFormat::Csv => {
+            writeln!(out, "{}", columns.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","))?;
+            for r in rows {
+                let cells: Vec<String> = r.as_array().unwrap_or(&empty).iter().map(|x| csv_field(&cell(x))).collect();
+                writeln!(out, "{}", cells.join(","))?;
+            }
+        }
+        OutFormat::Table => {
+            let cells: Vec<Vec<String>> = rows.iter().map(|r| r.as_array().unwrap_or(&empty).iter().map(cell).collect()).collect();
+            let widths: Vec<usize> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| cells.iter().map(|r| r.get(i).map_or(0, |s| s.chars().count())).chain([c.chars().count()]).max().unwrap_or(0))
+                .collect();
+            let line = |vals: &[String]| {
+                vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join(" | ").trim_end().to_owned()
+            };
+            writeln!(out, "{}", line(&columns))?;
+            writeln!(out, "{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"))?;
+            for r in &cells {
+                writeln!(out, "{}", line(r))?;
+            }
+            let n = rows.len();
+            writeln!(out, "({n} row{})", if n == 1 { "" } else { "s" })?;
+        }
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// `tarn status`.
+pub fn status(node: &str, out: &mut impl Write) -> anyhow::Result<()> {
+    let v = Client::new(node).get("/v1/status", &[])?.ok_json()?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    Ok(())
+}
+
+/// `tarn ingest`: sends a file (a JSON array, or one object per line) in
+/// batches of `batch_rows`, with a progress bar on large inputs. Each batch
+/// is idempotent on the node, so an interrupted ingest can simply be re-run.
+pub fn ingest(node: &str, db: &str, table: &str, file: Option<&str>, batch_rows: usize) -> anyhow::Result<()> {
+    if batch_rows == 0 {
+        bail!("--batch-rows must be at least 1");
+    }
+    let client = Client::new(node);
+    let (reader, total): (Box<dyn Read>, Option<u64>) = match file {
+        None | Some("-") => (Box::new(std::io::stdin()), None),
+        Some(path) => {
+            let f = std::fs::File::open(path).with_context(|| format!("cannot open {path}"))?;
+            let len = f.metadata().ok().map(|m| m.len());
+            (Box::new(f), len)
+        }
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, reader);
+    let bar = match total {
+        Some(n) if n > 4 << 20 => {
+            let b = indicatif::ProgressBar::new(n);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}")
+                    .expect("the template is valid"),
+            );
+            Some(b)
+        }
+        _ => None,
+    };
+    let started = Instant::now();
+    let (mut rows, mut batches, mut dups) = (0usize, 0usize, 0usize);
+    let mut send = |body: &[u8], n: usize, bytes: usize| -> anyhow::Result<()> {
+        let v = client.ingest(db, table, body)?.ok_json().with_context(|| format!("batch {} refused", batches + 1))?;
+        batches += 1;
+        if v["duplicate"].as_bool() == Some(true) {
+            dups += 1;
+        } else {
+            rows += n;
+        }
+        if let Some(b) = &bar {
+            b.inc(bytes as u64);
+            b.set_message(format!("{rows} rows"));
+        }
+        Ok(())
+    };
+    let first = loop {
+        let buf = reader.fill_buf()?;
+        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(i) => {
+                let c = buf[i];
+                reader.consume(i);
+                break Some(c);
+            }
+            None if buf.is_empty() => break None,
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    };
+    match first {
+        None => bail!("the input holds no rows"),
+        Some(b'[') => {
+            let all: Vec<serde_json::Value> = serde_json::from_reader(reader).context("the input is not a JSON array of objects")?;
+            for chunk in all.chunks(batch_rows) {
+                let body = serde_json::to_vec(chunk)?;
+                send(&body, chunk.len(), body.len())?;
+            }
+        }
+        Some(_) => {
+            let mut body = Vec::with_capacity(1 << 20);
+            let mut n = 0;
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                let read = reader.read_until(b'\n', &mut line)?;
+                if read > 0 && !line.iter().all(u8::is_ascii_whitespace) {
+                    body.extend_from_slice(&line);
+                    if !line.ends_with(b"\n") {
+                        body.push(b'\n');
+                    }
+                    n += 1;
+                }
+                if (read == 0 && n > 0) || n >= batch_rows {
+                    send(&body, n, body.len())?;
+                    body.clear();
+                    n = 0;
+                }
+                if read == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "ingested {rows} rows into {db}.{table} in {batches} batches{} ({:.0} rows/s)",
+        if dups > 0 { format!(" ({dups} already stored)") } else { String::new() },
+        rows as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! A small blocking HTTP client for a node's REST API, used by the CLI
+//! commands (`tarn query`, `tarn ingest`, `tarn status`) and by tests.
+
+use std::time::Duration;
+
+/// The node a client talks to unless told otherwise.
+pub const DEFAULT_NODE: &str = "http://127.0.0.1:32049";
+
+/// A node's REST endpoint.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+/// An answer: the HTTP status and the body as text.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(&self.body).map_err(|e| anyhow::anyhow!("the node answered with invalid JSON ({e}): {}", self.body))
+    }
+
+    /// The body as JSON when the status is 2xx, else the node's error message.
+    pub fn ok_json(&self) -> anyhow::Result<serde_json::Value> {
+        if (200..300).contains(&self.status) {
+            return self.json();
+        }
+        let msg = serde_json::from_str::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| self.body.clone());
+        anyhow::bail!("{msg} (HTTP {})", self.status)
+    }
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        let base = if base.contains("://") { base.to_owned() } else { format!("http://{base}") };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(600)))
+            .build()
+            .into();
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            agent,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Answer> {
+        let mut resp = r.map_err(|e| anyhow::anyhow!("cannot reach the node at {}: {e}", self.base))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 32)
+            .read_to_string()
+            .map_err(|e| anyhow::anyhow!("reading the answer from {}: {e}", self.base))?;
+        Ok(Answer { status, body })
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Answer> {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.finish(req.call())
+    }
+
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<Answer> {
+        let mut req = self.agent.post(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.finish(req.send(body))
+    }
+
+    pub fn put(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<Answer> {
+        let mut req = self.agent.put(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.finish(req.send(body))
+    }
+
+    /// `POST /v1/query`.
+    pub fn query(&self, db: &str, sql: &str) -> anyhow::Result<Answer> {
+        let body = serde_json::json!({"db": db, "sql": sql});
+        self.post("/v1/query", &[("content-type", "application/json")], body.to_string().as_bytes())
+    }
+
+    /// `POST /v1/data/{db}/{table}`.
+    pub fn ingest(&self, db: &str, table: &str, body: &[u8]) -> anyhow::Result<Answer> {
+        self.post(&format!("/v1/data/{db}/{table}"), &[("content-type", "application/json")], body)
+    }
+
+    /// An EdgeLake command as `GET /` with a `command` header.
+    pub fn command(&self, cmd: &str, destination: Option<&str>) -> anyhow::Result<Answer> {
+        let mut h = vec![("command", cmd), ("User-Agent", "AnyLog/1.23")];
+        if let Some(d) = destination {
+            h.push(("destination", d));
+        }
+        self.get("/", &h)
+    }
+}

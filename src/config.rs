@@ -1,0 +1,204 @@
+//! A node's configuration: a typed struct with defaults and `validate()`.
+//! Only the binary reads TOML files and flags into it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::Durability;
+
+/// The roles a node can play (DESIGN.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    Operator,
+    Query,
+    Master,
+    Publisher,
+}
+
+impl Service {
+    pub const ALL: [Service; 4] = [Service::Operator, Service::Query, Service::Master, Service::Publisher];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Operator => "operator",
+            Service::Query => "query",
+            Service::Master => "master",
+            Service::Publisher => "publisher",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Service, String> {
+        Service::ALL
+            .into_iter()
+            .find(|v| v.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("unknown service {s:?}; expected operator, query, master or publisher"))
+    }
+}
+
+/// Everything that decides how a node behaves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// A human name for the node; defaults to `tarn-<hostname>`.
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// REST listen address (port 0 picks a free port).
+    pub rest: SocketAddr,
+    pub services: Vec<Service>,
+    pub durability: Durability,
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// Most rows a query may return through the REST API.
+    pub max_result_rows: usize,
+    /// Longest a query may run, in milliseconds, unless the request says less.
+    pub query_timeout_ms: u64,
+    pub streaming: StreamingConfig,
+    pub watch: WatchConfig,
+}
+
+/// Buffering of rows PUT in EdgeLake's streaming mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// Flush a table's buffer once it holds this many rows.
+    pub threshold_rows: usize,
+    /// Flush a table's buffer once its oldest row is this old (ms).
+    pub threshold_ms: u64,
+    /// Write every streaming PUT at once (no buffering).
+    pub write_immediate: bool,
+}
+
+/// The watched directory for file ingest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchConfig {
+    pub enabled: bool,
+    /// Default: `<data_dir>/watch`.
+    pub dir: Option<PathBuf>,
+    /// How often the directory is scanned (ms).
+    pub poll_ms: u64,
+    /// A file is read only once its size and time have not changed for this long (ms).
+    pub settle_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: default_name(),
+            data_dir: PathBuf::from("./tarn-data"),
+            rest: SocketAddr::from(([127, 0, 0, 1], 32049)),
+            services: vec![Service::Operator, Service::Query, Service::Master],
+            durability: Durability::Normal,
+            max_body_bytes: 64 * 1024 * 1024,
+            max_result_rows: 1_000_000,
+            query_timeout_ms: 60_000,
+            streaming: StreamingConfig::default(),
+            watch: WatchConfig::default(),
+        }
+    }
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            threshold_rows: 10_000,
+            threshold_ms: 1_000,
+            write_immediate: false,
+        }
+    }
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            enabled: true,
+            dir: None,
+            poll_ms: 500,
+            settle_ms: 1_000,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the values that defaults and serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = &self.name;
+        if n.is_empty()
+            || n.len() > 64
+            || !n.starts_with(|c: char| c.is_ascii_alphanumeric())
+            || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "node name {n:?} must be 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+            ));
+        }
+        if self.services.is_empty() {
+            return Err("a node needs at least one service".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("max_body_bytes must be at least 1024".into());
+        }
+        if self.max_result_rows == 0 || self.query_timeout_ms == 0 {
+            return Err("max_result_rows and query_timeout_ms must be positive".into());
+        }
+        if self.streaming.threshold_rows == 0 || self.streaming.threshold_ms == 0 {
+            return Err("streaming thresholds must be positive".into());
+        }
+        if self.watch.poll_ms == 0 {
+            return Err("watch.poll_ms must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn has(&self, s: Service) -> bool {
+        self.services.contains(&s)
+    }
+
+    pub fn watch_dir(&self) -> PathBuf {
+        self.watch.dir.clone().unwrap_or_else(|| self.data_dir.join("watch"))
+    }
+
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_millis(self.query_timeout_ms)
+    }
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'))
+        .unwrap_or_else(|| "node".into());
+    let mut name = format!("tarn-{host}");
+    name.truncate(60);
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_toml_round_trips() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let text = toml::to_string(&c).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.rest, c.rest);
+        assert_eq!(back.services, c.services);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Config>("nmae = \"x\"").is_err());
+        let c: Config = toml::from_str("name = \"bad name\"").unwrap();
+        assert!(c.validate().is_err());
+        let c: Config = toml::from_str("services = []").unwrap();
+        assert!(c.validate().is_err());
+        assert!(Service::parse("operatr").is_err());
+    }
+}

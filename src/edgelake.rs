@@ -1,0 +1,396 @@
+//! EdgeLake's command language on the REST port (`GET /` and `POST /` with a
+//! `command`), answered in EdgeLake's shapes so its scripts work unchanged.
+
+use std::time::Instant;
+
+use crate::error::ApiError;
+use crate::format::{self, Format, Stats};
+use crate::node::Shared;
+
+/// EdgeLake-style error codes: tarn's numbering of EdgeLake's error classes
+/// (clients test `err_code` for non-zero, not for particular values).
+pub mod code {
+    pub const COMMAND: i64 = 2;
+    pub const SQL: i64 = 19;
+    pub const NOT_FOUND: i64 = 33;
+    pub const INTERNAL: i64 = 99;
+    pub const NOT_SUPPORTED: i64 = 160;
+}
+
+/// A command's answer: JSON or text, or an EdgeLake error.
+#[derive(Debug)]
+pub enum Reply {
+    Json(String),
+    Text(String),
+    Error { code: i64, text: String },
+}
+
+impl Reply {
+    fn err(code: i64, text: impl Into<String>) -> Reply {
+        Reply::Error { code, text: text.into() }
+    }
+
+    fn from_api(e: ApiError) -> Reply {
+        let code = match e.code {
+            "unknown_database" | "unknown_table" => code::NOT_FOUND,
+            "internal" => code::INTERNAL,
+            _ => code::SQL,
+        };
+        Reply::err(code, e.message)
+    }
+}
+
+/// Runs one command (EdgeLake's GET-only rule for `flush buffers` is not kept:
+/// tarn accepts read and write commands by either method).
+pub fn run(shared: &Shared, command: &str, destination: Option<&str>) -> Reply {
+    let cmd = command.trim();
+    let words: Vec<String> = cmd.split_whitespace().take(2).map(|w| w.to_ascii_lowercase()).collect();
+    let first = words.first().map(String::as_str).unwrap_or("");
+    let second = words.get(1).map(String::as_str).unwrap_or("");
+    match (first, second) {
+        ("sql", _) => sql(shared, &cmd[3..], destination),
+        ("get", "status") => get_status(shared, where_clause(cmd)),
+        ("get", "databases") => get_databases(shared, where_clause(cmd)),
+        ("get", "processes") => get_processes(shared, where_clause(cmd)),
+        ("get", "tables") => get_tables(shared, where_clause(cmd)),
+        ("get", "columns") => get_columns(shared, where_clause(cmd)),
+        ("flush", "buffers") => {
+            shared.streams.flush_all();
+            Reply::Text(String::new())
+        }
+        ("", _) => Reply::err(code::COMMAND, "empty command"),
+        _ => Reply::err(code::COMMAND, format!("Failed to process command: '{cmd}' is not a command tarn knows")),
+    }
+}
+
+/// The `key = value` pairs after `where`, joined by `and`.
+fn where_clause(cmd: &str) -> Vec<(String, String)> {
+    let lower = cmd.to_ascii_lowercase();
+    let Some(at) = lower.find(" where ") else { return Vec::new() };
+    split_and(&cmd[at + 7..])
+        .into_iter()
+        .filter_map(|part| {
+            let (k, v) = part.split_once('=')?;
+            Some((k.trim().to_ascii_lowercase(), unquote(v.trim()).to_owned()))
+        })
+        .collect()
+}
+
+/// Splits on the word `and` (any case) outside quotes and parentheses.
+fn split_and(s: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut depth = 0i32;
+    let mut quote: Option<char> = None;
+    let chars: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                '\'' | '"' => quote = Some(c),
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            },
+        }
+        if quote.is_none()
+            && depth == 0
+            && c.is_whitespace()
+            && chars.len() >= i + 5
+            && chars[i + 1..i + 4].iter().collect::<String>().eq_ignore_ascii_case("and")
+            && chars[i + 4].is_whitespace()
+        {
+            parts.push(std::mem::take(&mut cur));
+            i += 5;
+            continue;
+        }
+        cur.push(c);
+        i += 1;
+    }
+    parts.push(cur);
+    parts.into_iter().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect()
+}
+
+fn unquote(s: &str) -> &str {
+    for q in ['"', '\''] {
+        if s.len() >= 2 && s.starts_with(q) && s.ends_with(q) {
+            return &s[1..s.len() - 1];
+        }
+    }
+    s
+}
+
+fn get<'a>(kv: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    kv.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+fn wants_json(kv: &[(String, String)]) -> bool {
+    get(kv, "format").is_some_and(|f| f.eq_ignore_ascii_case("json"))
+}
+
+/// The parsed form of `sql <dbms> [options] <select>`.
+#[derive(Debug, PartialEq)]
+pub struct SqlCommand {
+    pub dbms: String,
+    pub format: Format,
+    pub stat: bool,
+    pub include: Option<String>,
+    pub extend: Option<String>,
+    pub select: String,
+}
+
+impl SqlCommand {
+    /// Parses what follows the word `sql`.
+    pub fn parse(rest: &str) -> Result<SqlCommand, String> {
+        let rest = rest.trim_start();
+        let end = rest.find(char::is_whitespace).ok_or("expected: sql <dbms> [options] <select>")?;
+        let dbms = rest[..end].to_ascii_lowercase();
+        let mut s = rest[end..].trim_start();
+        let mut cmd = SqlCommand {
+            dbms,
+            format: Format::Json,
+            stat: true,
+            include: None,
+            extend: None,
+            select: String::new(),
+        };
+        loop {
+            let lower = s.to_ascii_lowercase();
+            if s.starts_with('"') || s.starts_with('\'') || lower.starts_with("select") || lower.starts_with("with") {
+                break;
+            }
+            if let Some(r) = lower.strip_prefix("and ") {
+                s = s[s.len() - r.len()..].trim_start();
+                continue;
+            }
+            let eq = s.find('=').ok_or_else(|| format!("expected an option or a SELECT at: {s}"))?;
+            let key = s[..eq].trim().to_ascii_lowercase();
+            let after = s[eq + 1..].trim_start();
+            let vlen = if after.starts_with('(') {
+                after.find(')').map(|i| i + 1).ok_or("unclosed '(' in an option")?
+            } else {
+                after.find(char::is_whitespace).unwrap_or(after.len())
+            };
+            let value = &after[..vlen];
+            match key.as_str() {
+                "format" => {
+                    cmd.format = match value.to_ascii_lowercase().as_str() {
+                        "json" => Format::Json,
+                        "json:list" => Format::JsonList,
+                        "table" => Format::Table,
+                        other => return Err(format!("format={other} is not supported (json, json:list, table)")),
+                    }
+                }
+                "stat" => cmd.stat = !value.eq_ignore_ascii_case("false"),
+                "include" => cmd.include = Some(value.to_owned()),
+                "extend" => cmd.extend = Some(value.to_owned()),
+                // Options tarn accepts and ignores because they only tune EdgeLake's own internals.
+                "timezone" | "max_time" | "dest" | "file" | "table" | "test" | "source" | "title" => {}
+                other => return Err(format!("unknown sql option {other:?}")),
+            }
+            s = after[vlen..].trim_start();
+        }
+        let mut select = unquote(s.trim()).trim().to_owned();
+        while select.ends_with(';') {
+            select.pop();
+        }
+        if select.is_empty() {
+            return Err("the sql command has no SELECT".into());
+        }
+        cmd.select = select;
+        Ok(cmd)
+    }
+}
+
+fn sql(shared: &Shared, rest: &str, destination: Option<&str>) -> Reply {
+    let started = Instant::now();
+    let cmd = match SqlCommand::parse(rest) {
+        Ok(c) => c,
+        Err(e) => return Reply::err(code::COMMAND, e),
+    };
+    if cmd.include.is_some() || cmd.extend.is_some() {
+        return Reply::err(
+            code::NOT_SUPPORTED,
+            "include= and extend= come with distributed queries and are not supported by this node yet",
+        );
+    }
+    // Until the mesh joins nodes, the network this node sees is itself.
+    let _ = destination;
+    let result = match shared.local_query(&cmd.dbms, &cmd.select, None) {
+        Ok(r) => r,
+        Err(e) => return Reply::from_api(e),
+    };
+    let stats = cmd.stat.then(|| Stats {
+        count: result.rows.len(),
+        elapsed_secs: started.elapsed().as_secs(),
+        nodes: 1,
+    });
+    let text = format::edgelake(&result, cmd.format, stats);
+    match cmd.format {
+        Format::Table => Reply::Text(text),
+        _ => Reply::Json(text),
+    }
+}
+
+fn get_status(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
+    let status = format!("{}@{} running", shared.cfg.name, shared.rest_addr);
+    if wants_json(&kv) {
+        Reply::Json(
+            serde_json::json!({
+                "status": status,
+                "name": shared.cfg.name,
+                "version": env!("CARGO_PKG_VERSION"),
+                "services": shared.cfg.services,
+                "uptime_s": shared.started.elapsed().as_secs(),
+            })
+            .to_string(),
+        )
+    } else {
+        Reply::Text(format!("'{status}'"))
+    }
+}
+
+fn get_databases(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
+    let dbs = shared.storage.databases();
+    if wants_json(&kv) {
+        let mut m = serde_json::Map::new();
+        for d in dbs {
+            let path = shared.storage.path_of(&d).map(|p| p.display().to_string()).unwrap_or_default();
+            m.insert(
+                d,
+                serde_json::json!({"dbms_type": "sqlite", "ip": "Local", "port": "0", "storage": path}),
+            );
+        }
+        Reply::Json(serde_json::Value::Object(m).to_string())
+    } else {
+        let mut out = String::from("\nList of DBMS connections\n");
+        for d in dbs {
+            out.push_str(&format!("{d:<20} sqlite\n"));
+        }
+        Reply::Text(out)
+    }
+}
+
+fn get_processes(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
+    use crate::config::Service;
+    let running = |on: bool, details: String| {
+        if on {
+            serde_json::json!({"Status": "Running", "Details": details})
+        } else {
+            serde_json::json!({"Status": "Not declared", "Details": ""})
+        }
+    };
+    let procs = serde_json::json!({
+        "TCP": running(false, String::new()),
+        "REST": running(true, format!("Listening on: {}", shared.rest_addr)),
+        "Operator": running(shared.cfg.has(Service::Operator), "SQLite storage, streaming and watched directory".into()),
+        "Publisher": running(shared.cfg.has(Service::Publisher), String::new()),
+        "Blockchain Sync": running(false, String::new()),
+        "Scheduler": running(false, String::new()),
+        "Blobs Archiver": running(false, String::new()),
+        "Streamer": running(true, format!("Flush after {} rows or {} ms", shared.cfg.streaming.threshold_rows, shared.cfg.streaming.threshold_ms)),
+    });
+    if wants_json(&kv) {
+        Reply::Json(procs.to_string())
+    } else {
+        let mut out = String::from("\n    Process         Status       Details\n    ---------------|------------|-------\n");
+        if let Some(m) = procs.as_object() {
+            for (k, v) in m {
+                out.push_str(&format!(
+                    "    {k:<15}| {:<11}| {}\n",
+                    v["Status"].as_str().unwrap_or(""),
+                    v["Details"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        Reply::Text(out)
+    }
+}
+
+fn get_tables(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
+    let dbms: Vec<String> = match get(&kv, "dbms") {
+        Some("*") | None => shared.storage.databases(),
+        Some(d) => vec![d.to_ascii_lowercase()],
+    };
+    let mut m = serde_json::Map::new();
+    for d in &dbms {
+        match shared.storage.tables(d) {
+            Ok(tables) => {
+                m.insert(d.clone(), serde_json::json!(tables.iter().map(|t| serde_json::json!({"table": t, "local": true})).collect::<Vec<_>>()));
+            }
+            Err(e) => return Reply::from_api(e),
+        }
+    }
+    if wants_json(&kv) {
+        Reply::Json(serde_json::Value::Object(m).to_string())
+    } else {
+        let mut out = String::from("\nDatabase             Table name           Local DBMS\n-------------------- -------------------- ----------\n");
+        for (d, tables) in &m {
+            for t in tables.as_array().into_iter().flatten() {
+                out.push_str(&format!("{d:<20} {:<20} V\n", t["table"].as_str().unwrap_or("")));
+            }
+        }
+        Reply::Text(out)
+    }
+}
+
+fn get_columns(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
+    let (Some(dbms), Some(table)) = (get(&kv, "dbms"), get(&kv, "table")) else {
+        return Reply::err(code::COMMAND, "expected: get columns where dbms = X and table = Y");
+    };
+    let cols = match shared.storage.columns(dbms, table) {
+        Ok(c) => c,
+        Err(e) => return Reply::from_api(e),
+    };
+    if wants_json(&kv) {
+        let mut m = serde_json::Map::new();
+        for (c, t) in cols {
+            m.insert(c, t.edgelake_name().into());
+        }
+        Reply::Json(serde_json::Value::Object(m).to_string())
+    } else {
+        let mut out = format!("\nSchema for DBMS: '{dbms}' and Table: '{table}'\nColumn Name          Column Type\n-------------------- -----------------------------\n");
+        for (c, t) in cols {
+            out.push_str(&format!("{c:<20} {}\n", t.edgelake_name()));
+        }
+        Reply::Text(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sql_commands() {
+        let c = SqlCommand::parse(" lab format = table and stat=false \"select * from t;\"").unwrap();
+        assert_eq!(c.dbms, "lab");
+        assert_eq!(c.format, Format::Table);
+        assert!(!c.stat);
+        assert_eq!(c.select, "select * from t");
+        let c = SqlCommand::parse("lab SELECT count(*) FROM t WHERE a = 'x and y'").unwrap();
+        assert_eq!((c.format, c.stat), (Format::Json, true));
+        assert_eq!(c.select, "SELECT count(*) FROM t WHERE a = 'x and y'");
+        let c = SqlCommand::parse("lab format=json:list and include=(t2, db.t3) and extend=(@table_name) select 1").unwrap();
+        assert_eq!(c.format, Format::JsonList);
+        assert_eq!(c.include.as_deref(), Some("(t2, db.t3)"));
+        assert!(SqlCommand::parse("lab format=xml select 1").is_err());
+        assert!(SqlCommand::parse("lab").is_err());
+        assert!(SqlCommand::parse("lab format=json").is_err());
+    }
+
+    #[test]
+    fn parses_where_clauses() {
+        assert_eq!(
+            where_clause("get columns where dbms = lab and table='t' AND format=json"),
+            vec![
+                ("dbms".to_owned(), "lab".to_owned()),
+                ("table".to_owned(), "t".to_owned()),
+                ("format".to_owned(), "json".to_owned())
+            ]
+        );
+    }
+}

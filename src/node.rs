@@ -1,0 +1,195 @@
+//! A running node: its storage, buffers, watcher and REST server, started
+//! from a [`Config`] and stopped by [`Node::shutdown`].
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+use crate::config::{Config, Service};
+use crate::error::ApiError;
+use crate::storage::{QueryLimits, QueryResult, Storage};
+use crate::stream::Streams;
+use crate::watch::Watcher;
+
+/// What every request handler and background task of one node shares.
+pub struct Shared {
+    pub cfg: Config,
+    pub storage: Arc<Storage>,
+    pub streams: Arc<Streams>,
+    pub rest_addr: SocketAddr,
+    pub started: Instant,
+}
+
+impl Shared {
+    /// Validates `sql` and runs it on this node's copy of `db`. Blocking.
+    pub fn local_query(&self, db: &str, sql: &str, timeout: Option<Duration>) -> Result<QueryResult, ApiError> {
+        if !self.cfg.has(Service::Operator) {
+            return Err(ApiError::bad_request(
+                "no_operator",
+                "this node stores no data (it does not run the operator service)",
+            ));
+        }
+        let select = tarn_query::Select::parse(sql).map_err(|e| ApiError::bad_request("invalid_sql", e.to_string()))?;
+        let limit = self.cfg.query_timeout();
+        let limits = QueryLimits {
+            max_rows: self.cfg.max_result_rows,
+            timeout: timeout.map_or(limit, |t| t.min(limit)),
+        };
+        self.storage.query(db, select, limits)
+    }
+
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        if self.cfg.has(Service::Operator) {
+            Ok(())
+        } else {
+            Err(ApiError::bad_request(
+                "no_operator",
+                "this node stores no data (it does not run the operator service)",
+            ))
+        }
+    }
+}
+
+/// A started node. Dropping it without [`Node::shutdown`] stops nothing
+/// gracefully; call `shutdown` to flush buffers.
+pub struct Node {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    _lock: File,
+}
+
+impl Node {
+    /// Opens the data directory, replays what a crash left, binds the REST
+    /// port and starts the background work.
+    pub async fn start(cfg: Config) -> anyhow::Result<Node> {
+        cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+        let lock = File::create(cfg.data_dir.join("LOCK"))?;
+        if lock.try_lock().is_err() {
+            anyhow::bail!(
+                "data directory {} is in use by another tarn node",
+                cfg.data_dir.display()
+            );
+        }
+        let span = tracing::info_span!("node", name = %cfg.name);
+        let (storage, streams) = {
+            let cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let storage = Arc::new(Storage::open(&cfg.data_dir, &cfg.name, cfg.durability)?);
+                let streams = Arc::new(Streams::open(storage.clone(), &cfg.data_dir, cfg.streaming.clone())?);
+                Ok((storage, streams))
+            })
+            .await??
+        };
+        let listener = tokio::net::TcpListener::bind(cfg.rest)
+            .await
+            .with_context(|| format!("binding the REST port {}", cfg.rest))?;
+        let rest_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            cfg,
+            storage,
+            streams,
+            rest_addr,
+            started: Instant::now(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let app = crate::rest::router(shared.clone());
+        let mut rx = stopped.clone();
+        tasks.push(tokio::spawn(
+            async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!("REST server stopped: {e}");
+                }
+            }
+            .instrument(span.clone()),
+        ));
+
+        let streams = shared.streams.clone();
+        let period = Duration::from_millis((shared.cfg.streaming.threshold_ms / 4).clamp(10, 250));
+        let mut rx = stopped.clone();
+        tasks.push(tokio::spawn(
+            async move {
+                let mut tick = tokio::time::interval(period);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = rx.changed() => break,
+                        _ = tick.tick() => {
+                            let s = streams.clone();
+                            let _ = tokio::task::spawn_blocking(move || s.tick()).await;
+                        }
+                    }
+                }
+            }
+            .instrument(span.clone()),
+        ));
+
+        if shared.cfg.has(Service::Operator) && shared.cfg.watch.enabled {
+            let dir = shared.cfg.watch_dir();
+            let watcher = Watcher::new(shared.storage.clone(), &shared.cfg.watch, dir.clone())?;
+            let watcher = Arc::new(std::sync::Mutex::new(watcher));
+            let period = Duration::from_millis(shared.cfg.watch.poll_ms);
+            let mut rx = stopped.clone();
+            tracing::info!(parent: &span, "watching {} for data files", dir.display());
+            tasks.push(tokio::spawn(
+                async move {
+                    let mut tick = tokio::time::interval(period);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            _ = rx.changed() => break,
+                            _ = tick.tick() => {
+                                let w = watcher.clone();
+                                let _ = tokio::task::spawn_blocking(move || w.lock().unwrap_or_else(|p| p.into_inner()).scan()).await;
+                            }
+                        }
+                    }
+                }
+                .instrument(span.clone()),
+            ));
+        }
+        tracing::info!(parent: &span, "REST API listening on http://{rest_addr}");
+        Ok(Node {
+            shared,
+            stop,
+            tasks,
+            _lock: lock,
+        })
+    }
+
+    pub fn rest_addr(&self) -> SocketAddr {
+        self.shared.rest_addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting requests, lets running ones finish, and writes every
+    /// streaming buffer.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let streams = self.shared.streams.clone();
+        let n = tokio::task::spawn_blocking(move || streams.flush_all()).await?;
+        if n > 0 {
+            tracing::info!("flushed {n} buffered rows");
+        }
+        Ok(())
+    }
+}

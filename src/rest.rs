@@ -1,0 +1,305 @@
+//! The REST API: tarn's native `/v1` and EdgeLake's command protocol on `/`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use crate::edgelake::{self, Reply};
+use crate::error::ApiError;
+use crate::format::native_value;
+use crate::node::Shared;
+use crate::rows::parse_body;
+use crate::storage::BatchMeta;
+
+type AppState = Arc<Shared>;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/data/{db}/{table}", post(post_data))
+        .route("/v1/query", post(query))
+        .route("/v1/tables", get(tables))
+        .route("/", get(command_get).post(command_post).put(put_data))
+        .fallback(|| async { ApiError::not_found("not_found", "no such endpoint; see GET /v1/status") })
+        .with_state(shared)
+}
+
+/// Reads a body up to the node's limit; a larger one is a 413.
+async fn read_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = shared.cfg.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than this node's limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal("a blocking task", e))?
+}
+
+/// The batch hash of a body: who it is for and what it holds.
+pub fn batch_hash(db: &str, table: &str, body: &[u8]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(db.to_ascii_lowercase().as_bytes());
+    h.update(b"\0");
+    h.update(table.to_ascii_lowercase().as_bytes());
+    h.update(b"\0");
+    h.update(body);
+    h.finalize().to_hex()[..32].to_owned()
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    let shared = s.clone();
+    let (dbs, pending) = tokio::task::spawn_blocking(move || (shared.storage.databases(), shared.streams.pending()))
+        .await
+        .unwrap_or_default();
+    axum::Json(serde_json::json!({
+        "name": s.cfg.name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "status": "running",
+        "services": s.cfg.services,
+        "rest": s.rest_addr.to_string(),
+        "data_dir": s.cfg.data_dir.display().to_string(),
+        "durability": s.storage.durability(),
+        "uptime_s": s.started.elapsed().as_secs(),
+        "databases": dbs,
+        "buffered_rows": pending.iter().map(|(_, _, n)| n).sum::<usize>(),
+    }))
+    .into_response()
+}
+
+async fn post_data(
+    State(s): State<AppState>,
+    Path((db, table)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    s.require_operator()?;
+    let body = read_body(&s, &headers, body).await?;
+    let source = headers
+        .get("x-tarn-source")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("rest")
+        .to_owned();
+    let w = blocking(move || {
+        let rows = parse_body(&body)?;
+        let meta = BatchMeta {
+            source,
+            hash: batch_hash(&db, &table, &body),
+            instructions: String::new(),
+        };
+        s.storage.write(&db, &table, rows, &meta)
+    })
+    .await?;
+    Ok(axum::Json(serde_json::json!({
+        "rows": w.rows,
+        "batch": w.tsd_id.to_string(),
+        "duplicate": w.duplicate,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryRequest {
+    db: String,
+    sql: String,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    subset: Option<bool>,
+}
+
+async fn query(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(&s, &headers, body).await?;
+    let req: QueryRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("malformed_request", format!("expected {{\"db\", \"sql\", ...}}: {e}")))?;
+    match req.scope.as_deref() {
+        // The network this node reaches is itself until the mesh joins nodes.
+        None | Some("local") | Some("network") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "malformed_request",
+                format!("scope must be \"local\" or \"network\", not {other:?}"),
+            ));
+        }
+    }
+    let _ = req.subset;
+    let started = Instant::now();
+    let timeout = req.timeout_ms.map(Duration::from_millis);
+    let shared = s.clone();
+    let result = blocking(move || shared.local_query(&req.db, &req.sql, timeout)).await?;
+    let rows: Vec<serde_json::Value> = result
+        .rows
+        .iter()
+        .map(|r| serde_json::Value::Array(r.iter().zip(&result.types).map(|(v, t)| native_value(v, *t)).collect()))
+        .collect();
+    Ok(axum::Json(serde_json::json!({
+        "columns": result.columns,
+        "rows": rows,
+        "stats": {"nodes": 1, "replied": 1, "rows": result.rows.len(), "ms": started.elapsed().as_secs_f64() * 1000.0},
+        "errors": [],
+    }))
+    .into_response())
+}
+
+async fn tables(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let shared = s.clone();
+    let list = blocking(move || {
+        let mut out = Vec::new();
+        for db in shared.storage.databases() {
+            for t in shared.storage.tables(&db)? {
+                let cols = shared.storage.columns(&db, &t).unwrap_or_default();
+                out.push(serde_json::json!({
+                    "db": db,
+                    "table": t,
+                    "columns": cols.iter().map(|(c, ty)| serde_json::json!({"name": c, "type": ty.name()})).collect::<Vec<_>>(),
+                }));
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(axum::Json(list).into_response())
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+async fn command_get(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(cmd) = header_str(&headers, "command").map(str::to_owned) else {
+        return edgelake_reply(&s, "get", Reply::Error { code: edgelake::code::COMMAND, text: "missing the 'command' header".into() });
+    };
+    let dest = header_str(&headers, "destination").map(str::to_owned);
+    run_command(s, "get", cmd, dest).await
+}
+
+#[derive(Deserialize)]
+struct CommandBody {
+    command: String,
+    #[serde(default)]
+    destination: Option<String>,
+}
+
+async fn command_post(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let body = match read_body(&s, &headers, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let (cmd, dest) = match header_str(&headers, "command") {
+        Some(c) => (c.to_owned(), header_str(&headers, "destination").map(str::to_owned)),
+        None => match serde_json::from_slice::<CommandBody>(&body) {
+            Ok(b) => (b.command, b.destination),
+            Err(_) => {
+                return edgelake_reply(&s, "post", Reply::Error {
+                    code: edgelake::code::COMMAND,
+                    text: "expected a 'command' header or a JSON body {\"command\": ...}".into(),
+                });
+            }
+        },
+    };
+    run_command(s, "post", cmd, dest).await
+}
+
+async fn run_command(s: AppState, method: &'static str, cmd: String, dest: Option<String>) -> Response {
+    let shared = s.clone();
+    let reply = tokio::task::spawn_blocking(move || edgelake::run(&shared, &cmd, dest.as_deref()))
+        .await
+        .unwrap_or_else(|e| Reply::Error { code: edgelake::code::INTERNAL, text: format!("the command failed: {e}") });
+    edgelake_reply(&s, method, reply)
+}
+
+fn edgelake_reply(s: &Shared, method: &str, reply: Reply) -> Response {
+    match reply {
+        Reply::Json(j) => ([(header::CONTENT_TYPE, "application/json")], j).into_response(),
+        Reply::Text(t) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], t).into_response(),
+        // EdgeLake answers errors with 200 and a body clients check for `err_code`.
+        Reply::Error { code, text } => axum::Json(serde_json::json!({
+            "method": method,
+            "node": s.rest_addr.ip().to_string(),
+            "err_code": code,
+            "err_text": text,
+        }))
+        .into_response(),
+    }
+}
+
+/// EdgeLake's data PUT: headers `type: json`, `dbms`, `table`, `mode`.
+async fn put_data(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match put_inner(s, headers, body).await {
+        Ok(r) => r,
+        // Both shapes, so native clients and EdgeLake scripts can read it.
+        Err(e) => (
+            e.status,
+            axum::Json(serde_json::json!({
+                "error": {"code": e.code, "message": e.message},
+                "AnyLog.status": "Failed",
+                "err_text": e.message,
+            })),
+        )
+            .into_response(),
+    }
+}
+
+async fn put_inner(s: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    s.require_operator()?;
+    let need = |name: &str| {
+        header_str(&headers, name)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::bad_request("missing_header", format!("the PUT needs a '{name}' header")))
+    };
+    let ty = header_str(&headers, "type").unwrap_or("json");
+    if !ty.eq_ignore_ascii_case("json") {
+        return Err(ApiError::bad_request("unsupported_type", format!("type {ty:?} is not supported; send type: json")));
+    }
+    let db = need("dbms")?;
+    let table = need("table")?;
+    let mode = header_str(&headers, "mode").unwrap_or("streaming").to_ascii_lowercase();
+    let source = header_str(&headers, "source").unwrap_or("rest").to_owned();
+    let instructions = header_str(&headers, "instructions").unwrap_or("").to_owned();
+    let body = read_body(&s, &headers, body).await?;
+    let hash = match mode.as_str() {
+        "streaming" => {
+            blocking(move || s.streams.put(&db, &table, &body)).await?;
+            "0".to_owned()
+        }
+        "file" => {
+            blocking(move || {
+                let rows = parse_body(&body)?;
+                let hash = batch_hash(&db, &table, &body);
+                let meta = BatchMeta { source, hash: hash.clone(), instructions };
+                s.storage.write(&db, &table, rows, &meta)?;
+                Ok(hash)
+            })
+            .await?
+        }
+        other => {
+            return Err(ApiError::bad_request("bad_mode", format!("mode {other:?} is not supported; use streaming or file")));
+        }
+    };
+    Ok(axum::Json(serde_json::json!({"AnyLog.status": "Success", "AnyLog.hash": hash})).into_response())
+}

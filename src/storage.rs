@@ -1,0 +1,622 @@
+//! The operator's storage: one SQLite file (WAL) per logical database under
+//! `<data-dir>/dbms/`, plus `almgm` for batch bookkeeping.
+//!
+//! Writes are batches. A batch is checked against the table's schema, then
+//! written with its bookkeeping row in one transaction of its database, so a
+//! crash leaves either all of it or none, and the per-database
+//! `tarn_batches` table (unique per table and hash) makes a replayed batch a
+//! no-op. `almgm.tsd_info` is the node-wide catalogue of batches; it is
+//! written right after each commit and rebuilt from `tarn_batches` at start,
+//! so a crash between the two loses nothing.
+//!
+//! Every call here blocks; the node runs them on `spawn_blocking`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, TransactionBehavior, params};
+
+use crate::error::ApiError;
+use crate::rows::{ColType, Rows, SYSTEM_COLUMNS, Val, coerce, ident, infer};
+
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Survives a crash of the process (`kill -9`): WAL, `synchronous=NORMAL`.
+    #[default]
+    Normal,
+    /// Also survives a power cut: every commit is fsynced.
+    Fsync,
+}
+
+/// The user columns of one table, in order, with their types.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TableSchema {
+    pub columns: Vec<(String, ColType)>,
+}
+
+impl TableSchema {
+    pub fn get(&self, name: &str) -> Option<ColType> {
+        self.columns.iter().find(|(c, _)| c == name).map(|(_, t)| *t)
+    }
+
+    /// Decides each batch column's type (existing columns keep theirs, new
+    /// ones are inferred), coerces every value in place, and returns the
+    /// columns the batch adds. Nothing is written; an error means the batch
+    /// must be refused whole.
+    pub fn plan(&self, rows: &mut Rows) -> Result<Vec<(String, ColType)>, ApiError> {
+        let mut new = Vec::new();
+        let mut types = Vec::with_capacity(rows.columns.len());
+        for (i, c) in rows.columns.iter().enumerate() {
+            let ty = match self.get(c) {
+                Some(t) => t,
+                None => {
+                    let t = infer(c, rows.rows.iter().map(|r| r[i].kind()))?;
+                    new.push((c.clone(), t));
+                    t
+                }
+            };
+            types.push(ty);
+        }
+        for row in &mut rows.rows {
+            for ((v, ty), c) in row.iter_mut().zip(&types).zip(&rows.columns) {
+                coerce(c, *ty, v)?;
+            }
+        }
+        Ok(new)
+    }
+
+    /// This schema with `new` columns appended.
+    pub fn extended(&self, new: &[(String, ColType)]) -> TableSchema {
+        let mut columns = self.columns.clone();
+        columns.extend(new.iter().cloned());
+        TableSchema { columns }
+    }
+}
+
+/// Where a batch came from and how it is identified.
+#[derive(Debug, Clone)]
+pub struct BatchMeta {
+    /// Who sent it (a device, a file, a client).
+    pub source: String,
+    /// Identity for de-duplication, unique per table.
+    pub hash: String,
+    pub instructions: String,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The batch's id (`tsd_id`); for a duplicate, the id it was stored under.
+    pub tsd_id: i64,
+    pub rows: usize,
+    pub duplicate: bool,
+}
+
+/// Limits for one query.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    pub max_rows: usize,
+    pub timeout: Duration,
+}
+
+/// A query's answer with each column's declared type, when it has one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub types: Vec<Option<ColType>>,
+    pub rows: Vec<Vec<Val>>,
+}
+
+/// All the node's databases.
+pub struct Storage {
+    dir: PathBuf,
+    tsd_name: String,
+    durability: Durability,
+    dbs: RwLock<HashMap<String, Arc<Database>>>,
+    almgm: Arc<Database>,
+    next_tsd: AtomicI64,
+}
+
+struct Database {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    schemas: RwLock<HashMap<String, Arc<TableSchema>>>,
+}
+
+/// Names no user database may take.
+pub const RESERVED_DBS: [&str; 2] = ["almgm", "system_query"];
+const MAX_IDLE_READERS: usize = 8;
+
+impl Storage {
+    /// Opens (or creates) the storage under `data_dir/dbms`. `tsd_name` names
+    /// this node in the rows it stores.
+    pub fn open(data_dir: &Path, tsd_name: &str, durability: Durability) -> anyhow::Result<Storage> {
+        let dir = data_dir.join("dbms");
+        std::fs::create_dir_all(&dir)?;
+        let almgm = Arc::new(Database::open(&dir.join("almgm.db"), durability)?);
+        almgm.writer().execute_batch(
+            "CREATE TABLE IF NOT EXISTS tsd_info (
+                file_id INTEGER PRIMARY KEY,
+                dbms_name TEXT NOT NULL,
+                table_name TEXT NOT NULL,
+                source TEXT NOT NULL,
+                file_hash TEXT NOT NULL,
+                instructions TEXT NOT NULL,
+                rows INTEGER NOT NULL,
+                file_time TIMESTAMP NOT NULL,
+                UNIQUE (dbms_name, table_name, file_hash));",
+        )?;
+        let mut dbs = HashMap::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let Some(name) = db_name_of(&path) else { continue };
+            if RESERVED_DBS.contains(&name.as_str()) {
+                continue;
+            }
+            dbs.insert(name, Arc::new(Database::open(&path, durability)?));
+        }
+        let storage = Storage {
+            dir,
+            tsd_name: tsd_name.to_owned(),
+            durability,
+            dbs: RwLock::new(dbs),
+            almgm,
+            next_tsd: AtomicI64::new(1),
+        };
+        let max = storage.reconcile()?;
+        storage.next_tsd.store(max + 1, Ordering::SeqCst);
+        Ok(storage)
+    }
+
+    /// Copies into `almgm.tsd_info` every batch a crash kept out of it, and
+    /// returns the highest batch id in use.
+    fn reconcile(&self) -> anyhow::Result<i64> {
+        let almgm = self.almgm.writer();
+        let mut max: i64 =
+            almgm.query_row("SELECT coalesce(max(file_id), 0) FROM tsd_info", [], |r| r.get(0))?;
+        for (name, db) in self.dbs.read().expect("lock poisoned").iter() {
+            let w = db.writer();
+            let mut stmt = w.prepare(
+                "SELECT tsd_id, table_name, source, hash, instructions, rows, file_time \
+                 FROM tarn_batches",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut copied = 0;
+            while let Some(r) = rows.next()? {
+                let id: i64 = r.get(0)?;
+                max = max.max(id);
+                copied += almgm.execute(
+                    "INSERT OR IGNORE INTO tsd_info VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        id,
+                        name,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, String>(6)?
+                    ],
+                )?;
+            }
+            if copied > 0 {
+                tracing::info!(db = %name, batches = copied, "restored batch records into almgm.tsd_info");
+            }
+        }
+        Ok(max)
+    }
+
+    pub fn tsd_name(&self) -> &str {
+        &self.tsd_name
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Writes one batch into `db.table`, creating the database, the table and
+    /// new columns as needed. Refused whole on any bad value.
+    pub fn write(&self, db: &str, table: &str, mut rows: Rows, meta: &BatchMeta) -> Result<Written, ApiError> {
+        let db_name = user_db(db)?;
+        let table = ident("table", table)?;
+        let database = self.database_or_create(&db_name)?;
+        let tsd_id = self.next_tsd.fetch_add(1, Ordering::SeqCst);
+        let now = tarn_query::time::format_storage(now_micros());
+        let n = rows.rows.len();
+        let mut conn = database.writer();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| ApiError::internal("starting a write", e))?;
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT tsd_id FROM tarn_batches WHERE table_name = ?1 AND hash = ?2",
+                params![table, meta.hash],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| ApiError::internal("checking for a duplicate batch", e))?;
+        if let Some(id) = existing {
+            return Ok(Written {
+                tsd_id: id,
+                rows: 0,
+                duplicate: true,
+            });
+        }
+        let schema = database.schema(&table).unwrap_or_default();
+        let new_cols = schema.plan(&mut rows)?;
+        let write = || -> rusqlite::Result<()> {
+            if schema.columns.is_empty() {
+                tx.execute_batch(&create_table_sql(&table, &new_cols))?;
+            } else {
+                for (c, t) in &new_cols {
+                    tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {c} {}", t.sql()))?;
+                    if *t == ColType::Timestamp {
+                        tx.execute_batch(&index_sql(&table, c))?;
+                    }
+                }
+            }
+            let cols = rows.columns.join(", ");
+            let marks: Vec<String> = (1..=rows.columns.len() + 3).map(|i| format!("?{i}")).collect();
+            let sql = format!(
+                "INSERT INTO {table} (insert_timestamp, tsd_name, tsd_id{}{cols}) VALUES ({})",
+                if cols.is_empty() { "" } else { ", " },
+                marks.join(", ")
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
+            stmt.raw_bind_parameter(1, &now)?;
+            stmt.raw_bind_parameter(2, &self.tsd_name)?;
+            stmt.raw_bind_parameter(3, tsd_id)?;
+            for row in &rows.rows {
+                for (i, v) in row.iter().enumerate() {
+                    stmt.raw_bind_parameter(i + 4, v)?;
+                }
+                stmt.raw_execute()?;
+            }
+            drop(stmt);
+            tx.execute(
+                "INSERT INTO tarn_batches VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![tsd_id, meta.hash, table, meta.source, meta.instructions, n as i64, now],
+            )?;
+            Ok(())
+        };
+        write().map_err(|e| ApiError::internal("writing a batch", e))?;
+        tx.commit().map_err(|e| ApiError::internal("committing a batch", e))?;
+        if !new_cols.is_empty() {
+            database.set_schema(&table, schema.extended(&new_cols));
+        }
+        drop(conn);
+        if let Err(e) = self.almgm.writer().execute(
+            "INSERT OR IGNORE INTO tsd_info VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![tsd_id, db_name, table, meta.source, meta.hash, meta.instructions, n as i64, now],
+        ) {
+            // The batch is safe in its database; start-up copies it over.
+            tracing::warn!("recording batch {tsd_id} in almgm.tsd_info: {e}");
+        }
+        Ok(Written {
+            tsd_id,
+            rows: n,
+            duplicate: false,
+        })
+    }
+
+    /// Runs one validated SELECT against `db`.
+    pub fn query(&self, db: &str, mut select: tarn_query::Select, limits: QueryLimits) -> Result<QueryResult, ApiError> {
+        let database = self.database(db)?;
+        let ts_cols: Vec<String> = {
+            let schemas = database.schemas.read().expect("lock poisoned");
+            select
+                .tables()
+                .iter()
+                .filter_map(|t| schemas.get(t))
+                .flat_map(|s| s.columns.iter())
+                .filter(|(_, t)| *t == ColType::Timestamp)
+                .map(|(c, _)| c.clone())
+                .chain(std::iter::once("insert_timestamp".to_owned()))
+                .collect()
+        };
+        select.normalize_timestamps(|c| ts_cols.iter().any(|t| t == c));
+        let sql = select.to_sql();
+        let mut conn = database.reader().map_err(|e| ApiError::internal("opening a reader", e))?;
+        let result = run_query(&mut conn, &sql, limits);
+        database.give_back(conn);
+        result
+    }
+
+    /// Databases, in name order (`almgm` included).
+    pub fn databases(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.dbs.read().expect("lock poisoned").keys().cloned().collect();
+        v.push("almgm".into());
+        v.sort();
+        v
+    }
+
+    /// Tables of one database, in name order.
+    pub fn tables(&self, db: &str) -> Result<Vec<String>, ApiError> {
+        let database = self.database(db)?;
+        if db == "almgm" {
+            return Ok(vec!["tsd_info".into()]);
+        }
+        let mut v: Vec<String> = database.schemas.read().expect("lock poisoned").keys().cloned().collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// A table's columns, system columns first, or a 404.
+    pub fn columns(&self, db: &str, table: &str) -> Result<Vec<(String, ColType)>, ApiError> {
+        let database = self.database(db)?;
+        let table = table.to_ascii_lowercase();
+        let schema = database
+            .schema(&table)
+            .ok_or_else(|| ApiError::not_found("unknown_table", format!("database {db:?} has no table {table:?}")))?;
+        let sys = [
+            ("row_id", ColType::Integer),
+            ("insert_timestamp", ColType::Timestamp),
+            ("tsd_name", ColType::Text),
+            ("tsd_id", ColType::Integer),
+        ];
+        Ok(sys
+            .iter()
+            .map(|(c, t)| (c.to_string(), *t))
+            .chain(schema.columns.iter().cloned())
+            .collect())
+    }
+
+    /// The schema of `db.table` if it exists.
+    pub fn schema(&self, db: &str, table: &str) -> Option<Arc<TableSchema>> {
+        self.dbs.read().expect("lock poisoned").get(db)?.schema(table)
+    }
+
+    /// Path of a database's file.
+    pub fn path_of(&self, db: &str) -> Option<PathBuf> {
+        if db == "almgm" {
+            return Some(self.almgm.path.clone());
+        }
+        self.dbs.read().expect("lock poisoned").get(db).map(|d| d.path.clone())
+    }
+
+    fn database(&self, db: &str) -> Result<Arc<Database>, ApiError> {
+        let name = db.to_ascii_lowercase();
+        if name == "almgm" {
+            return Ok(self.almgm.clone());
+        }
+        self.dbs
+            .read()
+            .expect("lock poisoned")
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("unknown_database", format!("no database named {db:?} on this node")))
+    }
+
+    fn database_or_create(&self, name: &str) -> Result<Arc<Database>, ApiError> {
+        if let Some(d) = self.dbs.read().expect("lock poisoned").get(name) {
+            return Ok(d.clone());
+        }
+        let mut dbs = self.dbs.write().expect("lock poisoned");
+        if let Some(d) = dbs.get(name) {
+            return Ok(d.clone());
+        }
+        let path = self.dir.join(format!("{name}.db"));
+        let d = Arc::new(
+            Database::open(&path, self.durability).map_err(|e| ApiError::internal("creating a database", e))?,
+        );
+        tracing::info!(db = %name, path = %path.display(), "created database");
+        dbs.insert(name.to_owned(), d.clone());
+        Ok(d)
+    }
+}
+
+pub(crate) fn user_db(db: &str) -> Result<String, ApiError> {
+    let name = ident("database", db)?;
+    if RESERVED_DBS.contains(&name.as_str()) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!("database name {name:?} is reserved by tarn"),
+        ));
+    }
+    Ok(name)
+}
+
+fn db_name_of(path: &Path) -> Option<String> {
+    if path.extension()? != "db" {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    ident("database", stem).ok().filter(|s| s == stem)
+}
+
+fn create_table_sql(table: &str, cols: &[(String, ColType)]) -> String {
+    let mut sql = format!(
+        "CREATE TABLE {table} (row_id INTEGER PRIMARY KEY, insert_timestamp TIMESTAMP NOT NULL, \
+         tsd_name TEXT NOT NULL, tsd_id INTEGER NOT NULL"
+    );
+    for (c, t) in cols {
+        sql.push_str(&format!(", {c} {}", t.sql()));
+    }
+    sql.push_str(");");
+    for (c, t) in cols {
+        if *t == ColType::Timestamp {
+            sql.push_str(&index_sql(table, c));
+        }
+    }
+    sql
+}
+
+// Every timestamp column is indexed: time-range scans are the common query.
+fn index_sql(table: &str, column: &str) -> String {
+    format!("CREATE INDEX IF NOT EXISTS {table}__{column}__idx ON {table} ({column});")
+}
+
+impl Database {
+    fn open(path: &Path, durability: Durability) -> anyhow::Result<Database> {
+        let conn = Connection::open(path)?;
+        let sync = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Fsync => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = {sync};
+             PRAGMA busy_timeout = 10000;
+             PRAGMA cache_size = -131072;
+             PRAGMA temp_store = MEMORY;
+             CREATE TABLE IF NOT EXISTS tarn_batches (
+                tsd_id INTEGER PRIMARY KEY,
+                hash TEXT NOT NULL,
+                table_name TEXT NOT NULL,
+                source TEXT NOT NULL,
+                instructions TEXT NOT NULL,
+                rows INTEGER NOT NULL,
+                file_time TIMESTAMP NOT NULL,
+                UNIQUE (table_name, hash));"
+        ))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let schemas = load_schemas(&conn)?;
+        Ok(Database {
+            path: path.to_owned(),
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            schemas: RwLock::new(schemas),
+        })
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while writing leaves SQLite's transaction rolled back; the
+        // connection itself stays usable.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn schema(&self, table: &str) -> Option<Arc<TableSchema>> {
+        self.schemas.read().expect("lock poisoned").get(table).cloned()
+    }
+
+    fn set_schema(&self, table: &str, schema: TableSchema) {
+        self.schemas
+            .write()
+            .expect("lock poisoned")
+            .insert(table.to_owned(), Arc::new(schema));
+    }
+
+    fn reader(&self) -> rusqlite::Result<Connection> {
+        if let Some(c) = self.readers.lock().expect("lock poisoned").pop() {
+            return Ok(c);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.execute_batch(
+            "PRAGMA query_only = 1; PRAGMA busy_timeout = 10000; PRAGMA cache_size = -65536; \
+             PRAGMA mmap_size = 1073741824; PRAGMA temp_store = MEMORY;",
+        )?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.readers.lock().expect("lock poisoned");
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+}
+
+fn load_schemas(conn: &Connection) -> rusqlite::Result<HashMap<String, Arc<TableSchema>>> {
+    let mut out = HashMap::new();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'tarn\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for t in tables {
+        let mut stmt = conn.prepare(&format!("PRAGMA table_info({t})"))?;
+        let columns = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
+            .filter_map(|c| c.ok())
+            .filter(|(c, _)| !SYSTEM_COLUMNS.contains(&c.as_str()))
+            .map(|(c, decl)| (c, ColType::from_sql(&decl).unwrap_or(ColType::Text)))
+            .collect();
+        out.insert(t, Arc::new(TableSchema { columns }));
+    }
+    Ok(out)
+}
+
+fn run_query(conn: &mut Connection, sql: &str, limits: QueryLimits) -> Result<QueryResult, ApiError> {
+    let deadline = Instant::now() + limits.timeout;
+    conn.progress_handler(10_000, Some(move || Instant::now() > deadline))
+        .map_err(|e| ApiError::internal("setting a query deadline", e))?;
+    let result = (|| {
+        let mut stmt = conn.prepare(sql).map_err(sql_error)?;
+        let columns: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
+        let types: Vec<Option<ColType>> = stmt
+            .columns()
+            .map(|c| c.decl_type().and_then(ColType::from_sql))
+            .collect();
+        let width = columns.len();
+        let mut rows = Vec::new();
+        let mut q = stmt.query([]).map_err(sql_error)?;
+        while let Some(r) = q.next().map_err(sql_error)? {
+            if rows.len() >= limits.max_rows {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "result_too_large",
+                    format!(
+                        "the result has more than {} rows (the node's limit); add a LIMIT or aggregate",
+                        limits.max_rows
+                    ),
+                ));
+            }
+            let mut row = Vec::with_capacity(width);
+            for (i, ty) in types.iter().enumerate() {
+                row.push(match r.get_ref(i).map_err(sql_error)? {
+                    ValueRef::Null => Val::Null,
+                    ValueRef::Integer(v) if *ty == Some(ColType::Boolean) => Val::Bool(v != 0),
+                    ValueRef::Integer(v) => Val::Int(v),
+                    ValueRef::Real(v) => Val::Float(v),
+                    ValueRef::Text(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Blob(b) => Val::Text(b.iter().map(|x| format!("{x:02x}")).collect()),
+                });
+            }
+            rows.push(row);
+        }
+        Ok(QueryResult { columns, types, rows })
+    })();
+    let _ = conn.progress_handler(0, None::<fn() -> bool>);
+    result
+}
+
+fn sql_error(e: rusqlite::Error) -> ApiError {
+    let msg = e.to_string();
+    if let Some(t) = msg.strip_prefix("no such table: ") {
+        return ApiError::not_found("unknown_table", format!("no table named {t:?} in this database"));
+    }
+    if matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::OperationInterrupted)) {
+        return ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "the query ran past its time limit");
+    }
+    ApiError::bad_request("sql_error", format!("SQL error: {msg}"))
+}
+
+impl ToSql for Val {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Val::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Val::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+            Val::Float(f) => ToSqlOutput::Borrowed(ValueRef::Real(*f)),
+            Val::Bool(b) => ToSqlOutput::Borrowed(ValueRef::Integer(i64::from(*b))),
+            Val::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        })
+    }
+}
+
+/// Now, in microseconds since the epoch.
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
