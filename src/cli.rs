@@ -18,7 +18,13 @@ pub enum OutFormat {
 }
 
 /// `tarn query`: runs a SELECT and prints the rows.
-pub fn query(node: &str, db: &str, sql: &str, format: OutFormat, out: &mut impl Write) -> anyhow::Result<()> {
+pub fn query(
+    node: &str,
+    db: &str,
+    sql: &str,
+    format: OutFormat,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let answer = Client::new(node).query(db, sql)?;
     let v = answer.ok_json()?;
     let columns: Vec<String> = v["columns"]
@@ -37,24 +43,61 @@ pub fn query(node: &str, db: &str, sql: &str, format: OutFormat, out: &mut impl 
     match format {
         OutFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?,
         OutFormat::Csv => {
-            writeln!(out, "{}", columns.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","))?;
+            writeln!(
+                out,
+                "{}",
+                columns
+                    .iter()
+                    .map(|c| csv_field(c))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )?;
             for r in rows {
-                let cells: Vec<String> = r.as_array().unwrap_or(&empty).iter().map(|x| csv_field(&cell(x))).collect();
+                let cells: Vec<String> = r
+                    .as_array()
+                    .unwrap_or(&empty)
+                    .iter()
+                    .map(|x| csv_field(&cell(x)))
+                    .collect();
                 writeln!(out, "{}", cells.join(","))?;
             }
         }
         OutFormat::Table => {
-            let cells: Vec<Vec<String>> = rows.iter().map(|r| r.as_array().unwrap_or(&empty).iter().map(cell).collect()).collect();
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| r.as_array().unwrap_or(&empty).iter().map(cell).collect())
+                .collect();
             let widths: Vec<usize> = columns
                 .iter()
                 .enumerate()
-                .map(|(i, c)| cells.iter().map(|r| r.get(i).map_or(0, |s| s.chars().count())).chain([c.chars().count()]).max().unwrap_or(0))
+                .map(|(i, c)| {
+                    cells
+                        .iter()
+                        .map(|r| r.get(i).map_or(0, |s| s.chars().count()))
+                        .chain([c.chars().count()])
+                        .max()
+                        .unwrap_or(0)
+                })
                 .collect();
             let line = |vals: &[String]| {
-                vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join(" | ").trim_end().to_owned()
+                vals.iter()
+                    .zip(&widths)
+                    .map(|(v, w)| format!("{v:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+                    .trim_end()
+                    .to_owned()
             };
             writeln!(out, "{}", line(&columns))?;
-            writeln!(out, "{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"))?;
+            writeln!(
+                out,
+                "{}",
+                widths
+                    .iter()
+                    .map(|w| "-".repeat(*w))
+                    .collect::<Vec<_>>()
+                    .join("-+-")
+            )?;
             for r in &cells {
                 writeln!(out, "{}", line(r))?;
             }
@@ -83,7 +126,13 @@ pub fn status(node: &str, out: &mut impl Write) -> anyhow::Result<()> {
 /// `tarn ingest`: sends a file (a JSON array, or one object per line) in
 /// batches of `batch_rows`, with a progress bar on large inputs. Each batch
 /// is idempotent on the node, so an interrupted ingest can simply be re-run.
-pub fn ingest(node: &str, db: &str, table: &str, file: Option<&str>, batch_rows: usize) -> anyhow::Result<()> {
+pub fn ingest(
+    node: &str,
+    db: &str,
+    table: &str,
+    file: Option<&str>,
+    batch_rows: usize,
+) -> anyhow::Result<()> {
     if batch_rows == 0 {
         bail!("--batch-rows must be at least 1");
     }
@@ -101,8 +150,10 @@ pub fn ingest(node: &str, db: &str, table: &str, file: Option<&str>, batch_rows:
         Some(n) if n > 4 << 20 => {
             let b = indicatif::ProgressBar::new(n);
             b.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}")
-                    .expect("the template is valid"),
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+                )
+                .expect("the template is valid"),
             );
             Some(b)
         }
@@ -111,7 +162,10 @@ pub fn ingest(node: &str, db: &str, table: &str, file: Option<&str>, batch_rows:
     let started = Instant::now();
     let (mut rows, mut batches, mut dups) = (0usize, 0usize, 0usize);
     let mut send = |body: &[u8], n: usize, bytes: usize| -> anyhow::Result<()> {
-        let v = client.ingest(db, table, body)?.ok_json().with_context(|| format!("batch {} refused", batches + 1))?;
+        let v = client
+            .ingest(db, table, body)?
+            .ok_json()
+            .with_context(|| format!("batch {} refused", batches + 1))?;
         batches += 1;
         if v["duplicate"].as_bool() == Some(true) {
             dups += 1;
@@ -142,7 +196,8 @@ pub fn ingest(node: &str, db: &str, table: &str, file: Option<&str>, batch_rows:
     match first {
         None => bail!("the input holds no rows"),
         Some(b'[') => {
-            let all: Vec<serde_json::Value> = serde_json::from_reader(reader).context("the input is not a JSON array of objects")?;
+            let all: Vec<serde_json::Value> = serde_json::from_reader(reader)
+                .context("the input is not a JSON array of objects")?;
             for chunk in all.chunks(batch_rows) {
                 let body = serde_json::to_vec(chunk)?;
                 send(&body, chunk.len(), body.len())?;
@@ -179,7 +234,11 @@ pub fn ingest(node: &str, db: &str, table: &str, file: Option<&str>, batch_rows:
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "ingested {rows} rows into {db}.{table} in {batches} batches{} ({:.0} rows/s)",
-        if dups > 0 { format!(" ({dups} already stored)") } else { String::new() },
+        if dups > 0 {
+            format!(" ({dups} already stored)")
+        } else {
+            String::new()
+        },
         rows as f64 / secs.max(1e-9)
     );
     Ok(())

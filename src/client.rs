@@ -22,7 +22,9 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
-        serde_json::from_str(&self.body).map_err(|e| anyhow::anyhow!("the node answered with invalid JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).map_err(|e| {
+            anyhow::anyhow!("the node answered with invalid JSON ({e}): {}", self.body)
+        })
     }
 
     /// The body as JSON when the status is 2xx, else the node's error message.
@@ -40,7 +42,11 @@ impl Answer {
 
 impl Client {
     pub fn new(base: &str) -> Client {
-        let base = if base.contains("://") { base.to_owned() } else { format!("http://{base}") };
+        let base = if base.contains("://") {
+            base.to_owned()
+        } else {
+            format!("http://{base}")
+        };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(600)))
@@ -56,8 +62,12 @@ impl Client {
         &self.base
     }
 
-    fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Answer> {
-        let mut resp = r.map_err(|e| anyhow::anyhow!("cannot reach the node at {}: {e}", self.base))?;
+    fn finish(
+        &self,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Answer> {
+        let mut resp =
+            r.map_err(|e| anyhow::anyhow!("cannot reach the node at {}: {e}", self.base))?;
         let status = resp.status().as_u16();
         let body = resp
             .body_mut()
@@ -76,7 +86,12 @@ impl Client {
         self.finish(req.call())
     }
 
-    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<Answer> {
+    pub fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<Answer> {
         let mut req = self.agent.post(format!("{}{path}", self.base));
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -95,12 +110,20 @@ impl Client {
     /// `POST /v1/query`.
     pub fn query(&self, db: &str, sql: &str) -> anyhow::Result<Answer> {
         let body = serde_json::json!({"db": db, "sql": sql});
-        self.post("/v1/query", &[("content-type", "application/json")], body.to_string().as_bytes())
+        self.post(
+            "/v1/query",
+            &[("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        )
     }
 
     /// `POST /v1/data/{db}/{table}`.
     pub fn ingest(&self, db: &str, table: &str, body: &[u8]) -> anyhow::Result<Answer> {
-        self.post(&format!("/v1/data/{db}/{table}"), &[("content-type", "application/json")], body)
+        self.post(
+            &format!("/v1/data/{db}/{table}"),
+            &[("content-type", "application/json")],
+            body,
+        )
     }
 
     /// An EdgeLake command as `GET /` with a `command` header.

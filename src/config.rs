@@ -20,7 +20,12 @@ pub enum Service {
 }
 
 impl Service {
-    pub const ALL: [Service; 4] = [Service::Operator, Service::Query, Service::Master, Service::Publisher];
+    pub const ALL: [Service; 4] = [
+        Service::Operator,
+        Service::Query,
+        Service::Master,
+        Service::Publisher,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -35,7 +40,9 @@ impl Service {
         Service::ALL
             .into_iter()
             .find(|v| v.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("unknown service {s:?}; expected operator, query, master or publisher"))
+            .ok_or_else(|| {
+                format!("unknown service {s:?}; expected operator, query, master or publisher")
+            })
     }
 }
 
@@ -130,7 +137,9 @@ impl Config {
         if n.is_empty()
             || n.len() > 64
             || !n.starts_with(|c: char| c.is_ascii_alphanumeric())
-            || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err(format!(
                 "node name {n:?} must be 1-64 letters, digits, '-' or '_', starting with a letter or digit"
@@ -159,7 +168,10 @@ impl Config {
     }
 
     pub fn watch_dir(&self) -> PathBuf {
-        self.watch.dir.clone().unwrap_or_else(|| self.data_dir.join("watch"))
+        self.watch
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("watch"))
     }
 
     pub fn query_timeout(&self) -> Duration {
@@ -171,7 +183,11 @@ fn default_name() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_ascii_lowercase())
-        .filter(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'))
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        })
         .unwrap_or_else(|| "node".into());
     let mut name = format!("tarn-{host}");
     name.truncate(60);

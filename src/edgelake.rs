@@ -27,7 +27,10 @@ pub enum Reply {
 
 impl Reply {
     fn err(code: i64, text: impl Into<String>) -> Reply {
-        Reply::Error { code, text: text.into() }
+        Reply::Error {
+            code,
+            text: text.into(),
+        }
     }
 
     fn from_api(e: ApiError) -> Reply {
@@ -44,7 +47,11 @@ impl Reply {
 /// tarn accepts read and write commands by either method).
 pub fn run(shared: &Shared, command: &str, destination: Option<&str>) -> Reply {
     let cmd = command.trim();
-    let words: Vec<String> = cmd.split_whitespace().take(2).map(|w| w.to_ascii_lowercase()).collect();
+    let words: Vec<String> = cmd
+        .split_whitespace()
+        .take(2)
+        .map(|w| w.to_ascii_lowercase())
+        .collect();
     let first = words.first().map(String::as_str).unwrap_or("");
     let second = words.get(1).map(String::as_str).unwrap_or("");
     match (first, second) {
@@ -59,14 +66,19 @@ pub fn run(shared: &Shared, command: &str, destination: Option<&str>) -> Reply {
             Reply::Text(String::new())
         }
         ("", _) => Reply::err(code::COMMAND, "empty command"),
-        _ => Reply::err(code::COMMAND, format!("Failed to process command: '{cmd}' is not a command tarn knows")),
+        _ => Reply::err(
+            code::COMMAND,
+            format!("Failed to process command: '{cmd}' is not a command tarn knows"),
+        ),
     }
 }
 
 /// The `key = value` pairs after `where`, joined by `and`.
 fn where_clause(cmd: &str) -> Vec<(String, String)> {
     let lower = cmd.to_ascii_lowercase();
-    let Some(at) = lower.find(" where ") else { return Vec::new() };
+    let Some(at) = lower.find(" where ") else {
+        return Vec::new();
+    };
     split_and(&cmd[at + 7..])
         .into_iter()
         .filter_map(|part| {
@@ -100,7 +112,10 @@ fn split_and(s: &str) -> Vec<String> {
             && depth == 0
             && c.is_whitespace()
             && chars.len() >= i + 5
-            && chars[i + 1..i + 4].iter().collect::<String>().eq_ignore_ascii_case("and")
+            && chars[i + 1..i + 4]
+                .iter()
+                .collect::<String>()
+                .eq_ignore_ascii_case("and")
             && chars[i + 4].is_whitespace()
         {
             parts.push(std::mem::take(&mut cur));
@@ -111,7 +126,11 @@ fn split_and(s: &str) -> Vec<String> {
         i += 1;
     }
     parts.push(cur);
-    parts.into_iter().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect()
+    parts
+        .into_iter()
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn unquote(s: &str) -> &str {
@@ -146,7 +165,9 @@ impl SqlCommand {
     /// Parses what follows the word `sql`.
     pub fn parse(rest: &str) -> Result<SqlCommand, String> {
         let rest = rest.trim_start();
-        let end = rest.find(char::is_whitespace).ok_or("expected: sql <dbms> [options] <select>")?;
+        let end = rest
+            .find(char::is_whitespace)
+            .ok_or("expected: sql <dbms> [options] <select>")?;
         let dbms = rest[..end].to_ascii_lowercase();
         let mut s = rest[end..].trim_start();
         let mut cmd = SqlCommand {
@@ -159,18 +180,27 @@ impl SqlCommand {
         };
         loop {
             let lower = s.to_ascii_lowercase();
-            if s.starts_with('"') || s.starts_with('\'') || lower.starts_with("select") || lower.starts_with("with") {
+            if s.starts_with('"')
+                || s.starts_with('\'')
+                || lower.starts_with("select")
+                || lower.starts_with("with")
+            {
                 break;
             }
             if let Some(r) = lower.strip_prefix("and ") {
                 s = s[s.len() - r.len()..].trim_start();
                 continue;
             }
-            let eq = s.find('=').ok_or_else(|| format!("expected an option or a SELECT at: {s}"))?;
+            let eq = s
+                .find('=')
+                .ok_or_else(|| format!("expected an option or a SELECT at: {s}"))?;
             let key = s[..eq].trim().to_ascii_lowercase();
             let after = s[eq + 1..].trim_start();
             let vlen = if after.starts_with('(') {
-                after.find(')').map(|i| i + 1).ok_or("unclosed '(' in an option")?
+                after
+                    .find(')')
+                    .map(|i| i + 1)
+                    .ok_or("unclosed '(' in an option")?
             } else {
                 after.find(char::is_whitespace).unwrap_or(after.len())
             };
@@ -181,14 +211,19 @@ impl SqlCommand {
                         "json" => Format::Json,
                         "json:list" => Format::JsonList,
                         "table" => Format::Table,
-                        other => return Err(format!("format={other} is not supported (json, json:list, table)")),
+                        other => {
+                            return Err(format!(
+                                "format={other} is not supported (json, json:list, table)"
+                            ));
+                        }
                     }
                 }
                 "stat" => cmd.stat = !value.eq_ignore_ascii_case("false"),
                 "include" => cmd.include = Some(value.to_owned()),
                 "extend" => cmd.extend = Some(value.to_owned()),
                 // Options tarn accepts and ignores because they only tune EdgeLake's own internals.
-                "timezone" | "max_time" | "dest" | "file" | "table" | "test" | "source" | "title" => {}
+                "timezone" | "max_time" | "dest" | "file" | "table" | "test" | "source"
+                | "title" => {}
                 other => return Err(format!("unknown sql option {other:?}")),
             }
             s = after[vlen..].trim_start();
@@ -258,7 +293,11 @@ fn get_databases(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
     if wants_json(&kv) {
         let mut m = serde_json::Map::new();
         for d in dbs {
-            let path = shared.storage.path_of(&d).map(|p| p.display().to_string()).unwrap_or_default();
+            let path = shared
+                .storage
+                .path_of(&d)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             m.insert(
                 d,
                 serde_json::json!({"dbms_type": "sqlite", "ip": "Local", "port": "0", "storage": path}),
@@ -296,7 +335,9 @@ fn get_processes(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
     if wants_json(&kv) {
         Reply::Json(procs.to_string())
     } else {
-        let mut out = String::from("\n    Process         Status       Details\n    ---------------|------------|-------\n");
+        let mut out = String::from(
+            "\n    Process         Status       Details\n    ---------------|------------|-------\n",
+        );
         if let Some(m) = procs.as_object() {
             for (k, v) in m {
                 out.push_str(&format!(
@@ -319,7 +360,15 @@ fn get_tables(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
     for d in &dbms {
         match shared.storage.tables(d) {
             Ok(tables) => {
-                m.insert(d.clone(), serde_json::json!(tables.iter().map(|t| serde_json::json!({"table": t, "local": true})).collect::<Vec<_>>()));
+                m.insert(
+                    d.clone(),
+                    serde_json::json!(
+                        tables
+                            .iter()
+                            .map(|t| serde_json::json!({"table": t, "local": true}))
+                            .collect::<Vec<_>>()
+                    ),
+                );
             }
             Err(e) => return Reply::from_api(e),
         }
@@ -327,10 +376,15 @@ fn get_tables(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
     if wants_json(&kv) {
         Reply::Json(serde_json::Value::Object(m).to_string())
     } else {
-        let mut out = String::from("\nDatabase             Table name           Local DBMS\n-------------------- -------------------- ----------\n");
+        let mut out = String::from(
+            "\nDatabase             Table name           Local DBMS\n-------------------- -------------------- ----------\n",
+        );
         for (d, tables) in &m {
             for t in tables.as_array().into_iter().flatten() {
-                out.push_str(&format!("{d:<20} {:<20} V\n", t["table"].as_str().unwrap_or("")));
+                out.push_str(&format!(
+                    "{d:<20} {:<20} V\n",
+                    t["table"].as_str().unwrap_or("")
+                ));
             }
         }
         Reply::Text(out)
@@ -339,7 +393,10 @@ fn get_tables(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
 
 fn get_columns(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
     let (Some(dbms), Some(table)) = (get(&kv, "dbms"), get(&kv, "table")) else {
-        return Reply::err(code::COMMAND, "expected: get columns where dbms = X and table = Y");
+        return Reply::err(
+            code::COMMAND,
+            "expected: get columns where dbms = X and table = Y",
+        );
     };
     let cols = match shared.storage.columns(dbms, table) {
         Ok(c) => c,
@@ -352,7 +409,9 @@ fn get_columns(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
         }
         Reply::Json(serde_json::Value::Object(m).to_string())
     } else {
-        let mut out = format!("\nSchema for DBMS: '{dbms}' and Table: '{table}'\nColumn Name          Column Type\n-------------------- -----------------------------\n");
+        let mut out = format!(
+            "\nSchema for DBMS: '{dbms}' and Table: '{table}'\nColumn Name          Column Type\n-------------------- -----------------------------\n"
+        );
         for (c, t) in cols {
             out.push_str(&format!("{c:<20} {}\n", t.edgelake_name()));
         }
@@ -366,7 +425,8 @@ mod tests {
 
     #[test]
     fn parses_sql_commands() {
-        let c = SqlCommand::parse(" lab format = table and stat=false \"select * from t;\"").unwrap();
+        let c =
+            SqlCommand::parse(" lab format = table and stat=false \"select * from t;\"").unwrap();
         assert_eq!(c.dbms, "lab");
         assert_eq!(c.format, Format::Table);
         assert!(!c.stat);
@@ -374,7 +434,10 @@ mod tests {
         let c = SqlCommand::parse("lab SELECT count(*) FROM t WHERE a = 'x and y'").unwrap();
         assert_eq!((c.format, c.stat), (Format::Json, true));
         assert_eq!(c.select, "SELECT count(*) FROM t WHERE a = 'x and y'");
-        let c = SqlCommand::parse("lab format=json:list and include=(t2, db.t3) and extend=(@table_name) select 1").unwrap();
+        let c = SqlCommand::parse(
+            "lab format=json:list and include=(t2, db.t3) and extend=(@table_name) select 1",
+        )
+        .unwrap();
         assert_eq!(c.format, Format::JsonList);
         assert_eq!(c.include.as_deref(), Some("(t2, db.t3)"));
         assert!(SqlCommand::parse("lab format=xml select 1").is_err());

@@ -11,7 +11,9 @@ pub fn native_value(v: &Val, ty: Option<ColType>) -> serde_json::Value {
     match v {
         Val::Null => serde_json::Value::Null,
         Val::Int(i) => (*i).into(),
-        Val::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into),
+        Val::Float(f) => {
+            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+        }
         Val::Bool(b) => (*b).into(),
         Val::Text(s) => {
             let iso = (ty == Some(ColType::Timestamp) || ty.is_none())
@@ -29,14 +31,24 @@ pub fn py_float(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if f.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     // `{:e}` gives the shortest round-trip digits: d[.ddd]e[-]x.
     let sci = format!("{f:e}");
-    let (mant, exp) = sci.split_once('e').expect("`{:e}` always writes an exponent");
+    let (mant, exp) = sci
+        .split_once('e')
+        .expect("`{:e}` always writes an exponent");
     let exp: i32 = exp.parse().expect("`{:e}` writes a decimal exponent");
     let (sign, mant) = mant.strip_prefix('-').map_or(("", mant), |m| ("-", m));
     let digits: String = mant.chars().filter(|c| *c != '.').collect();
@@ -96,7 +108,12 @@ pub struct Stats {
 }
 
 fn hms(secs: u64) -> String {
-    format!("{:02}:{:02}:{:02}", secs / 3600, secs % 3600 / 60, secs % 60)
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 /// EdgeLake's output formats.
@@ -180,14 +197,19 @@ fn right_aligned(v: &Val, text: &str) -> bool {
             let body = text.strip_prefix('-').unwrap_or(text);
             text.chars().count() < 20
                 && !body.is_empty()
-                && body.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')
+                && body
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '.' || c == ',')
         }
         _ => false,
     }
 }
 
 fn table_block(out: &mut String, names: &[String], rows: &[Vec<Val>]) {
-    let cells: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(edgelake_text_value).collect()).collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(edgelake_text_value).collect())
+        .collect();
     let widths: Vec<usize> = names
         .iter()
         .enumerate()
@@ -260,7 +282,11 @@ mod tests {
             types: vec![None; 3],
             rows: vec![
                 vec![Val::Text("a".into()), Val::Int(12), Val::Null],
-                vec![Val::Text("bb".into()), Val::Float(1.5), Val::Text("x".into())],
+                vec![
+                    Val::Text("bb".into()),
+                    Val::Float(1.5),
+                    Val::Text("x".into()),
+                ],
             ],
         }
     }
@@ -272,14 +298,26 @@ mod tests {
             edgelake(&r, Format::Json, None),
             r#"{"Query":[{"device":"a","count(*)":12,"note":""},{"device":"bb","count(*)":1.5,"note":"x"}]}"#
         );
-        let stats = Stats { count: 2, elapsed_secs: 3725, nodes: 1 };
-        assert!(edgelake(&r, Format::Json, Some(stats)).ends_with(
-            "],\n\"Statistics\":[{\"Count\": 2,\"Time\":\"01:02:05\",\"Nodes\": 1}]}"
-        ));
+        let stats = Stats {
+            count: 2,
+            elapsed_secs: 3725,
+            nodes: 1,
+        };
+        assert!(
+            edgelake(&r, Format::Json, Some(stats)).ends_with(
+                "],\n\"Statistics\":[{\"Count\": 2,\"Time\":\"01:02:05\",\"Nodes\": 1}]}"
+            )
+        );
         assert!(edgelake(&r, Format::JsonList, None).starts_with("[{\"device\":\"a\""));
         let empty = QueryResult { rows: vec![], ..r };
-        assert_eq!(edgelake(&empty, Format::Json, None), "{\"reply\" : \"Empty data set\"}");
-        assert_eq!(edgelake(&empty, Format::Table, None), "{\"reply\" : \"Empty data set\"}");
+        assert_eq!(
+            edgelake(&empty, Format::Json, None),
+            "{\"reply\" : \"Empty data set\"}"
+        );
+        assert_eq!(
+            edgelake(&empty, Format::Table, None),
+            "{\"reply\" : \"Empty data set\"}"
+        );
     }
 
     #[test]
@@ -295,6 +333,9 @@ mod tests {
     fn timestamps_become_iso_in_native_output() {
         let v = Val::Text("2024-01-01 00:00:00.000000".into());
         assert_eq!(native_value(&v, None), "2024-01-01T00:00:00.000000Z");
-        assert_eq!(native_value(&v, Some(ColType::Text)), "2024-01-01 00:00:00.000000");
+        assert_eq!(
+            native_value(&v, Some(ColType::Text)),
+            "2024-01-01 00:00:00.000000"
+        );
     }
 }

@@ -10,7 +10,11 @@ use tarn::client::DEFAULT_NODE;
 use tarn::{Config, Durability, Service};
 
 #[derive(Parser)]
-#[command(name = "tarn", version, about = "tarn: a peer-to-peer edge data lake. One binary, every role.")]
+#[command(
+    name = "tarn",
+    version,
+    about = "tarn: a peer-to-peer edge data lake. One binary, every role."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,7 +100,9 @@ fn parse_durability(s: &str) -> Result<Durability, String> {
     match s {
         "normal" => Ok(Durability::Normal),
         "fsync" => Ok(Durability::Fsync),
-        _ => Err(format!("unknown durability {s:?}; expected normal or fsync")),
+        _ => Err(format!(
+            "unknown durability {s:?}; expected normal or fsync"
+        )),
     }
 }
 
@@ -104,8 +110,10 @@ impl NodeArgs {
     fn into_config(self) -> anyhow::Result<Config> {
         let mut cfg = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?
             }
             None => Config::default(),
         };
@@ -116,7 +124,9 @@ impl NodeArgs {
             cfg.data_dir = v;
         }
         if let Some(v) = self.rest {
-            cfg.rest = v.parse().map_err(|_| anyhow::anyhow!("--rest {v:?} is not HOST:PORT (an IP address and a port)"))?;
+            cfg.rest = v.parse().map_err(|_| {
+                anyhow::anyhow!("--rest {v:?} is not HOST:PORT (an IP address and a port)")
+            })?;
         }
         if let Some(v) = self.services {
             cfg.services = v;
@@ -139,7 +149,8 @@ impl NodeArgs {
         if self.write_immediate {
             cfg.streaming.write_immediate = true;
         }
-        cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         Ok(cfg)
     }
 }
@@ -148,10 +159,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(args) => run_node(args),
-        Command::Query { node, db, sql, format } => tarn::cli::query(&node, &db, &sql, format, &mut std::io::stdout()),
-        Command::Ingest { node, db, table, file, batch_rows } => {
-            tarn::cli::ingest(&node, &db, &table, file.as_deref(), batch_rows)
-        }
+        Command::Query {
+            node,
+            db,
+            sql,
+            format,
+        } => tarn::cli::query(&node, &db, &sql, format, &mut std::io::stdout()),
+        Command::Ingest {
+            node,
+            db,
+            table,
+            file,
+            batch_rows,
+        } => tarn::cli::ingest(&node, &db, &table, file.as_deref(), batch_rows),
         Command::Status { node } => tarn::cli::status(&node, &mut std::io::stdout()),
     };
     match result {

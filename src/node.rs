@@ -28,14 +28,20 @@ pub struct Shared {
 
 impl Shared {
     /// Validates `sql` and runs it on this node's copy of `db`. Blocking.
-    pub fn local_query(&self, db: &str, sql: &str, timeout: Option<Duration>) -> Result<QueryResult, ApiError> {
+    pub fn local_query(
+        &self,
+        db: &str,
+        sql: &str,
+        timeout: Option<Duration>,
+    ) -> Result<QueryResult, ApiError> {
         if !self.cfg.has(Service::Operator) {
             return Err(ApiError::bad_request(
                 "no_operator",
                 "this node stores no data (it does not run the operator service)",
             ));
         }
-        let select = tarn_query::Select::parse(sql).map_err(|e| ApiError::bad_request("invalid_sql", e.to_string()))?;
+        let select = tarn_query::Select::parse(sql)
+            .map_err(|e| ApiError::bad_request("invalid_sql", e.to_string()))?;
         let limit = self.cfg.query_timeout();
         let limits = QueryLimits {
             max_rows: self.cfg.max_result_rows,
@@ -69,7 +75,8 @@ impl Node {
     /// Opens the data directory, replays what a crash left, binds the REST
     /// port and starts the background work.
     pub async fn start(cfg: Config) -> anyhow::Result<Node> {
-        cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
         let lock = File::create(cfg.data_dir.join("LOCK"))?;
@@ -84,7 +91,11 @@ impl Node {
             let cfg = cfg.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let storage = Arc::new(Storage::open(&cfg.data_dir, &cfg.name, cfg.durability)?);
-                let streams = Arc::new(Streams::open(storage.clone(), &cfg.data_dir, cfg.streaming.clone())?);
+                let streams = Arc::new(Streams::open(
+                    storage.clone(),
+                    &cfg.data_dir,
+                    cfg.streaming.clone(),
+                )?);
                 Ok((storage, streams))
             })
             .await??

@@ -27,7 +27,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/query", post(query))
         .route("/v1/tables", get(tables))
         .route("/", get(command_get).post(command_post).put(put_data))
-        .fallback(|| async { ApiError::not_found("not_found", "no such endpoint; see GET /v1/status") })
+        .fallback(|| async {
+            ApiError::not_found("not_found", "no such endpoint; see GET /v1/status")
+        })
         .with_state(shared)
 }
 
@@ -48,10 +50,14 @@ async fn read_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<B
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal("a blocking task", e))?
@@ -70,9 +76,10 @@ pub fn batch_hash(db: &str, table: &str, body: &[u8]) -> String {
 
 async fn status(State(s): State<AppState>) -> Response {
     let shared = s.clone();
-    let (dbs, pending) = tokio::task::spawn_blocking(move || (shared.storage.databases(), shared.streams.pending()))
-        .await
-        .unwrap_or_default();
+    let (dbs, pending) =
+        tokio::task::spawn_blocking(move || (shared.storage.databases(), shared.streams.pending()))
+            .await
+            .unwrap_or_default();
     axum::Json(serde_json::json!({
         "name": s.cfg.name,
         "version": env!("CARGO_PKG_VERSION"),
@@ -132,10 +139,18 @@ struct QueryRequest {
     subset: Option<bool>,
 }
 
-async fn query(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn query(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let body = read_body(&s, &headers, body).await?;
-    let req: QueryRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("malformed_request", format!("expected {{\"db\", \"sql\", ...}}: {e}")))?;
+    let req: QueryRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "malformed_request",
+            format!("expected {{\"db\", \"sql\", ...}}: {e}"),
+        )
+    })?;
     match req.scope.as_deref() {
         // The network this node reaches is itself until the mesh joins nodes.
         None | Some("local") | Some("network") => {}
@@ -154,7 +169,14 @@ async fn query(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Res
     let rows: Vec<serde_json::Value> = result
         .rows
         .iter()
-        .map(|r| serde_json::Value::Array(r.iter().zip(&result.types).map(|(v, t)| native_value(v, *t)).collect()))
+        .map(|r| {
+            serde_json::Value::Array(
+                r.iter()
+                    .zip(&result.types)
+                    .map(|(v, t)| native_value(v, *t))
+                    .collect(),
+            )
+        })
         .collect();
     Ok(axum::Json(serde_json::json!({
         "columns": result.columns,
@@ -186,12 +208,22 @@ async fn tables(State(s): State<AppState>) -> Result<Response, ApiError> {
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 async fn command_get(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let Some(cmd) = header_str(&headers, "command").map(str::to_owned) else {
-        return edgelake_reply(&s, "get", Reply::Error { code: edgelake::code::COMMAND, text: "missing the 'command' header".into() });
+        return edgelake_reply(
+            &s,
+            "get",
+            Reply::Error {
+                code: edgelake::code::COMMAND,
+                text: "missing the 'command' header".into(),
+            },
+        );
     };
     let dest = header_str(&headers, "destination").map(str::to_owned);
     run_command(s, "get", cmd, dest).await
@@ -210,32 +242,50 @@ async fn command_post(State(s): State<AppState>, headers: HeaderMap, body: Body)
         Err(e) => return e.into_response(),
     };
     let (cmd, dest) = match header_str(&headers, "command") {
-        Some(c) => (c.to_owned(), header_str(&headers, "destination").map(str::to_owned)),
+        Some(c) => (
+            c.to_owned(),
+            header_str(&headers, "destination").map(str::to_owned),
+        ),
         None => match serde_json::from_slice::<CommandBody>(&body) {
             Ok(b) => (b.command, b.destination),
             Err(_) => {
-                return edgelake_reply(&s, "post", Reply::Error {
-                    code: edgelake::code::COMMAND,
-                    text: "expected a 'command' header or a JSON body {\"command\": ...}".into(),
-                });
+                return edgelake_reply(
+                    &s,
+                    "post",
+                    Reply::Error {
+                        code: edgelake::code::COMMAND,
+                        text: "expected a 'command' header or a JSON body {\"command\": ...}"
+                            .into(),
+                    },
+                );
             }
         },
     };
     run_command(s, "post", cmd, dest).await
 }
 
-async fn run_command(s: AppState, method: &'static str, cmd: String, dest: Option<String>) -> Response {
+async fn run_command(
+    s: AppState,
+    method: &'static str,
+    cmd: String,
+    dest: Option<String>,
+) -> Response {
     let shared = s.clone();
     let reply = tokio::task::spawn_blocking(move || edgelake::run(&shared, &cmd, dest.as_deref()))
         .await
-        .unwrap_or_else(|e| Reply::Error { code: edgelake::code::INTERNAL, text: format!("the command failed: {e}") });
+        .unwrap_or_else(|e| Reply::Error {
+            code: edgelake::code::INTERNAL,
+            text: format!("the command failed: {e}"),
+        });
     edgelake_reply(&s, method, reply)
 }
 
 fn edgelake_reply(s: &Shared, method: &str, reply: Reply) -> Response {
     match reply {
         Reply::Json(j) => ([(header::CONTENT_TYPE, "application/json")], j).into_response(),
-        Reply::Text(t) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], t).into_response(),
+        Reply::Text(t) => {
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], t).into_response()
+        }
         // EdgeLake answers errors with 200 and a body clients check for `err_code`.
         Reply::Error { code, text } => axum::Json(serde_json::json!({
             "method": method,
@@ -270,17 +320,26 @@ async fn put_inner(s: AppState, headers: HeaderMap, body: Body) -> Result<Respon
         header_str(&headers, name)
             .filter(|v| !v.is_empty())
             .map(str::to_owned)
-            .ok_or_else(|| ApiError::bad_request("missing_header", format!("the PUT needs a '{name}' header")))
+            .ok_or_else(|| {
+                ApiError::bad_request("missing_header", format!("the PUT needs a '{name}' header"))
+            })
     };
     let ty = header_str(&headers, "type").unwrap_or("json");
     if !ty.eq_ignore_ascii_case("json") {
-        return Err(ApiError::bad_request("unsupported_type", format!("type {ty:?} is not supported; send type: json")));
+        return Err(ApiError::bad_request(
+            "unsupported_type",
+            format!("type {ty:?} is not supported; send type: json"),
+        ));
     }
     let db = need("dbms")?;
     let table = need("table")?;
-    let mode = header_str(&headers, "mode").unwrap_or("streaming").to_ascii_lowercase();
+    let mode = header_str(&headers, "mode")
+        .unwrap_or("streaming")
+        .to_ascii_lowercase();
     let source = header_str(&headers, "source").unwrap_or("rest").to_owned();
-    let instructions = header_str(&headers, "instructions").unwrap_or("").to_owned();
+    let instructions = header_str(&headers, "instructions")
+        .unwrap_or("")
+        .to_owned();
     let body = read_body(&s, &headers, body).await?;
     let hash = match mode.as_str() {
         "streaming" => {
@@ -291,15 +350,25 @@ async fn put_inner(s: AppState, headers: HeaderMap, body: Body) -> Result<Respon
             blocking(move || {
                 let rows = parse_body(&body)?;
                 let hash = batch_hash(&db, &table, &body);
-                let meta = BatchMeta { source, hash: hash.clone(), instructions };
+                let meta = BatchMeta {
+                    source,
+                    hash: hash.clone(),
+                    instructions,
+                };
                 s.storage.write(&db, &table, rows, &meta)?;
                 Ok(hash)
             })
             .await?
         }
         other => {
-            return Err(ApiError::bad_request("bad_mode", format!("mode {other:?} is not supported; use streaming or file")));
+            return Err(ApiError::bad_request(
+                "bad_mode",
+                format!("mode {other:?} is not supported; use streaming or file"),
+            ));
         }
     };
-    Ok(axum::Json(serde_json::json!({"AnyLog.status": "Success", "AnyLog.hash": hash})).into_response())
+    Ok(
+        axum::Json(serde_json::json!({"AnyLog.status": "Success", "AnyLog.hash": hash}))
+            .into_response(),
+    )
 }

@@ -157,7 +157,12 @@ pub fn parse_body(body: &[u8]) -> Result<Rows, ApiError> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace());
     let mut acc = Acc::default();
     match start.map(|i| body[i]) {
-        None => return Err(ApiError::bad_request("empty_body", "the body holds no rows")),
+        None => {
+            return Err(ApiError::bad_request(
+                "empty_body",
+                "the body holds no rows",
+            ));
+        }
         Some(b'[') => {
             let mut de = serde_json::Deserializer::from_slice(body);
             de.deserialize_seq(ArrayVisitor(&mut acc))
@@ -215,7 +220,10 @@ impl Acc {
 
     fn finish(self) -> Result<Rows, ApiError> {
         if self.rows.is_empty() {
-            return Err(ApiError::bad_request("empty_body", "the body holds no rows"));
+            return Err(ApiError::bad_request(
+                "empty_body",
+                "the body holds no rows",
+            ));
         }
         let mut columns = Vec::with_capacity(self.columns.len());
         for c in &self.columns {
@@ -442,13 +450,9 @@ pub fn coerce(column: &str, ty: ColType, v: &mut Val) -> Result<(), ApiError> {
     let ok = match (ty, &*v) {
         (_, Val::Null) => true,
         (ColType::Integer, Val::Int(_)) => true,
-        (ColType::Integer, Val::Float(f)) => {
-            if f.fract() == 0.0 && f.abs() < 9.0e15 {
-                *v = Val::Int(*f as i64);
-                true
-            } else {
-                false
-            }
+        (ColType::Integer, Val::Float(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+            *v = Val::Int(*f as i64);
+            true
         }
         (ColType::Integer, Val::Text(s)) => match s.trim().parse::<i64>() {
             Ok(i) => {
@@ -551,7 +555,10 @@ mod tests {
             rows(r#"{"a": {"n": [1, 2]}}"#).rows[0][0],
             Val::Text(r#"{"n":[1,2]}"#.into())
         );
-        assert_eq!(rows("{\"b\":1,\"a\":2}\n{\"a\":3,\"b\":4}").rows[1], [Val::Int(4), Val::Int(3)]);
+        assert_eq!(
+            rows("{\"b\":1,\"a\":2}\n{\"a\":3,\"b\":4}").rows[1],
+            [Val::Int(4), Val::Int(3)]
+        );
     }
 
     #[test]
@@ -573,16 +580,28 @@ mod tests {
             r#"{"A":1,"a":2}"#,
             r#"{"x":18446744073709551615}"#,
         ] {
-            assert!(parse_body(body.as_bytes()).is_err(), "{body:?} was accepted");
+            assert!(
+                parse_body(body.as_bytes()).is_err(),
+                "{body:?} was accepted"
+            );
         }
     }
 
     #[test]
     fn infers_and_widens_new_columns() {
         use ValKind::*;
-        assert_eq!(infer("c", [Int, Null].into_iter()).unwrap(), ColType::Integer);
-        assert_eq!(infer("c", [Int, Float].into_iter()).unwrap(), ColType::Float);
-        assert_eq!(infer("c", [Timestamp, Text].into_iter()).unwrap(), ColType::Text);
+        assert_eq!(
+            infer("c", [Int, Null].into_iter()).unwrap(),
+            ColType::Integer
+        );
+        assert_eq!(
+            infer("c", [Int, Float].into_iter()).unwrap(),
+            ColType::Float
+        );
+        assert_eq!(
+            infer("c", [Timestamp, Text].into_iter()).unwrap(),
+            ColType::Text
+        );
         assert_eq!(infer("c", [Null].into_iter()).unwrap(), ColType::Text);
         assert!(infer("c", [Int, Text].into_iter()).is_err());
         assert!(infer("c", [Bool, Int].into_iter()).is_err());
@@ -605,7 +624,15 @@ mod tests {
     #[test]
     fn identifiers() {
         assert_eq!(ident("table", "Temp_1").unwrap(), "temp_1");
-        for bad in ["", "1abc", "a b", "a;drop", "sqlite_master", "tarn_x", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "1abc",
+            "a b",
+            "a;drop",
+            "sqlite_master",
+            "tarn_x",
+            &"x".repeat(65),
+        ] {
             assert!(ident("table", bad).is_err(), "{bad}");
         }
     }

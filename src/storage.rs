@@ -43,7 +43,10 @@ pub struct TableSchema {
 
 impl TableSchema {
     pub fn get(&self, name: &str) -> Option<ColType> {
-        self.columns.iter().find(|(c, _)| c == name).map(|(_, t)| *t)
+        self.columns
+            .iter()
+            .find(|(c, _)| c == name)
+            .map(|(_, t)| *t)
     }
 
     /// Decides each batch column's type (existing columns keep theirs, new
@@ -138,7 +141,11 @@ const MAX_IDLE_READERS: usize = 8;
 impl Storage {
     /// Opens (or creates) the storage under `data_dir/dbms`. `tsd_name` names
     /// this node in the rows it stores.
-    pub fn open(data_dir: &Path, tsd_name: &str, durability: Durability) -> anyhow::Result<Storage> {
+    pub fn open(
+        data_dir: &Path,
+        tsd_name: &str,
+        durability: Durability,
+    ) -> anyhow::Result<Storage> {
         let dir = data_dir.join("dbms");
         std::fs::create_dir_all(&dir)?;
         let almgm = Arc::new(Database::open(&dir.join("almgm.db"), durability)?);
@@ -157,7 +164,9 @@ impl Storage {
         let mut dbs = HashMap::new();
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
-            let Some(name) = db_name_of(&path) else { continue };
+            let Some(name) = db_name_of(&path) else {
+                continue;
+            };
             if RESERVED_DBS.contains(&name.as_str()) {
                 continue;
             }
@@ -181,7 +190,9 @@ impl Storage {
     fn reconcile(&self) -> anyhow::Result<i64> {
         let almgm = self.almgm.writer();
         let mut max: i64 =
-            almgm.query_row("SELECT coalesce(max(file_id), 0) FROM tsd_info", [], |r| r.get(0))?;
+            almgm.query_row("SELECT coalesce(max(file_id), 0) FROM tsd_info", [], |r| {
+                r.get(0)
+            })?;
         for (name, db) in self.dbs.read().expect("lock poisoned").iter() {
             let w = db.writer();
             let mut stmt = w.prepare(
@@ -224,7 +235,13 @@ impl Storage {
 
     /// Writes one batch into `db.table`, creating the database, the table and
     /// new columns as needed. Refused whole on any bad value.
-    pub fn write(&self, db: &str, table: &str, mut rows: Rows, meta: &BatchMeta) -> Result<Written, ApiError> {
+    pub fn write(
+        &self,
+        db: &str,
+        table: &str,
+        mut rows: Rows,
+        meta: &BatchMeta,
+    ) -> Result<Written, ApiError> {
         let db_name = user_db(db)?;
         let table = ident("table", table)?;
         let database = self.database_or_create(&db_name)?;
@@ -257,16 +274,22 @@ impl Storage {
                 tx.execute_batch(&create_table_sql(&table, &new_cols))?;
             } else {
                 for (c, t) in &new_cols {
-                    tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {c} {}", t.sql()))?;
+                    tx.execute_batch(&format!(
+                        "ALTER TABLE \"{table}\" ADD COLUMN \"{c}\" {}",
+                        t.sql()
+                    ))?;
                     if *t == ColType::Timestamp {
                         tx.execute_batch(&index_sql(&table, c))?;
                     }
                 }
             }
-            let cols = rows.columns.join(", ");
-            let marks: Vec<String> = (1..=rows.columns.len() + 3).map(|i| format!("?{i}")).collect();
+            let cols: Vec<String> = rows.columns.iter().map(|c| format!("\"{c}\"")).collect();
+            let cols = cols.join(", ");
+            let marks: Vec<String> = (1..=rows.columns.len() + 3)
+                .map(|i| format!("?{i}"))
+                .collect();
             let sql = format!(
-                "INSERT INTO {table} (insert_timestamp, tsd_name, tsd_id{}{cols}) VALUES ({})",
+                "INSERT INTO \"{table}\" (insert_timestamp, tsd_name, tsd_id{}{cols}) VALUES ({})",
                 if cols.is_empty() { "" } else { ", " },
                 marks.join(", ")
             );
@@ -283,19 +306,37 @@ impl Storage {
             drop(stmt);
             tx.execute(
                 "INSERT INTO tarn_batches VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![tsd_id, meta.hash, table, meta.source, meta.instructions, n as i64, now],
+                params![
+                    tsd_id,
+                    meta.hash,
+                    table,
+                    meta.source,
+                    meta.instructions,
+                    n as i64,
+                    now
+                ],
             )?;
             Ok(())
         };
         write().map_err(|e| ApiError::internal("writing a batch", e))?;
-        tx.commit().map_err(|e| ApiError::internal("committing a batch", e))?;
+        tx.commit()
+            .map_err(|e| ApiError::internal("committing a batch", e))?;
         if !new_cols.is_empty() {
             database.set_schema(&table, schema.extended(&new_cols));
         }
         drop(conn);
         if let Err(e) = self.almgm.writer().execute(
             "INSERT OR IGNORE INTO tsd_info VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![tsd_id, db_name, table, meta.source, meta.hash, meta.instructions, n as i64, now],
+            params![
+                tsd_id,
+                db_name,
+                table,
+                meta.source,
+                meta.hash,
+                meta.instructions,
+                n as i64,
+                now
+            ],
         ) {
             // The batch is safe in its database; start-up copies it over.
             tracing::warn!("recording batch {tsd_id} in almgm.tsd_info: {e}");
@@ -308,7 +349,12 @@ impl Storage {
     }
 
     /// Runs one validated SELECT against `db`.
-    pub fn query(&self, db: &str, mut select: tarn_query::Select, limits: QueryLimits) -> Result<QueryResult, ApiError> {
+    pub fn query(
+        &self,
+        db: &str,
+        mut select: tarn_query::Select,
+        limits: QueryLimits,
+    ) -> Result<QueryResult, ApiError> {
         let database = self.database(db)?;
         let ts_cols: Vec<String> = {
             let schemas = database.schemas.read().expect("lock poisoned");
@@ -324,7 +370,9 @@ impl Storage {
         };
         select.normalize_timestamps(|c| ts_cols.iter().any(|t| t == c));
         let sql = select.to_sql();
-        let mut conn = database.reader().map_err(|e| ApiError::internal("opening a reader", e))?;
+        let mut conn = database
+            .reader()
+            .map_err(|e| ApiError::internal("opening a reader", e))?;
         let result = run_query(&mut conn, &sql, limits);
         database.give_back(conn);
         result
@@ -332,7 +380,13 @@ impl Storage {
 
     /// Databases, in name order (`almgm` included).
     pub fn databases(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.dbs.read().expect("lock poisoned").keys().cloned().collect();
+        let mut v: Vec<String> = self
+            .dbs
+            .read()
+            .expect("lock poisoned")
+            .keys()
+            .cloned()
+            .collect();
         v.push("almgm".into());
         v.sort();
         v
@@ -344,7 +398,13 @@ impl Storage {
         if db == "almgm" {
             return Ok(vec!["tsd_info".into()]);
         }
-        let mut v: Vec<String> = database.schemas.read().expect("lock poisoned").keys().cloned().collect();
+        let mut v: Vec<String> = database
+            .schemas
+            .read()
+            .expect("lock poisoned")
+            .keys()
+            .cloned()
+            .collect();
         v.sort();
         Ok(v)
     }
@@ -353,9 +413,12 @@ impl Storage {
     pub fn columns(&self, db: &str, table: &str) -> Result<Vec<(String, ColType)>, ApiError> {
         let database = self.database(db)?;
         let table = table.to_ascii_lowercase();
-        let schema = database
-            .schema(&table)
-            .ok_or_else(|| ApiError::not_found("unknown_table", format!("database {db:?} has no table {table:?}")))?;
+        let schema = database.schema(&table).ok_or_else(|| {
+            ApiError::not_found(
+                "unknown_table",
+                format!("database {db:?} has no table {table:?}"),
+            )
+        })?;
         let sys = [
             ("row_id", ColType::Integer),
             ("insert_timestamp", ColType::Timestamp),
@@ -371,7 +434,11 @@ impl Storage {
 
     /// The schema of `db.table` if it exists.
     pub fn schema(&self, db: &str, table: &str) -> Option<Arc<TableSchema>> {
-        self.dbs.read().expect("lock poisoned").get(db)?.schema(table)
+        self.dbs
+            .read()
+            .expect("lock poisoned")
+            .get(db)?
+            .schema(table)
     }
 
     /// Path of a database's file.
@@ -379,7 +446,11 @@ impl Storage {
         if db == "almgm" {
             return Some(self.almgm.path.clone());
         }
-        self.dbs.read().expect("lock poisoned").get(db).map(|d| d.path.clone())
+        self.dbs
+            .read()
+            .expect("lock poisoned")
+            .get(db)
+            .map(|d| d.path.clone())
     }
 
     fn database(&self, db: &str) -> Result<Arc<Database>, ApiError> {
@@ -392,7 +463,12 @@ impl Storage {
             .expect("lock poisoned")
             .get(&name)
             .cloned()
-            .ok_or_else(|| ApiError::not_found("unknown_database", format!("no database named {db:?} on this node")))
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "unknown_database",
+                    format!("no database named {db:?} on this node"),
+                )
+            })
     }
 
     fn database_or_create(&self, name: &str) -> Result<Arc<Database>, ApiError> {
@@ -405,7 +481,8 @@ impl Storage {
         }
         let path = self.dir.join(format!("{name}.db"));
         let d = Arc::new(
-            Database::open(&path, self.durability).map_err(|e| ApiError::internal("creating a database", e))?,
+            Database::open(&path, self.durability)
+                .map_err(|e| ApiError::internal("creating a database", e))?,
         );
         tracing::info!(db = %name, path = %path.display(), "created database");
         dbs.insert(name.to_owned(), d.clone());
@@ -434,11 +511,11 @@ fn db_name_of(path: &Path) -> Option<String> {
 
 fn create_table_sql(table: &str, cols: &[(String, ColType)]) -> String {
     let mut sql = format!(
-        "CREATE TABLE {table} (row_id INTEGER PRIMARY KEY, insert_timestamp TIMESTAMP NOT NULL, \
+        "CREATE TABLE \"{table}\" (row_id INTEGER PRIMARY KEY, insert_timestamp TIMESTAMP NOT NULL, \
          tsd_name TEXT NOT NULL, tsd_id INTEGER NOT NULL"
     );
     for (c, t) in cols {
-        sql.push_str(&format!(", {c} {}", t.sql()));
+        sql.push_str(&format!(", \"{c}\" {}", t.sql()));
     }
     sql.push_str(");");
     for (c, t) in cols {
@@ -450,8 +527,9 @@ fn create_table_sql(table: &str, cols: &[(String, ColType)]) -> String {
 }
 
 // Every timestamp column is indexed: time-range scans are the common query.
+// Names are quoted everywhere: a valid tarn name may still be an SQL keyword.
 fn index_sql(table: &str, column: &str) -> String {
-    format!("CREATE INDEX IF NOT EXISTS {table}__{column}__idx ON {table} ({column});")
+    format!("CREATE INDEX IF NOT EXISTS \"{table}__{column}__idx\" ON \"{table}\" (\"{column}\");")
 }
 
 impl Database {
@@ -494,7 +572,11 @@ impl Database {
     }
 
     fn schema(&self, table: &str) -> Option<Arc<TableSchema>> {
-        self.schemas.read().expect("lock poisoned").get(table).cloned()
+        self.schemas
+            .read()
+            .expect("lock poisoned")
+            .get(table)
+            .cloned()
     }
 
     fn set_schema(&self, table: &str, schema: TableSchema) {
@@ -534,7 +616,7 @@ fn load_schemas(conn: &Connection) -> rusqlite::Result<HashMap<String, Arc<Table
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for t in tables {
-        let mut stmt = conn.prepare(&format!("PRAGMA table_info({t})"))?;
+        let mut stmt = conn.prepare(&format!("PRAGMA table_info(\"{t}\")"))?;
         let columns = stmt
             .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
             .filter_map(|c| c.ok())
@@ -546,7 +628,11 @@ fn load_schemas(conn: &Connection) -> rusqlite::Result<HashMap<String, Arc<Table
     Ok(out)
 }
 
-fn run_query(conn: &mut Connection, sql: &str, limits: QueryLimits) -> Result<QueryResult, ApiError> {
+fn run_query(
+    conn: &mut Connection,
+    sql: &str,
+    limits: QueryLimits,
+) -> Result<QueryResult, ApiError> {
     let deadline = Instant::now() + limits.timeout;
     conn.progress_handler(10_000, Some(move || Instant::now() > deadline))
         .map_err(|e| ApiError::internal("setting a query deadline", e))?;
@@ -584,7 +670,11 @@ fn run_query(conn: &mut Connection, sql: &str, limits: QueryLimits) -> Result<Qu
             }
             rows.push(row);
         }
-        Ok(QueryResult { columns, types, rows })
+        Ok(QueryResult {
+            columns,
+            types,
+            rows,
+        })
     })();
     let _ = conn.progress_handler(0, None::<fn() -> bool>);
     result
@@ -593,10 +683,20 @@ fn run_query(conn: &mut Connection, sql: &str, limits: QueryLimits) -> Result<Qu
 fn sql_error(e: rusqlite::Error) -> ApiError {
     let msg = e.to_string();
     if let Some(t) = msg.strip_prefix("no such table: ") {
-        return ApiError::not_found("unknown_table", format!("no table named {t:?} in this database"));
+        return ApiError::not_found(
+            "unknown_table",
+            format!("no table named {t:?} in this database"),
+        );
     }
-    if matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::OperationInterrupted)) {
-        return ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "the query ran past its time limit");
+    if matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::OperationInterrupted)
+    ) {
+        return ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the query ran past its time limit",
+        );
     }
     ApiError::bad_request("sql_error", format!("SQL error: {msg}"))
 }

@@ -29,9 +29,12 @@ pub struct Streams {
     storage: Arc<Storage>,
     dir: PathBuf,
     cfg: StreamingConfig,
-    buffers: Mutex<HashMap<(String, String), Arc<Mutex<Buffer>>>>,
+    buffers: Mutex<HashMap<TableKey, Arc<Mutex<Buffer>>>>,
     seq: AtomicU64,
 }
+
+/// `(database, table)`.
+type TableKey = (String, String);
 
 #[derive(Default)]
 struct Buffer {
@@ -52,7 +55,11 @@ struct Taken {
 
 impl Streams {
     /// Opens the journal directory and writes whatever earlier runs left there.
-    pub fn open(storage: Arc<Storage>, data_dir: &Path, cfg: StreamingConfig) -> anyhow::Result<Streams> {
+    pub fn open(
+        storage: Arc<Storage>,
+        data_dir: &Path,
+        cfg: StreamingConfig,
+    ) -> anyhow::Result<Streams> {
         let dir = data_dir.join("stream");
         std::fs::create_dir_all(&dir)?;
         let streams = Streams {
@@ -77,7 +84,11 @@ impl Streams {
         let buffer = self.buffer(&db, &table);
         let taken = {
             let mut b = buffer.lock().unwrap_or_else(|p| p.into_inner());
-            let stored = self.storage.schema(&db, &table).map(|s| (*s).clone()).unwrap_or_default();
+            let stored = self
+                .storage
+                .schema(&db, &table)
+                .map(|s| (*s).clone())
+                .unwrap_or_default();
             let schema = stored.extended(&b.new_columns.columns);
             let new = schema.plan(&mut rows)?;
             self.journal(&mut b, &db, &table, body)
@@ -115,21 +126,43 @@ impl Streams {
 
     /// Rows waiting in buffers, per `db.table`.
     pub fn pending(&self) -> Vec<(String, String, usize)> {
-        let buffers: Vec<_> = self.buffers.lock().expect("lock poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let buffers: Vec<_> = self
+            .buffers
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         buffers
             .into_iter()
-            .map(|((d, t), b)| (d, t, b.lock().unwrap_or_else(|p| p.into_inner()).rows.rows.len()))
+            .map(|((d, t), b)| {
+                (
+                    d,
+                    t,
+                    b.lock().unwrap_or_else(|p| p.into_inner()).rows.rows.len(),
+                )
+            })
             .filter(|(_, _, n)| *n > 0)
             .collect()
     }
 
     fn take_all(&self, due: impl Fn(&Buffer) -> bool) -> Vec<Taken> {
-        let buffers: Vec<_> = self.buffers.lock().expect("lock poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let buffers: Vec<_> = self
+            .buffers
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         buffers
             .into_iter()
             .filter_map(|((db, table), b)| {
                 let mut b = b.lock().unwrap_or_else(|p| p.into_inner());
-                if due(&b) { take(&mut b, &db, &table) } else { None }
+                if due(&b) {
+                    take(&mut b, &db, &table)
+                } else {
+                    None
+                }
             })
             .collect()
     }
@@ -151,7 +184,10 @@ impl Streams {
                 self.seq.fetch_add(1, Ordering::Relaxed)
             );
             let path = self.dir.join(name);
-            let f = OpenOptions::new().create_new(true).append(true).open(&path)?;
+            let f = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)?;
             b.journal = Some((f, path));
         }
         let (f, _) = b.journal.as_mut().expect("journal was just opened");
@@ -206,7 +242,9 @@ impl Streams {
         for path in files {
             let name = file_name(&path);
             let mut parts = name.splitn(3, '.');
-            let (Some(db), Some(table)) = (parts.next(), parts.next()) else { continue };
+            let (Some(db), Some(table)) = (parts.next(), parts.next()) else {
+                continue;
+            };
             let rows = read_journal(&path)?;
             let n = rows.rows.len();
             if n == 0 {
@@ -242,7 +280,9 @@ fn take(b: &mut Buffer, db: &str, table: &str) -> Option<Taken> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Reads a journal's records. A torn last record (the crash came mid-append,
@@ -259,7 +299,11 @@ fn read_journal(path: &Path) -> anyhow::Result<Rows> {
         }
         match parse_body(&data[at + 4..at + 4 + len]) {
             Ok(r) => rows.append(r),
-            Err(e) => tracing::warn!("skipping an unreadable record in {}: {}", path.display(), e.message),
+            Err(e) => tracing::warn!(
+                "skipping an unreadable record in {}: {}",
+                path.display(),
+                e.message
+            ),
         }
         at += 4 + len;
     }

@@ -63,7 +63,12 @@ impl FileName {
         }
         let dbms = ident("database", parts[0]).map_err(|e| e.message)?;
         let table = ident("table", parts[1]).map_err(|e| e.message)?;
-        let part = |i: usize| parts.get(i).filter(|p| !p.is_empty()).map(|p| p.to_string());
+        let part = |i: usize| {
+            parts
+                .get(i)
+                .filter(|p| !p.is_empty())
+                .map(|p| p.to_string())
+        };
         Ok(FileName {
             dbms,
             table,
@@ -103,7 +108,11 @@ impl Watcher {
             let Ok(meta) = entry.metadata() else { continue };
             let name = entry.file_name().to_string_lossy().into_owned();
             // Hidden and temporary names are files still being written.
-            if !meta.is_file() || name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part") {
+            if !meta.is_file()
+                || name.starts_with('.')
+                || name.ends_with(".tmp")
+                || name.ends_with(".part")
+            {
                 continue;
             }
             present.push(path.clone());
@@ -149,7 +158,9 @@ impl Watcher {
         let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
         let mut data = Vec::new();
         let read = if parsed.gz {
-            flate2::read::GzDecoder::new(file).take(MAX_FILE + 1).read_to_end(&mut data)
+            flate2::read::GzDecoder::new(file)
+                .take(MAX_FILE + 1)
+                .read_to_end(&mut data)
         } else {
             file.take(MAX_FILE + 1).read_to_end(&mut data)
         };
@@ -212,8 +223,17 @@ mod tests {
             }
         );
         let f = FileName::parse("Lab.T.json").unwrap();
-        assert_eq!((f.dbms.as_str(), f.table.as_str(), f.hash, f.gz), ("lab", "t", None, false));
-        for bad in ["lab.json", "lab.t.csv", "a.b.c.d.e.f.json", "1x.t.json", "lab.t-x.json"] {
+        assert_eq!(
+            (f.dbms.as_str(), f.table.as_str(), f.hash, f.gz),
+            ("lab", "t", None, false)
+        );
+        for bad in [
+            "lab.json",
+            "lab.t.csv",
+            "a.b.c.d.e.f.json",
+            "1x.t.json",
+            "lab.t-x.json",
+        ] {
             assert!(FileName::parse(bad).is_err(), "{bad}");
         }
     }

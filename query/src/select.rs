@@ -3,8 +3,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr, InTarget, ObjectNamePart, Query, SetExpr, Statement, Value, ValueWithSpan, Visit,
-    Visitor, visit_expressions_mut, visit_relations,
+    BinaryOperator, Expr, InTarget, ObjectNamePart, Query, SetExpr, Statement, Value,
+    ValueWithSpan, Visit, Visitor, visit_expressions_mut, visit_relations,
 };
 use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
@@ -157,7 +157,9 @@ fn statement_kind(stmt: &Statement) -> String {
     let text = stmt.to_string();
     let kind: Vec<&str> = text.split_whitespace().take(2).collect();
     match kind.first() {
-        Some(first) if first.eq_ignore_ascii_case("create") || first.eq_ignore_ascii_case("drop") => {
+        Some(first)
+            if first.eq_ignore_ascii_case("create") || first.eq_ignore_ascii_case("drop") =>
+        {
             kind.join(" ").to_ascii_uppercase()
         }
         Some(first) => first.to_ascii_uppercase(),

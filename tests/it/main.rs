@@ -1,1 +1,10 @@
+//! tarn's integration tests: real `tarn node` processes, real HTTP, real
+//! SQLite files. One binary, so the slow link happens once.
 
+mod bad_input;
+mod cli;
+mod crash;
+mod edgelake;
+mod harness;
+mod ingest;
+mod watch;

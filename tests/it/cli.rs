@@ -1,0 +1,215 @@
+//! The `tarn` binary's client commands against a running node.
+
+use std::io::Write;
+use std::process::{Command, Output};
+
+use crate::harness::{BIN, TestNode};
+
+fn tarn(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("TARN_NODE")
+        .output()
+        .expect("run tarn")
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "tarn failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn one_line_error(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "expected a failure: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let err = String::from_utf8(o.stderr.clone()).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.starts_with("tarn: "), "{err}");
+    err
+}
+
+#[test]
+fn ingest_query_status() {
+    let node = TestNode::start(&[]);
+    let url = node.client.base().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+
+    // NDJSON from a file, in several batches.
+    let ndjson = dir.path().join("rows.ndjson");
+    let mut f = std::fs::File::create(&ndjson).unwrap();
+    for i in 0..2500 {
+        writeln!(
+            f,
+            "{{\"i\": {i}, \"name\": \"n{}\", \"x\": {}.5}}",
+            i % 4,
+            i
+        )
+        .unwrap();
+    }
+    drop(f);
+    let o = tarn(&[
+        "ingest",
+        "--node",
+        &url,
+        "--db",
+        "lab",
+        "--table",
+        "cli",
+        "--batch-rows",
+        "1000",
+        ndjson.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ingested 2500 rows into lab.cli in 3 batches")
+    );
+    // Again: every batch is already stored.
+    let o = tarn(&[
+        "ingest",
+        "--node",
+        &url,
+        "--db",
+        "lab",
+        "--table",
+        "cli",
+        "--batch-rows",
+        "1000",
+        ndjson.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("(3 already stored)"));
+    // A JSON array.
+    let array = dir.path().join("rows.json");
+    std::fs::write(&array, r#"[{"i": 10000, "name": "z, \"q\""}]"#).unwrap();
+    stdout(&tarn(&[
+        "ingest",
+        "--node",
+        &url,
+        "--db",
+        "lab",
+        "--table",
+        "cli",
+        array.to_str().unwrap(),
+    ]));
+    assert_eq!(node.count("lab", "cli"), 2501);
+
+    let out = stdout(&tarn(&[
+        "query",
+        "--node",
+        &url,
+        "--db",
+        "lab",
+        "--format",
+        "csv",
+        "select name, count(*) as n from cli group by name order by name",
+    ]));
+    assert_eq!(
+        out,
+        "name,n\nn0,625\nn1,625\nn2,625\nn3,625\n\"z, \"\"q\"\"\",1\n"
+    );
+    let out = stdout(&tarn(&[
+        "query",
+        "--node",
+        &url,
+        "--db",
+        "lab",
+        "select sum(i) as s from cli where i < 10",
+    ]));
+    assert_eq!(out, "s\n--\n45\n(1 row)\n");
+    let out = stdout(&tarn(&[
+        "query",
+        "--node",
+        &url,
+        "--db",
+        "lab",
+        "--format",
+        "json",
+        "select 1 as one",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["rows"], serde_json::json!([[1]]));
+
+    let out = stdout(&tarn(&["status", "--node", &url]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["name"], "test-node");
+
+    // Errors: one line, non-zero exit.
+    let e = one_line_error(&tarn(&[
+        "query",
+        "--node",
+        &url,
+        "--db",
+        "lab",
+        "delete from cli",
+    ]));
+    assert!(e.contains("only read-only SELECT"), "{e}");
+    let e = one_line_error(&tarn(&[
+        "query", "--node", &url, "--db", "nodb", "select 1",
+    ]));
+    assert!(e.contains("nodb"), "{e}");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"i\": }\n").unwrap();
+    one_line_error(&tarn(&[
+        "ingest",
+        "--node",
+        &url,
+        "--db",
+        "lab",
+        "--table",
+        "cli",
+        bad.to_str().unwrap(),
+    ]));
+    one_line_error(&tarn(&[
+        "ingest",
+        "--node",
+        &url,
+        "--db",
+        "lab",
+        "--table",
+        "cli",
+        "/no/such/file",
+    ]));
+    one_line_error(&tarn(&["status", "--node", "http://127.0.0.1:1"]));
+    one_line_error(&tarn(&["node", "--rest", "not-an-address"]));
+    one_line_error(&tarn(&["node", "--name", "bad name"]));
+    assert_eq!(node.count("lab", "cli"), 2501);
+}
+
+#[test]
+fn help_documents_every_node_flag() {
+    let help = stdout(&tarn(&["node", "--help"]));
+    for flag in [
+        "--config",
+        "--name",
+        "--data-dir",
+        "--rest",
+        "--services",
+        "--durability",
+        "--max-body-bytes",
+        "--watch-dir",
+        "--stream-rows",
+        "--stream-ms",
+        "--write-immediate",
+    ] {
+        assert!(help.contains(flag), "tarn node --help lacks {flag}");
+    }
+}
+
+#[test]
+fn a_second_node_on_the_same_data_dir_is_refused() {
+    let node = TestNode::start(&[]);
+    let data = node.data_dir();
+    let e = one_line_error(&tarn(&[
+        "node",
+        "--rest",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]));
+    assert!(e.contains("in use"), "{e}");
+}

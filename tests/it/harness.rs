@@ -1,0 +1,200 @@
+//! Test nodes as real `tarn node` processes on 127.0.0.1:0 with their own
+//! data directories, and small helpers (deadline waits, a seeded RNG).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use tarn::client::{Answer, Client};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tarn");
+
+/// A `tarn node` child process.
+pub struct TestNode {
+    pub dir: tempfile::TempDir,
+    pub args: Vec<String>,
+    child: Option<Child>,
+    pub client: Client,
+}
+
+impl TestNode {
+    /// Starts a node with default settings plus `args`.
+    pub fn start(args: &[&str]) -> TestNode {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, client) = spawn(dir.path(), &args);
+        TestNode {
+            dir,
+            args,
+            child: Some(child),
+            client,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// SIGKILL: no shutdown, no flushing.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill the node");
+            c.wait().expect("reap the node");
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id().to_string();
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("send SIGTERM");
+            let status = c.wait().expect("reap the node");
+            assert!(status.success(), "the node exited with {status}");
+        }
+    }
+
+    /// Starts the node again on the same data directory (a new REST port).
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, client) = spawn(self.dir.path(), &self.args);
+        self.child = Some(child);
+        self.client = client;
+    }
+
+    /// Runs a query and returns (columns, rows); panics on an error.
+    pub fn query(&self, db: &str, sql: &str) -> (Vec<String>, Vec<Vec<serde_json::Value>>) {
+        let v = self
+            .client
+            .query(db, sql)
+            .unwrap()
+            .ok_json()
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let cols = v["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+        let rows = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_array().unwrap().clone())
+            .collect();
+        (cols, rows)
+    }
+
+    /// `select count(*)` of a table, 0 when the table or database is missing.
+    pub fn count(&self, db: &str, table: &str) -> i64 {
+        let a = self
+            .client
+            .query(db, &format!("select count(*) from {table}"))
+            .unwrap();
+        if a.status == 404 {
+            return 0;
+        }
+        a.ok_json().unwrap()["rows"][0][0].as_i64().unwrap()
+    }
+
+    pub fn post(&self, db: &str, table: &str, body: &str) -> Answer {
+        self.client.ingest(db, table, body.as_bytes()).unwrap()
+    }
+
+    pub fn put(&self, db: &str, table: &str, mode: &str, body: &str) -> Answer {
+        self.client
+            .put(
+                "/",
+                &[
+                    ("type", "json"),
+                    ("dbms", db),
+                    ("table", table),
+                    ("mode", mode),
+                    ("Content-Type", "text/plain"),
+                ],
+                body.as_bytes(),
+            )
+            .unwrap()
+    }
+
+    pub fn command(&self, cmd: &str) -> Answer {
+        self.client.command(cmd, None).unwrap()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(dir: &Path, args: &[String]) -> (Child, Client) {
+    let data = dir.join("data");
+    let mut child = Command::new(BIN)
+        .arg("node")
+        .arg("--rest")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--name")
+        .arg("test-node")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start tarn node");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = lines
+        .next()
+        .expect("the node prints its address")
+        .expect("readable stdout");
+    let url = line
+        .split("rest=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .trim()
+        .to_owned();
+    // Keep draining stdout so the node never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, Client::new(&url))
+}
+
+/// Waits until `f` returns `Some`, or panics naming `what` after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A small deterministic RNG (xorshift64*), so tests need no extra crate.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// A float in [lo, hi) with two decimals.
+    pub fn metric(&mut self, lo: f64, hi: f64) -> f64 {
+        let x = lo + (hi - lo) * (self.below(1_000_000) as f64 / 1_000_000.0);
+        (x * 100.0).round() / 100.0
+    }
+}

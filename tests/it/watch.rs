@@ -1,0 +1,115 @@
+//! The watched directory: files in, archive/ or error/ out.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::harness::{TestNode, wait_for};
+
+fn node_with_fast_watch() -> TestNode {
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), "[watch]\npoll_ms = 50\nsettle_ms = 1500\n").unwrap();
+    let path = cfg.into_temp_path().keep().unwrap();
+    TestNode::start(&["--config", path.to_str().unwrap()])
+}
+
+fn exists(p: &Path) -> Option<()> {
+    p.exists().then_some(())
+}
+
+#[test]
+fn files_are_loaded_archived_or_refused() {
+    let node = node_with_fast_watch();
+    let watch = node.data_dir().join("watch");
+    let t = Duration::from_secs(20);
+    std::fs::create_dir_all(&watch).unwrap();
+
+    // A plain file.
+    std::fs::write(watch.join("lab.files.json"), r#"[{"a": 1}, {"a": 2}]"#).unwrap();
+    wait_for("lab.files.json archived", t, || {
+        exists(&watch.join("archive/lab.files.json"))
+    });
+    assert_eq!(node.count("lab", "files"), 2);
+
+    // A gzip file whose name carries source and hash; the same hash again is a duplicate.
+    let gz = |rows: &str| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(rows.as_bytes()).unwrap();
+        e.finish().unwrap()
+    };
+    std::fs::write(
+        watch.join("lab.files.dev1.h42.none.json.gz"),
+        gz("{\"a\": 3}\n{\"a\": 4}\n"),
+    )
+    .unwrap();
+    wait_for("gz archived", t, || {
+        exists(&watch.join("archive/lab.files.dev1.h42.none.json.gz"))
+    });
+    assert_eq!(node.count("lab", "files"), 4);
+    std::fs::write(watch.join("lab.files.dev2.h42.json"), "{\"a\": 5}").unwrap();
+    wait_for("duplicate archived", t, || {
+        exists(&watch.join("archive/lab.files.dev2.h42.json"))
+    });
+    assert_eq!(node.count("lab", "files"), 4);
+    let (_, rows) = node.query(
+        "almgm",
+        "SELECT source, file_hash FROM tsd_info WHERE file_hash = 'h42'",
+    );
+    assert_eq!(
+        rows,
+        [[serde_json::json!("dev1"), serde_json::json!("h42")]]
+    );
+
+    // Bad files go to error/ with the reason beside them.
+    std::fs::write(watch.join("lab.files.json"), "[{\"a\": 1},").unwrap();
+    std::fs::write(watch.join("no-dots.json"), "{\"a\": 1}").unwrap();
+    std::fs::write(watch.join("lab.files.src.h7.json"), "{\"a\": \"text\"}").unwrap();
+    for name in ["lab.files.json", "no-dots.json", "lab.files.src.h7.json"] {
+        let reason = watch.join(format!("error/{name}.err.txt"));
+        wait_for(name, t, || exists(&reason));
+        assert!(watch.join("error").join(name).exists());
+        assert!(!std::fs::read_to_string(&reason).unwrap().trim().is_empty());
+    }
+    assert_eq!(node.count("lab", "files"), 4);
+}
+
+#[test]
+fn a_file_being_written_is_not_read() {
+    let node = node_with_fast_watch();
+    let watch = node.data_dir().join("watch");
+    std::fs::create_dir_all(&watch).unwrap();
+    let path = watch.join("lab.slow.json");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(b"[").unwrap();
+    // Keep writing, a row every 20 ms (well inside the 1.5 s settle time):
+    // the watcher must wait for the file to stop changing.
+    for i in 0..60 {
+        f.write_all(format!("{}{{\"i\": {i}}}", if i > 0 { "," } else { "" }).as_bytes())
+            .unwrap();
+        f.flush().unwrap();
+        assert!(
+            path.exists(),
+            "the file was taken while still being written"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f.write_all(b"]").unwrap();
+    drop(f);
+    wait_for("lab.slow.json archived", Duration::from_secs(20), || {
+        exists(&watch.join("archive/lab.slow.json"))
+    });
+    assert_eq!(node.count("lab", "slow"), 60);
+    assert!(!watch.join("error/lab.slow.json").exists());
+
+    // Temporary names are never read; a rename makes the file visible.
+    std::fs::write(watch.join("lab.slow.json.part"), "[{\"i\": 100}]").unwrap();
+    std::fs::rename(
+        watch.join("lab.slow.json.part"),
+        watch.join("lab.slow.x.json"),
+    )
+    .unwrap();
+    wait_for("renamed file archived", Duration::from_secs(20), || {
+        exists(&watch.join("archive/lab.slow.x.json"))
+    });
+    assert_eq!(node.count("lab", "slow"), 61);
+}
