@@ -596,7 +596,7 @@ impl Database {
         )?;
         conn.execute_batch(
             "PRAGMA query_only = 1; PRAGMA busy_timeout = 10000; PRAGMA cache_size = -65536; \
-             PRAGMA mmap_size = 1073741824; PRAGMA temp_store = MEMORY;",
+             PRAGMA mmap_size = 1073741824; PRAGMA temp_store = MEMORY; PRAGMA threads = 4;",
         )?;
         Ok(conn)
     }
