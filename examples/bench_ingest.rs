@@ -31,6 +31,7 @@ struct Args {
     single_rows: usize,
     durability: tarn::Durability,
     dir: Option<String>,
+    ingest_only: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -41,6 +42,7 @@ fn parse_args() -> anyhow::Result<Args> {
         single_rows: 200_000,
         durability: tarn::Durability::Normal,
         dir: None,
+        ingest_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,9 +54,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--single-rows" => a.single_rows = val()?.parse()?,
             "--fsync" => a.durability = tarn::Durability::Fsync,
             "--dir" => a.dir = Some(val()?),
+            "--ingest-only" => a.ingest_only = true,
             "--help" | "-h" => {
                 println!(
-                    "bench_ingest [--rows N] [--batch N] [--clients N] [--single-rows N] [--fsync] [--dir DIR]"
+                    "bench_ingest [--rows N] [--batch N] [--clients N] [--single-rows N] [--fsync] [--dir DIR] [--ingest-only]"
                 );
                 std::process::exit(0);
             }
@@ -194,6 +197,10 @@ fn main() -> anyhow::Result<()> {
         rate,
         bytes as f64 / 1e6 / ingest_secs
     );
+
+    if args.ingest_only {
+        return rt.block_on(node.shutdown());
+    }
 
     // 2. One row per PUT (EdgeLake streaming), from 4 connections.
     if args.single_rows > 0 {

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accumulate;
 pub mod cli;
 pub mod client;
 mod config;

@@ -248,17 +248,20 @@ impl Storage {
         let tsd_id = self.next_tsd.fetch_add(1, Ordering::SeqCst);
         let now = tarn_query::time::format_storage(now_micros());
         let n = rows.rows.len();
+        // Coerce before taking the writer: parsing timestamps and numbers is
+        // the costly part, and concurrent batches can do it in parallel.
+        let planned = database.schema(&table).unwrap_or_default();
+        let planned_cols = planned.plan(&mut rows)?;
         let mut conn = database.writer();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| ApiError::internal("starting a write", e))?;
         let existing: Option<i64> = tx
-            .query_row(
-                "SELECT tsd_id FROM tarn_batches WHERE table_name = ?1 AND hash = ?2",
-                params![table, meta.hash],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached("SELECT tsd_id FROM tarn_batches WHERE table_name = ?1 AND hash = ?2")
+            .and_then(|mut st| {
+                st.query_row(params![table, meta.hash], |r| r.get(0))
+                    .optional()
+            })
             .map_err(|e| ApiError::internal("checking for a duplicate batch", e))?;
         if let Some(id) = existing {
             return Ok(Written {
@@ -267,8 +270,14 @@ impl Storage {
                 duplicate: true,
             });
         }
+        // Another batch may have changed the table meanwhile: plan again (values
+        // already coerced coerce again unchanged).
         let schema = database.schema(&table).unwrap_or_default();
-        let new_cols = schema.plan(&mut rows)?;
+        let new_cols = if schema == planned {
+            planned_cols
+        } else {
+            schema.plan(&mut rows)?
+        };
         let write = || -> rusqlite::Result<()> {
             if schema.columns.is_empty() {
                 tx.execute_batch(&create_table_sql(&table, &new_cols))?;
@@ -283,30 +292,23 @@ impl Storage {
                     }
                 }
             }
-            let cols: Vec<String> = rows.columns.iter().map(|c| format!("\"{c}\"")).collect();
-            let cols = cols.join(", ");
-            let marks: Vec<String> = (1..=rows.columns.len() + 3)
-                .map(|i| format!("?{i}"))
-                .collect();
-            let sql = format!(
-                "INSERT INTO \"{table}\" (insert_timestamp, tsd_name, tsd_id{}{cols}) VALUES ({})",
-                if cols.is_empty() { "" } else { ", " },
-                marks.join(", ")
-            );
-            let mut stmt = tx.prepare_cached(&sql)?;
-            stmt.raw_bind_parameter(1, &now)?;
-            stmt.raw_bind_parameter(2, &self.tsd_name)?;
-            stmt.raw_bind_parameter(3, tsd_id)?;
-            for row in &rows.rows {
-                for (i, v) in row.iter().enumerate() {
-                    stmt.raw_bind_parameter(i + 4, v)?;
+            // Multi-row INSERTs: one statement step per chunk, not per row.
+            let w = rows.columns.len();
+            let chunk = (MAX_PARAMS / w.max(1)).clamp(1, ROWS_PER_INSERT);
+            for part in rows.rows.chunks(chunk) {
+                let mut stmt = tx.prepare_cached(&insert_sql(&table, &rows.columns, part.len()))?;
+                stmt.raw_bind_parameter(1, &now)?;
+                stmt.raw_bind_parameter(2, &self.tsd_name)?;
+                stmt.raw_bind_parameter(3, tsd_id)?;
+                for (r, row) in part.iter().enumerate() {
+                    for (i, v) in row.iter().enumerate() {
+                        stmt.raw_bind_parameter(4 + r * w + i, v)?;
+                    }
                 }
                 stmt.raw_execute()?;
             }
-            drop(stmt);
-            tx.execute(
-                "INSERT INTO tarn_batches VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
+            tx.prepare_cached("INSERT INTO tarn_batches VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
+                .execute(params![
                     tsd_id,
                     meta.hash,
                     table,
@@ -314,8 +316,7 @@ impl Storage {
                     meta.instructions,
                     n as i64,
                     now
-                ],
-            )?;
+                ])?;
             Ok(())
         };
         write().map_err(|e| ApiError::internal("writing a batch", e))?;
@@ -325,19 +326,25 @@ impl Storage {
             database.set_schema(&table, schema.extended(&new_cols));
         }
         drop(conn);
-        if let Err(e) = self.almgm.writer().execute(
-            "INSERT OR IGNORE INTO tsd_info VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                tsd_id,
-                db_name,
-                table,
-                meta.source,
-                meta.hash,
-                meta.instructions,
-                n as i64,
-                now
-            ],
-        ) {
+        if let Err(e) = self
+            .almgm
+            .writer()
+            .prepare_cached(
+                "INSERT OR IGNORE INTO tsd_info VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    tsd_id,
+                    db_name,
+                    table,
+                    meta.source,
+                    meta.hash,
+                    meta.instructions,
+                    n as i64,
+                    now
+                ])
+            })
+        {
             // The batch is safe in its database; start-up copies it over.
             tracing::warn!("recording batch {tsd_id} in almgm.tsd_info: {e}");
         }
@@ -369,6 +376,13 @@ impl Storage {
                 .collect()
         };
         select.normalize_timestamps(|c| ts_cols.iter().any(|t| t == c));
+        // A GROUP BY over a stored table: scan row_id ranges in parallel into
+        // hash aggregates instead of letting SQLite sort every row.
+        if let Some(plan) = tarn_query::GroupedAggregate::plan(&select)
+            && database.schema(&plan.table).is_some()
+        {
+            return grouped(&database, &plan, limits);
+        }
         let sql = select.to_sql();
         let mut conn = database
             .reader()
@@ -509,6 +523,30 @@ fn db_name_of(path: &Path) -> Option<String> {
     ident("database", stem).ok().filter(|s| s == stem)
 }
 
+/// Rows per INSERT statement, and SQLite's limit on parameters per statement.
+const ROWS_PER_INSERT: usize = 64;
+const MAX_PARAMS: usize = 30_000;
+
+fn insert_sql(table: &str, columns: &[String], rows: usize) -> String {
+    let w = columns.len();
+    let mut sql = format!("INSERT INTO \"{table}\" (insert_timestamp, tsd_name, tsd_id");
+    for c in columns {
+        sql.push_str(&format!(", \"{c}\""));
+    }
+    sql.push_str(") VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("(?1, ?2, ?3");
+        for i in 0..w {
+            sql.push_str(&format!(", ?{}", 4 + r * w + i));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 fn create_table_sql(table: &str, cols: &[(String, ColType)]) -> String {
     let mut sql = format!(
         "CREATE TABLE \"{table}\" (row_id INTEGER PRIMARY KEY, insert_timestamp TIMESTAMP NOT NULL, \
@@ -540,11 +578,13 @@ impl Database {
             Durability::Fsync => "FULL",
         };
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL;
+            "PRAGMA page_size = 16384;
+             PRAGMA journal_mode = WAL;
              PRAGMA synchronous = {sync};
              PRAGMA busy_timeout = 10000;
              PRAGMA cache_size = -131072;
              PRAGMA temp_store = MEMORY;
+             PRAGMA wal_autocheckpoint = 8192;
              CREATE TABLE IF NOT EXISTS tarn_batches (
                 tsd_id INTEGER PRIMARY KEY,
                 hash TEXT NOT NULL,
@@ -628,6 +668,191 @@ fn load_schemas(conn: &Connection) -> rusqlite::Result<HashMap<String, Arc<Table
     Ok(out)
 }
 
+/// Runs a planned grouped aggregate: parallel scans of `row_id` ranges into
+/// hash tables, merged, then the final query over them in an in-memory
+/// SQLite table `system_query`.
+fn grouped(
+    database: &Database,
+    plan: &tarn_query::GroupedAggregate,
+    limits: QueryLimits,
+) -> Result<QueryResult, ApiError> {
+    use crate::accumulate::{Groups, merge};
+    let deadline = Instant::now() + limits.timeout;
+    let first = database
+        .reader()
+        .map_err(|e| ApiError::internal("opening a reader", e))?;
+    let bounds: (Option<i64>, Option<i64>) = first
+        .query_row(
+            &format!("SELECT min(row_id), max(row_id) FROM \"{}\"", plan.table),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(sql_error)?;
+    let lo = bounds.0.unwrap_or(0);
+    let hi = bounds.1.map_or(0, |h| h + 1);
+    let span = (hi - lo).max(0);
+    let parts: i64 = if span < 100_000 {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as i64
+    };
+    let decls: Vec<Option<String>> = {
+        let st = first.prepare(&plan.scan_sql).map_err(sql_error)?;
+        st.columns()
+            .map(|c| c.decl_type().map(str::to_owned))
+            .collect()
+    };
+    let mut conns = vec![first];
+    for _ in 1..parts {
+        conns.push(
+            database
+                .reader()
+                .map_err(|e| ApiError::internal("opening a reader", e))?,
+        );
+    }
+    let results: Vec<Result<crate::accumulate::Groups, ApiError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = conns
+            .iter_mut()
+            .enumerate()
+            .map(|(p, c)| {
+                let (a, b) = (
+                    lo + span * p as i64 / parts,
+                    lo + span * (p as i64 + 1) / parts,
+                );
+                s.spawn(move || scan_groups(c, plan, a, b, deadline, limits.max_rows))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(ApiError::internal("a scan", "the thread panicked")))
+            })
+            .collect()
+    });
+    for c in conns {
+        database.give_back(c);
+    }
+    let mut groups = Groups::new();
+    for r in results {
+        merge(&mut groups, r?);
+        if groups.len() > limits.max_rows {
+            return Err(too_many_rows(limits.max_rows));
+        }
+    }
+    let mut cols = Vec::new();
+    for (i, d) in decls.iter().take(plan.keys).enumerate() {
+        cols.push(format!("_k{i} {}", d.as_deref().unwrap_or("")));
+    }
+    // Aggregates carry no declared type, as in SQLite's own answer.
+    for j in 0..plan.aggs.len() {
+        cols.push(format!("_a{j}"));
+    }
+    // Final values first: an error (integer overflow) refuses the query.
+    let mut finished = Vec::with_capacity(groups.len());
+    for (key, states) in groups {
+        let vals = states
+            .iter()
+            .map(|s| s.finish())
+            .collect::<Result<Vec<Val>, _>>()
+            .map_err(|e| ApiError::bad_request("sql_error", format!("SQL error: {e}")))?;
+        finished.push((key, vals));
+    }
+    let mut mem =
+        Connection::open_in_memory().map_err(|e| ApiError::internal("opening system_query", e))?;
+    let fill = |mem: &mut Connection| -> rusqlite::Result<()> {
+        let tx = mem.transaction()?;
+        tx.execute_batch(&format!("CREATE TABLE system_query ({})", cols.join(", ")))?;
+        {
+            let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+            let mut ins = tx.prepare(&format!(
+                "INSERT INTO system_query VALUES ({})",
+                marks.join(", ")
+            ))?;
+            for (key, vals) in &finished {
+                for (i, k) in key.0.iter().enumerate() {
+                    ins.raw_bind_parameter(i + 1, k.to_sql_value())?;
+                }
+                for (j, v) in vals.iter().enumerate() {
+                    ins.raw_bind_parameter(plan.keys + j + 1, v)?;
+                }
+                ins.raw_execute()?;
+            }
+        }
+        tx.commit()
+    };
+    fill(&mut mem).map_err(|e| ApiError::internal("filling system_query", e))?;
+    run_query(&mut mem, &plan.final_sql, limits)
+}
+
+fn scan_groups(
+    conn: &mut Connection,
+    plan: &tarn_query::GroupedAggregate,
+    lo: i64,
+    hi: i64,
+    deadline: Instant,
+    max_groups: usize,
+) -> Result<crate::accumulate::Groups, ApiError> {
+    use crate::accumulate::{Groups, RowKey, State};
+    conn.progress_handler(10_000, Some(move || Instant::now() > deadline))
+        .map_err(|e| ApiError::internal("setting a query deadline", e))?;
+    let result = (|| {
+        let mut st = conn.prepare_cached(&plan.scan_sql).map_err(sql_error)?;
+        let mut rows = st.query(params![lo, hi]).map_err(sql_error)?;
+        let mut groups = Groups::new();
+        let update = |states: &mut [State], r: &rusqlite::Row<'_>| -> Result<(), ApiError> {
+            for (s, a) in states.iter_mut().zip(&plan.aggs) {
+                let arg = match a.arg {
+                    Some(i) => Some(r.get_ref(i).map_err(sql_error)?),
+                    None => None,
+                };
+                s.update(arg);
+            }
+            Ok(())
+        };
+        while let Some(r) = rows.next().map_err(sql_error)? {
+            let mut refs = [ValueRef::Null; 8];
+            let key: Vec<ValueRef<'_>>;
+            let key: &[ValueRef<'_>] = if plan.keys <= refs.len() {
+                for (i, slot) in refs.iter_mut().take(plan.keys).enumerate() {
+                    *slot = r.get_ref(i).map_err(sql_error)?;
+                }
+                &refs[..plan.keys]
+            } else {
+                key = (0..plan.keys)
+                    .map(|i| r.get_ref(i))
+                    .collect::<Result<_, _>>()
+                    .map_err(sql_error)?;
+                &key
+            };
+            let key = RowKey(key);
+            match groups.get_mut(&key) {
+                Some(states) => update(states, r)?,
+                None => {
+                    if groups.len() >= max_groups {
+                        return Err(too_many_rows(max_groups));
+                    }
+                    let mut states: Vec<State> =
+                        plan.aggs.iter().map(|a| State::new(a.kind)).collect();
+                    update(&mut states, r)?;
+                    groups.insert(key.to_owned(), states);
+                }
+            }
+        }
+        Ok(groups)
+    })();
+    let _ = conn.progress_handler(0, None::<fn() -> bool>);
+    result
+}
+
+fn too_many_rows(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "result_too_large",
+        format!("the result has more than {max} rows (the node's limit); add a LIMIT or aggregate"),
+    )
+}
+
 fn run_query(
     conn: &mut Connection,
     sql: &str,
@@ -648,14 +873,7 @@ fn run_query(
         let mut q = stmt.query([]).map_err(sql_error)?;
         while let Some(r) = q.next().map_err(sql_error)? {
             if rows.len() >= limits.max_rows {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "result_too_large",
-                    format!(
-                        "the result has more than {} rows (the node's limit); add a LIMIT or aggregate",
-                        limits.max_rows
-                    ),
-                ));
+                return Err(too_many_rows(limits.max_rows));
             }
             let mut row = Vec::with_capacity(width);
             for (i, ty) in types.iter().enumerate() {
@@ -719,4 +937,122 @@ pub fn now_micros() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::parse_body;
+
+    fn storage() -> (tempfile::TempDir, Storage) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), "t", Durability::Normal).unwrap();
+        (dir, s)
+    }
+
+    fn limits() -> QueryLimits {
+        QueryLimits {
+            max_rows: 100_000,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The direct SQLite answer, bypassing the grouped-aggregate path.
+    fn direct(s: &Storage, db: &str, sql: &str) -> QueryResult {
+        let database = s.database(db).unwrap();
+        let mut conn = database.reader().unwrap();
+        run_query(&mut conn, sql, limits()).unwrap()
+    }
+
+    fn sorted(mut r: QueryResult) -> QueryResult {
+        r.rows.sort_by(|a, b| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| crate::accumulate::compare(x, y))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        r
+    }
+
+    fn same(a: &Val, b: &Val) -> bool {
+        match (a, b) {
+            (Val::Float(x), Val::Float(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+            _ => a == b,
+        }
+    }
+
+    #[test]
+    fn grouped_path_matches_sqlite() {
+        let (_d, s) = storage();
+        let mut seed = 42u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        // Enough rows for the parallel split, with nulls, negatives and ties.
+        for b in 0..30 {
+            let mut body = String::from("[");
+            for i in 0..5000 {
+                let r = next();
+                if i > 0 {
+                    body.push(',');
+                }
+                let v = if r % 17 == 0 {
+                    "null".to_owned()
+                } else {
+                    format!("{}", (r % 20_001) as f64 / 7.0 - 1000.0)
+                };
+                body.push_str(&format!(
+                    r#"{{"dev": "d{}", "zone": {}, "v": {v}, "n": {}, "ok": {}, "ts": "2024-01-0{}T0{}:00:00Z"}}"#,
+                    r % 13,
+                    r % 3,
+                    (r >> 8) % 1000,
+                    r % 2 == 0,
+                    1 + r % 5,
+                    r % 10
+                ));
+            }
+            body.push(']');
+            let rows = parse_body(body.as_bytes()).unwrap();
+            let meta = BatchMeta {
+                source: "t".into(),
+                hash: format!("b{b}"),
+                instructions: String::new(),
+            };
+            s.write("lab", "m", rows, &meta).unwrap();
+        }
+        for sql in [
+            "SELECT dev, count(*), count(v), sum(v), avg(v), min(v), max(v) FROM m GROUP BY dev",
+            "SELECT dev, zone, sum(n), avg(n), min(n), max(n) FROM m WHERE n > 100 GROUP BY dev, zone",
+            "SELECT zone, max(v) - min(v) AS spread, count(*) AS c FROM m GROUP BY zone HAVING count(*) > 10 ORDER BY spread DESC, zone LIMIT 2",
+            "SELECT ok, count(*), min(ts), max(ts) FROM m GROUP BY ok",
+            "SELECT substr(ts, 1, 10) AS day, avg(v) FROM m GROUP BY substr(ts, 1, 10) ORDER BY day",
+            "SELECT dev, sum(n) FROM m WHERE dev = 'nobody' GROUP BY dev",
+        ] {
+            let select = tarn_query::Select::parse(sql).unwrap();
+            assert!(
+                tarn_query::GroupedAggregate::plan(&select).is_some(),
+                "{sql} not planned"
+            );
+            let got = s.query("lab", select, limits()).unwrap();
+            let want = direct(&s, "lab", sql);
+            assert_eq!(got.columns, want.columns, "{sql}");
+            assert_eq!(got.types, want.types, "{sql}");
+            let (got, want) = if sql.contains("ORDER BY") {
+                (got, want)
+            } else {
+                (sorted(got), sorted(want))
+            };
+            assert_eq!(got.rows.len(), want.rows.len(), "{sql}");
+            for (g, w) in got.rows.iter().zip(&want.rows) {
+                assert!(
+                    g.iter().zip(w).all(|(a, b)| same(a, b)),
+                    "{sql}\n got {g:?}\nwant {w:?}"
+                );
+            }
+        }
+    }
 }

@@ -6,6 +6,8 @@
 //! stored as fixed-width text so that text order is time order.
 //!
 //! - `select`: parsing, validation, timestamp-literal normalisation
+//! - `aggregate`: splitting a grouped aggregate into scan, accumulators and a final query
+//! - `sum`: exact floating-point summation ([`ExactSum`])
 //! - [`time`]: parsing and formatting timestamps
 //!
 //! ```
@@ -16,7 +18,11 @@
 //! # Ok::<(), tarn_query::SqlError>(())
 //! ```
 
+mod aggregate;
 mod select;
+mod sum;
 pub mod time;
 
+pub use aggregate::{Agg, AggKind, GroupedAggregate};
 pub use select::{MAX_SQL_LEN, Select, SqlError};
+pub use sum::ExactSum;

@@ -1,0 +1,323 @@
+//! Per-group accumulators for [`tarn_query::GroupedAggregate`]: what SQLite's
+//! `count`, `sum`, `avg`, `min` and `max` compute, kept as partial states
+//! that merge exactly (sums are exact, not just compensated).
+
+use std::cmp::Ordering;
+use std::hash::{Hash, Hasher};
+
+use hashbrown::{Equivalent, HashMap};
+
+use rusqlite::types::ValueRef;
+use tarn_query::{AggKind, ExactSum};
+
+use crate::rows::Val;
+
+/// A group key value. Floats are keyed by their bits: `1` and `1.0` from one
+/// expression land in two groups, where SQLite would make one (typed tarn
+/// columns never mix them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyVal {
+    Null,
+    Int(i64),
+    Real(u64),
+    Text(Box<[u8]>),
+    Blob(Box<[u8]>),
+}
+
+impl KeyVal {
+    pub fn from_ref(v: ValueRef<'_>) -> KeyVal {
+        match v {
+            ValueRef::Null => KeyVal::Null,
+            ValueRef::Integer(i) => KeyVal::Int(i),
+            ValueRef::Real(f) => KeyVal::Real(f.to_bits()),
+            ValueRef::Text(t) => KeyVal::Text(t.into()),
+            ValueRef::Blob(b) => KeyVal::Blob(b.into()),
+        }
+    }
+
+    pub fn to_sql_value(&self) -> rusqlite::types::Value {
+        use rusqlite::types::Value as V;
+        match self {
+            KeyVal::Null => V::Null,
+            KeyVal::Int(i) => V::Integer(*i),
+            KeyVal::Real(b) => V::Real(f64::from_bits(*b)),
+            KeyVal::Text(t) => V::Text(String::from_utf8_lossy(t).into_owned()),
+            KeyVal::Blob(b) => V::Blob(b.to_vec()),
+        }
+    }
+}
+
+/// One aggregate's running state.
+#[derive(Debug, Clone)]
+pub enum State {
+    Count(i64),
+    Sum(SumState),
+    Avg(SumState),
+    Min(Option<Val>),
+    Max(Option<Val>),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SumState {
+    n: i64,
+    ints: i128,
+    ints_only: bool,
+    exact: ExactSum,
+}
+
+impl State {
+    pub fn new(kind: AggKind) -> State {
+        match kind {
+            AggKind::CountStar | AggKind::Count => State::Count(0),
+            AggKind::Sum => State::Sum(SumState {
+                ints_only: true,
+                ..Default::default()
+            }),
+            AggKind::Avg => State::Avg(SumState {
+                ints_only: true,
+                ..Default::default()
+            }),
+            AggKind::Min => State::Min(None),
+            AggKind::Max => State::Max(None),
+        }
+    }
+
+    /// Adds one row's argument (`None` for `count(*)`).
+    pub fn update(&mut self, arg: Option<ValueRef<'_>>) {
+        match (self, arg) {
+            (State::Count(n), None) => *n += 1,
+            (State::Count(n), Some(v)) => {
+                if v != ValueRef::Null {
+                    *n += 1
+                }
+            }
+            (State::Sum(s) | State::Avg(s), Some(v)) => s.add(v),
+            (State::Min(m), Some(v)) => keep(m, v, Ordering::Less),
+            (State::Max(m), Some(v)) => keep(m, v, Ordering::Greater),
+            _ => {}
+        }
+    }
+
+    pub fn merge(&mut self, other: &State) {
+        match (self, other) {
+            (State::Count(a), State::Count(b)) => *a += b,
+            (State::Sum(a), State::Sum(b)) | (State::Avg(a), State::Avg(b)) => {
+                a.n += b.n;
+                a.ints += b.ints;
+                a.ints_only &= b.ints_only;
+                a.exact.merge(&b.exact);
+            }
+            (State::Min(a), State::Min(Some(b))) => keep_val(a, b, Ordering::Less),
+            (State::Max(a), State::Max(Some(b))) => keep_val(a, b, Ordering::Greater),
+            _ => {}
+        }
+    }
+
+    /// The final value, or an error SQLite would also raise.
+    pub fn finish(&self) -> Result<Val, &'static str> {
+        Ok(match self {
+            State::Count(n) => Val::Int(*n),
+            State::Sum(s) if s.n == 0 => Val::Null,
+            State::Sum(s) if s.ints_only => {
+                Val::Int(i64::try_from(s.ints).map_err(|_| "integer overflow")?)
+            }
+            State::Sum(s) => Val::Float(s.exact.value()),
+            State::Avg(s) if s.n == 0 => Val::Null,
+            State::Avg(s) if s.ints_only => Val::Float(s.ints as f64 / s.n as f64),
+            State::Avg(s) => Val::Float(s.exact.value() / s.n as f64),
+            State::Min(v) | State::Max(v) => v.clone().unwrap_or(Val::Null),
+        })
+    }
+}
+
+impl SumState {
+    fn add(&mut self, v: ValueRef<'_>) {
+        // SQLite reads text and blobs as numbers here ('12' is 12, 'x' is 0).
+        let (i, f) = match v {
+            ValueRef::Null => return,
+            ValueRef::Integer(i) => (Some(i), i as f64),
+            ValueRef::Real(f) => (None, f),
+            ValueRef::Text(t) | ValueRef::Blob(t) => {
+                let s = String::from_utf8_lossy(t);
+                let s = s.trim();
+                match s.parse::<i64>() {
+                    Ok(i) => (Some(i), i as f64),
+                    Err(_) => (None, s.parse::<f64>().unwrap_or(0.0)),
+                }
+            }
+        };
+        self.n += 1;
+        match i {
+            Some(i) => self.ints += i128::from(i),
+            None => self.ints_only = false,
+        }
+        self.exact.add(f);
+    }
+}
+
+fn to_val(v: ValueRef<'_>) -> Val {
+    match v {
+        ValueRef::Null => Val::Null,
+        ValueRef::Integer(i) => Val::Int(i),
+        ValueRef::Real(f) => Val::Float(f),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+    }
+}
+
+fn keep(m: &mut Option<Val>, v: ValueRef<'_>, want: Ordering) {
+    if v == ValueRef::Null {
+        return;
+    }
+    let replace = match m {
+        None => true,
+        Some(cur) => compare_ref(v, cur) == want,
+    };
+    if replace {
+        *m = Some(to_val(v));
+    }
+}
+
+fn keep_val(m: &mut Option<Val>, v: &Val, want: Ordering) {
+    let replace = match m {
+        None => true,
+        Some(cur) => compare(v, cur) == want,
+    };
+    if replace {
+        *m = Some(v.clone());
+    }
+}
+
+/// SQLite's order across types: NULL < numbers < text; numbers by value,
+/// text by bytes (BINARY collation).
+pub fn compare(a: &Val, b: &Val) -> Ordering {
+    fn class(v: &Val) -> u8 {
+        match v {
+            Val::Null => 0,
+            Val::Int(_) | Val::Float(_) | Val::Bool(_) => 1,
+            Val::Text(_) => 2,
+        }
+    }
+    fn num(v: &Val) -> (Option<i64>, f64) {
+        match v {
+            Val::Int(i) => (Some(*i), *i as f64),
+            Val::Bool(b) => (Some(i64::from(*b)), f64::from(u8::from(*b))),
+            Val::Float(f) => (None, *f),
+            _ => (None, 0.0),
+        }
+    }
+    match class(a).cmp(&class(b)) {
+        Ordering::Equal => match (a, b) {
+            (Val::Text(x), Val::Text(y)) => x.as_bytes().cmp(y.as_bytes()),
+            (Val::Null, Val::Null) => Ordering::Equal,
+            _ => match (num(a), num(b)) {
+                ((Some(x), _), (Some(y), _)) => x.cmp(&y),
+                ((_, x), (_, y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
+            },
+        },
+        o => o,
+    }
+}
+
+fn compare_ref(a: ValueRef<'_>, b: &Val) -> Ordering {
+    match (a, b) {
+        (ValueRef::Real(x), Val::Float(y)) => x.partial_cmp(y).unwrap_or(Ordering::Equal),
+        (ValueRef::Integer(x), Val::Int(y)) => x.cmp(y),
+        (ValueRef::Text(x), Val::Text(y)) => x.cmp(y.as_bytes()),
+        _ => compare(&to_val(a), b),
+    }
+}
+
+/// A whole group key. Hashed by hand so that a [`RowKey`] (borrowed from
+/// the row being scanned) hashes the same and can be looked up without
+/// allocating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupKey(pub Vec<KeyVal>);
+
+/// The key of the row under the cursor, borrowed.
+pub struct RowKey<'a>(pub &'a [ValueRef<'a>]);
+
+fn hash_ref(v: ValueRef<'_>, h: &mut impl Hasher) {
+    match v {
+        ValueRef::Null => h.write_u8(0),
+        ValueRef::Integer(i) => {
+            h.write_u8(1);
+            h.write_i64(i)
+        }
+        ValueRef::Real(f) => {
+            h.write_u8(2);
+            h.write_u64(f.to_bits())
+        }
+        ValueRef::Text(t) => {
+            h.write_u8(3);
+            h.write(t);
+            h.write_u8(0xff)
+        }
+        ValueRef::Blob(b) => {
+            h.write_u8(4);
+            h.write(b);
+            h.write_u8(0xff)
+        }
+    }
+}
+
+impl KeyVal {
+    fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            KeyVal::Null => ValueRef::Null,
+            KeyVal::Int(i) => ValueRef::Integer(*i),
+            KeyVal::Real(b) => ValueRef::Real(f64::from_bits(*b)),
+            KeyVal::Text(t) => ValueRef::Text(t),
+            KeyVal::Blob(b) => ValueRef::Blob(b),
+        }
+    }
+
+    fn same(&self, v: ValueRef<'_>) -> bool {
+        match (self, v) {
+            (KeyVal::Null, ValueRef::Null) => true,
+            (KeyVal::Int(a), ValueRef::Integer(b)) => *a == b,
+            (KeyVal::Real(a), ValueRef::Real(b)) => *a == b.to_bits(),
+            (KeyVal::Text(a), ValueRef::Text(b)) => &a[..] == b,
+            (KeyVal::Blob(a), ValueRef::Blob(b)) => &a[..] == b,
+            _ => false,
+        }
+    }
+}
+
+impl Hash for GroupKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.iter().for_each(|k| hash_ref(k.as_ref(), h));
+    }
+}
+
+impl Hash for RowKey<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.iter().for_each(|v| hash_ref(*v, h));
+    }
+}
+
+impl Equivalent<GroupKey> for RowKey<'_> {
+    fn equivalent(&self, key: &GroupKey) -> bool {
+        self.0.len() == key.0.len() && key.0.iter().zip(self.0).all(|(k, v)| k.same(*v))
+    }
+}
+
+impl RowKey<'_> {
+    pub fn to_owned(&self) -> GroupKey {
+        GroupKey(self.0.iter().map(|v| KeyVal::from_ref(*v)).collect())
+    }
+}
+
+/// Groups and their aggregate states.
+pub type Groups = HashMap<GroupKey, Vec<State>>;
+
+/// Merges `b` into `a`.
+pub fn merge(a: &mut Groups, b: Groups) {
+    for (k, states) in b {
+        match a.get_mut(&k) {
+            Some(cur) => cur.iter_mut().zip(&states).for_each(|(x, y)| x.merge(y)),
+            None => {
+                a.insert(k, states);
+            }
+        }
+    }
+}
