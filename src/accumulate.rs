@@ -86,11 +86,7 @@ impl State {
     pub fn update(&mut self, arg: Option<ValueRef<'_>>) {
         match (self, arg) {
             (State::Count(n), None) => *n += 1,
-            (State::Count(n), Some(v)) => {
-                if v != ValueRef::Null {
-                    *n += 1
-                }
-            }
+            (State::Count(n), Some(v)) if v != ValueRef::Null => *n += 1,
             (State::Sum(s) | State::Avg(s), Some(v)) => s.add(v),
             (State::Min(m), Some(v)) => keep(m, v, Ordering::Less),
             (State::Max(m), Some(v)) => keep(m, v, Ordering::Greater),
