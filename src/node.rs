@@ -148,6 +148,25 @@ impl Node {
             .instrument(span.clone()),
         ));
 
+        let storage = shared.storage.clone();
+        let mut rx = stopped.clone();
+        tasks.push(tokio::spawn(
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = rx.changed() => break,
+                        _ = tick.tick() => {
+                            let s = storage.clone();
+                            let _ = tokio::task::spawn_blocking(move || s.checkpoint()).await;
+                        }
+                    }
+                }
+            }
+            .instrument(span.clone()),
+        ));
+
         if shared.cfg.has(Service::Operator) && shared.cfg.watch.enabled {
             let dir = shared.cfg.watch_dir();
             let watcher = Watcher::new(shared.storage.clone(), &shared.cfg.watch, dir.clone())?;

@@ -131,6 +131,9 @@ struct Database {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Copies the WAL back into the database beside the writer (see
+    /// [`Storage::checkpoint`]).
+    checkpointer: Mutex<Option<Connection>>,
     schemas: RwLock<HashMap<String, Arc<TableSchema>>>,
 }
 
@@ -392,6 +395,39 @@ impl Storage {
         result
     }
 
+    /// Checkpoints every database's WAL from a connection of its own, so the
+    /// writer does not stop to do it (its own automatic checkpoint stays as a
+    /// backstop at 1 GiB of WAL). Called periodically by the node; blocking.
+    pub fn checkpoint(&self) {
+        let dbs: Vec<Arc<Database>> = self
+            .dbs
+            .read()
+            .expect("lock poisoned")
+            .values()
+            .cloned()
+            .chain(std::iter::once(self.almgm.clone()))
+            .collect();
+        for db in dbs {
+            let mut slot = db.checkpointer.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                match Connection::open(&db.path) {
+                    Ok(c) => *slot = Some(c),
+                    Err(e) => {
+                        tracing::warn!(
+                            "opening a checkpoint connection to {}: {e}",
+                            db.path.display()
+                        );
+                        continue;
+                    }
+                }
+            }
+            let conn = slot.as_ref().expect("the connection was just opened");
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!("checkpointing {}: {e}", db.path.display());
+            }
+        }
+    }
+
     /// Databases, in name order (`almgm` included).
     pub fn databases(&self) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -584,7 +620,8 @@ impl Database {
              PRAGMA busy_timeout = 10000;
              PRAGMA cache_size = -131072;
              PRAGMA temp_store = MEMORY;
-             PRAGMA wal_autocheckpoint = 8192;
+             PRAGMA wal_autocheckpoint = 65536;
+             PRAGMA journal_size_limit = 268435456;
              CREATE TABLE IF NOT EXISTS tarn_batches (
                 tsd_id INTEGER PRIMARY KEY,
                 hash TEXT NOT NULL,
@@ -601,6 +638,7 @@ impl Database {
             path: path.to_owned(),
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
+            checkpointer: Mutex::new(None),
             schemas: RwLock::new(schemas),
         })
     }
