@@ -382,6 +382,7 @@ impl Storage {
         // A GROUP BY over a stored table: scan row_id ranges in parallel into
         // hash aggregates instead of letting SQLite sort every row.
         if let Some(plan) = tarn_query::GroupedAggregate::plan(&select)
+            && !Arc::ptr_eq(&database, &self.almgm)
             && database.schema(&plan.table).is_some()
         {
             return grouped(&database, &plan, limits);
@@ -469,6 +470,9 @@ impl Storage {
                 format!("database {db:?} has no table {table:?}"),
             )
         })?;
+        if Arc::ptr_eq(&database, &self.almgm) {
+            return Ok(schema.columns.clone());
+        }
         let sys = [
             ("row_id", ColType::Integer),
             ("insert_timestamp", ColType::Timestamp),
