@@ -127,8 +127,28 @@ pub struct Storage {
     next_tsd: AtomicI64,
 }
 
+/// A batch waiting for the writer (see [`Storage::write`]).
+struct Job {
+    table: String,
+    meta: BatchMeta,
+    work: Mutex<Option<(Rows, TableSchema, Vec<(String, ColType)>)>>,
+    result: Mutex<Option<Result<Written, ApiError>>>,
+}
+
+impl Job {
+    fn answer(&self, r: Result<Written, ApiError>) {
+        *self.result.lock().expect("lock poisoned") = Some(r);
+    }
+
+    fn take_result(&self) -> Option<Result<Written, ApiError>> {
+        self.result.lock().expect("lock poisoned").take()
+    }
+}
+
 struct Database {
     path: PathBuf,
+    /// Batches waiting for the writer; bounded by the callers blocked on it.
+    queue: Mutex<Vec<Arc<Job>>>,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     /// Copies the WAL back into the database beside the writer (see
@@ -238,6 +258,12 @@ impl Storage {
 
     /// Writes one batch into `db.table`, creating the database, the table and
     /// new columns as needed. Refused whole on any bad value.
+    ///
+    /// Group commit: the batch joins its database's queue, and whichever
+    /// caller takes the writer next commits every queued batch in one
+    /// transaction (each in its own savepoint, so one bad batch does not
+    /// spoil the others). A commit costs about as much as 300 rows, so this
+    /// is what keeps many small concurrent batches fast.
     pub fn write(
         &self,
         db: &str,
@@ -248,114 +274,231 @@ impl Storage {
         let db_name = user_db(db)?;
         let table = ident("table", table)?;
         let database = self.database_or_create(&db_name)?;
-        let tsd_id = self.next_tsd.fetch_add(1, Ordering::SeqCst);
-        let now = tarn_query::time::format_storage(now_micros());
-        let n = rows.rows.len();
-        // Coerce before taking the writer: parsing timestamps and numbers is
-        // the costly part, and concurrent batches can do it in parallel.
+        // Coerce before queueing: parsing timestamps and numbers is the
+        // costly part, and concurrent batches do it in parallel.
         let planned = database.schema(&table).unwrap_or_default();
         let planned_cols = planned.plan(&mut rows)?;
+        let job = Arc::new(Job {
+            table,
+            meta: meta.clone(),
+            work: Mutex::new(Some((rows, Arc::unwrap_or_clone(planned), planned_cols))),
+            result: Mutex::new(None),
+        });
+        database
+            .queue
+            .lock()
+            .expect("lock poisoned")
+            .push(job.clone());
         let mut conn = database.writer();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| ApiError::internal("starting a write", e))?;
-        let existing: Option<i64> = tx
-            .prepare_cached("SELECT tsd_id FROM tarn_batches WHERE table_name = ?1 AND hash = ?2")
-            .and_then(|mut st| {
-                st.query_row(params![table, meta.hash], |r| r.get(0))
-                    .optional()
-            })
-            .map_err(|e| ApiError::internal("checking for a duplicate batch", e))?;
-        if let Some(id) = existing {
-            return Ok(Written {
-                tsd_id: id,
-                rows: 0,
-                duplicate: true,
-            });
+        if let Some(done) = job.take_result() {
+            return done;
         }
-        // Another batch may have changed the table meanwhile: plan again (values
-        // already coerced coerce again unchanged).
-        let schema = database.schema(&table).unwrap_or_default();
+        let jobs: Vec<Arc<Job>> =
+            std::mem::take(&mut *database.queue.lock().expect("lock poisoned"));
+        let written = self.commit_group(&database, &mut conn, &jobs);
+        drop(conn);
+        self.record(&db_name, &written);
+        job.take_result()
+            .expect("a group that took this job answered it")
+    }
+
+    /// Writes `jobs` in one transaction and answers each of them. Returns
+    /// the batches written (for `almgm.tsd_info`).
+    fn commit_group(
+        &self,
+        database: &Database,
+        conn: &mut Connection,
+        jobs: &[Arc<Job>],
+    ) -> Vec<(Arc<Job>, Written, String)> {
+        let now = tarn_query::time::format_storage(now_micros());
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let err = ApiError::internal("starting a write", e);
+                jobs.iter().for_each(|j| j.answer(Err(err.clone())));
+                return Vec::new();
+            }
+        };
+        // Schemas as this transaction changes them, published after commit.
+        let mut schemas: HashMap<String, TableSchema> = HashMap::new();
+        let mut answers: Vec<Result<Written, ApiError>> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let Some((rows, planned, planned_cols)) =
+                job.work.lock().expect("lock poisoned").take()
+            else {
+                answers.push(Err(ApiError::internal("a batch", "queued twice")));
+                continue;
+            };
+            let schema = schemas.entry(job.table.clone()).or_insert_with(|| {
+                database
+                    .schema(&job.table)
+                    .map(|s| (*s).clone())
+                    .unwrap_or_default()
+            });
+            let r = (|| -> Result<Result<(Written, Vec<(String, ColType)>), ApiError>, rusqlite::Error> {
+                tx.execute_batch("SAVEPOINT batch")?;
+                let r = self.write_one(&tx, job, rows, &planned, planned_cols, schema, &now);
+                match &r {
+                    Ok(Ok(_)) => tx.execute_batch("RELEASE batch")?,
+                    _ => tx.execute_batch("ROLLBACK TO batch; RELEASE batch")?,
+                }
+                r
+            })();
+            match r {
+                Ok(Ok((w, new_cols))) => {
+                    if !new_cols.is_empty() {
+                        *schema = schema.extended(&new_cols);
+                    }
+                    answers.push(Ok(w));
+                }
+                Ok(Err(api)) => answers.push(Err(api)),
+                Err(e) => answers.push(Err(ApiError::internal("writing a batch", e))),
+            }
+        }
+        if let Err(e) = tx.commit() {
+            let err = ApiError::internal("committing a batch", e);
+            jobs.iter().for_each(|j| j.answer(Err(err.clone())));
+            return Vec::new();
+        }
+        for (t, sc) in schemas {
+            if database.schema(&t).is_none_or(|cur| *cur != sc) && !sc.columns.is_empty() {
+                database.set_schema(&t, sc);
+            }
+        }
+        let mut written = Vec::new();
+        for (job, answer) in jobs.iter().zip(answers) {
+            if let Ok(w) = &answer
+                && !w.duplicate
+            {
+                written.push((job.clone(), w.clone(), now.clone()));
+            }
+            job.answer(answer);
+        }
+        written
+    }
+
+    /// One batch inside the group's transaction. The outer error aborts the
+    /// savepoint machinery itself; the inner one refuses just this batch.
+    #[allow(clippy::too_many_arguments)]
+    fn write_one(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        job: &Job,
+        mut rows: Rows,
+        planned: &TableSchema,
+        planned_cols: Vec<(String, ColType)>,
+        schema: &TableSchema,
+        now: &str,
+    ) -> Result<Result<(Written, Vec<(String, ColType)>), ApiError>, rusqlite::Error> {
+        let table = &job.table;
+        let existing: Option<i64> = tx
+            .prepare_cached("SELECT tsd_id FROM tarn_batches WHERE table_name = ?1 AND hash = ?2")?
+            .query_row(params![table, job.meta.hash], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok(Ok((
+                Written {
+                    tsd_id: id,
+                    rows: 0,
+                    duplicate: true,
+                },
+                Vec::new(),
+            )));
+        }
+        // Another batch may have changed the table since this one was
+        // planned: plan again (coerced values coerce again unchanged).
         let new_cols = if schema == planned {
             planned_cols
         } else {
-            schema.plan(&mut rows)?
+            match schema.plan(&mut rows) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            }
         };
-        let write = || -> rusqlite::Result<()> {
-            if schema.columns.is_empty() {
-                tx.execute_batch(&create_table_sql(&table, &new_cols))?;
-            } else {
-                for (c, t) in &new_cols {
-                    tx.execute_batch(&format!(
-                        "ALTER TABLE \"{table}\" ADD COLUMN \"{c}\" {}",
-                        t.sql()
-                    ))?;
-                    if *t == ColType::Timestamp {
-                        tx.execute_batch(&index_sql(&table, c))?;
-                    }
+        if schema.columns.is_empty() {
+            tx.execute_batch(&create_table_sql(table, &new_cols))?;
+        } else {
+            for (c, t) in &new_cols {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE \"{table}\" ADD COLUMN \"{c}\" {}",
+                    t.sql()
+                ))?;
+                if *t == ColType::Timestamp {
+                    tx.execute_batch(&index_sql(table, c))?;
                 }
             }
-            // Multi-row INSERTs: one statement step per chunk, not per row.
-            let w = rows.columns.len();
-            let chunk = (MAX_PARAMS / w.max(1)).clamp(1, ROWS_PER_INSERT);
-            for part in rows.rows.chunks(chunk) {
-                let mut stmt = tx.prepare_cached(&insert_sql(&table, &rows.columns, part.len()))?;
-                stmt.raw_bind_parameter(1, &now)?;
-                stmt.raw_bind_parameter(2, &self.tsd_name)?;
-                stmt.raw_bind_parameter(3, tsd_id)?;
-                for (r, row) in part.iter().enumerate() {
-                    for (i, v) in row.iter().enumerate() {
-                        stmt.raw_bind_parameter(4 + r * w + i, v)?;
-                    }
+        }
+        let tsd_id = self.next_tsd.fetch_add(1, Ordering::SeqCst);
+        // Multi-row INSERTs: one statement step per chunk, not per row.
+        let w = rows.columns.len();
+        let chunk = (MAX_PARAMS / (w + 3)).clamp(1, ROWS_PER_INSERT);
+        for part in rows.rows.chunks(chunk) {
+            let mut stmt = tx.prepare_cached(&insert_sql(table, &rows.columns, part.len()))?;
+            let mut at = 1;
+            for row in part {
+                stmt.raw_bind_parameter(at, now)?;
+                stmt.raw_bind_parameter(at + 1, &self.tsd_name)?;
+                stmt.raw_bind_parameter(at + 2, tsd_id)?;
+                at += 3;
+                for v in row {
+                    stmt.raw_bind_parameter(at, v)?;
+                    at += 1;
                 }
-                stmt.raw_execute()?;
             }
-            tx.prepare_cached("INSERT INTO tarn_batches VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
-                .execute(params![
-                    tsd_id,
-                    meta.hash,
-                    table,
-                    meta.source,
-                    meta.instructions,
-                    n as i64,
-                    now
-                ])?;
-            Ok(())
-        };
-        write().map_err(|e| ApiError::internal("writing a batch", e))?;
-        tx.commit()
-            .map_err(|e| ApiError::internal("committing a batch", e))?;
-        if !new_cols.is_empty() {
-            database.set_schema(&table, schema.extended(&new_cols));
+            stmt.raw_execute()?;
         }
-        drop(conn);
-        if let Err(e) = self
-            .almgm
-            .writer()
-            .prepare_cached(
-                "INSERT OR IGNORE INTO tsd_info VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    tsd_id,
-                    db_name,
-                    table,
-                    meta.source,
-                    meta.hash,
-                    meta.instructions,
-                    n as i64,
-                    now
-                ])
-            })
-        {
-            // The batch is safe in its database; start-up copies it over.
-            tracing::warn!("recording batch {tsd_id} in almgm.tsd_info: {e}");
+        let n = rows.rows.len();
+        tx.prepare_cached("INSERT INTO tarn_batches VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
+            .execute(params![
+                tsd_id,
+                job.meta.hash,
+                table,
+                job.meta.source,
+                job.meta.instructions,
+                n as i64,
+                now
+            ])?;
+        Ok(Ok((
+            Written {
+                tsd_id,
+                rows: n,
+                duplicate: false,
+            },
+            new_cols,
+        )))
+    }
+
+    /// Records written batches in `almgm.tsd_info`. A failure loses nothing:
+    /// the batches are safe in their database and start-up copies them over.
+    fn record(&self, db: &str, written: &[(Arc<Job>, Written, String)]) {
+        if written.is_empty() {
+            return;
         }
-        Ok(Written {
-            tsd_id,
-            rows: n,
-            duplicate: false,
-        })
+        let mut almgm = self.almgm.writer();
+        let r = (|| -> rusqlite::Result<()> {
+            let tx = almgm.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO tsd_info VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                for (job, w, now) in written {
+                    st.execute(params![
+                        w.tsd_id,
+                        db,
+                        job.table,
+                        job.meta.source,
+                        job.meta.hash,
+                        job.meta.instructions,
+                        w.rows as i64,
+                        now
+                    ])?;
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = r {
+            tracing::warn!("recording batches in almgm.tsd_info: {e}");
+        }
     }
 
     /// Runs one validated SELECT against `db`.
@@ -564,26 +707,24 @@ fn db_name_of(path: &Path) -> Option<String> {
 }
 
 /// Rows per INSERT statement, and SQLite's limit on parameters per statement.
-const ROWS_PER_INSERT: usize = 64;
+const ROWS_PER_INSERT: usize = 256;
 const MAX_PARAMS: usize = 30_000;
 
 fn insert_sql(table: &str, columns: &[String], rows: usize) -> String {
-    let w = columns.len();
+    // Anonymous parameters, so the text is one tuple repeated: cheap to build
+    // for every chunk, and the system values are bound again per row.
     let mut sql = format!("INSERT INTO \"{table}\" (insert_timestamp, tsd_name, tsd_id");
     for c in columns {
-        sql.push_str(&format!(", \"{c}\""));
+        sql.push_str(", \"");
+        sql.push_str(c);
+        sql.push('"');
     }
     sql.push_str(") VALUES ");
-    for r in 0..rows {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str("(?1, ?2, ?3");
-        for i in 0..w {
-            sql.push_str(&format!(", ?{}", 4 + r * w + i));
-        }
-        sql.push(')');
-    }
+    let mut tuple = "?,".repeat(columns.len() + 3);
+    tuple.pop();
+    let tuple = format!("({tuple}),");
+    sql.push_str(&tuple.repeat(rows));
+    sql.pop();
     sql
 }
 
@@ -636,10 +777,11 @@ impl Database {
                 file_time TIMESTAMP NOT NULL,
                 UNIQUE (table_name, hash));"
         ))?;
-        conn.set_prepared_statement_cache_capacity(64);
+        conn.set_prepared_statement_cache_capacity(256);
         let schemas = load_schemas(&conn)?;
         Ok(Database {
             path: path.to_owned(),
+            queue: Mutex::new(Vec::new()),
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             checkpointer: Mutex::new(None),
