@@ -127,11 +127,15 @@ pub struct Storage {
     next_tsd: AtomicI64,
 }
 
+/// Columns a batch adds to its table.
+type NewColumns = Vec<(String, ColType)>;
+
 /// A batch waiting for the writer (see [`Storage::write`]).
 struct Job {
     table: String,
     meta: BatchMeta,
-    work: Mutex<Option<(Rows, TableSchema, Vec<(String, ColType)>)>>,
+    /// The rows, the schema they were planned against, and the columns they add.
+    work: Mutex<Option<(Rows, TableSchema, NewColumns)>>,
     result: Mutex<Option<Result<Written, ApiError>>>,
 }
 
@@ -335,7 +339,7 @@ impl Storage {
                     .map(|s| (*s).clone())
                     .unwrap_or_default()
             });
-            let r = (|| -> Result<Result<(Written, Vec<(String, ColType)>), ApiError>, rusqlite::Error> {
+            let r = (|| -> Result<Result<(Written, NewColumns), ApiError>, rusqlite::Error> {
                 tx.execute_batch("SAVEPOINT batch")?;
                 let r = self.write_one(&tx, job, rows, &planned, planned_cols, schema, &now);
                 match &r {
@@ -389,7 +393,7 @@ impl Storage {
         planned_cols: Vec<(String, ColType)>,
         schema: &TableSchema,
         now: &str,
-    ) -> Result<Result<(Written, Vec<(String, ColType)>), ApiError>, rusqlite::Error> {
+    ) -> Result<Result<(Written, NewColumns), ApiError>, rusqlite::Error> {
         let table = &job.table;
         let existing: Option<i64> = tx
             .prepare_cached("SELECT tsd_id FROM tarn_batches WHERE table_name = ?1 AND hash = ?2")?
