@@ -59,6 +59,8 @@ pub struct Config {
     pub durability: Durability,
     /// Largest request body accepted, in bytes (larger: 413).
     pub max_body_bytes: usize,
+    /// Request bodies held in memory at once, in bytes; more requests wait.
+    pub max_inflight_bytes: usize,
     /// Most rows a query may return through the REST API.
     pub max_result_rows: usize,
     /// Longest a query may run, in milliseconds, unless the request says less.
@@ -101,6 +103,7 @@ impl Default for Config {
             services: vec![Service::Operator, Service::Query, Service::Master],
             durability: Durability::Normal,
             max_body_bytes: 64 * 1024 * 1024,
+            max_inflight_bytes: 512 * 1024 * 1024,
             max_result_rows: 1_000_000,
             query_timeout_ms: 60_000,
             streaming: StreamingConfig::default(),
@@ -150,6 +153,13 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return Err("max_body_bytes must be at least 1024".into());
+        }
+        if self.max_inflight_bytes < self.max_body_bytes
+            || self.max_inflight_bytes > (u32::MAX as usize) * 1024
+        {
+            return Err(
+                "max_inflight_bytes must be at least max_body_bytes (and under 4 TiB)".into(),
+            );
         }
         if self.max_result_rows == 0 || self.query_timeout_ms == 0 {
             return Err("max_result_rows and query_timeout_ms must be positive".into());

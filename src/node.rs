@@ -24,6 +24,8 @@ pub struct Shared {
     pub streams: Arc<Streams>,
     pub rest_addr: SocketAddr,
     pub started: Instant,
+    /// Request bodies in memory, in KiB: bounded by `max_inflight_bytes`.
+    pub inflight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -104,12 +106,14 @@ impl Node {
             .await
             .with_context(|| format!("binding the REST port {}", cfg.rest))?;
         let rest_addr = listener.local_addr()?;
+        let cfg_inflight_kib = cfg.max_inflight_bytes.div_ceil(1024);
         let shared = Arc::new(Shared {
             cfg,
             storage,
             streams,
             rest_addr,
             started: Instant::now(),
+            inflight: Arc::new(tokio::sync::Semaphore::new(cfg_inflight_kib)),
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();

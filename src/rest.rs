@@ -33,8 +33,24 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Reads a body up to the node's limit; a larger one is a 413.
-async fn read_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+/// A request body in memory, with its share of the node's in-flight budget
+/// (released when this is dropped).
+struct Loaded {
+    bytes: Bytes,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Loaded {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Reads a body up to the node's limit (a larger one is a 413), first
+/// waiting for room in the in-flight budget, so that many large requests at
+/// once queue instead of exhausting memory.
+async fn read_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Loaded, ApiError> {
     let limit = shared.cfg.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -50,9 +66,20 @@ async fn read_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<B
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit)
+    let kib = declared.unwrap_or(limit).div_ceil(1024).max(1) as u32;
+    let permit = shared
+        .inflight
+        .clone()
+        .acquire_many_owned(kib)
         .await
-        .map_err(|_| too_large())
+        .map_err(|e| ApiError::internal("waiting for memory", e))?;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    Ok(Loaded {
+        bytes,
+        _permit: permit,
+    })
 }
 
 async fn blocking<T: Send + 'static>(
