@@ -1,19 +1,40 @@
-//! tarn's metadata ledger. Today: the identity of a policy. A policy is an
-//! EdgeLake-style JSON object with one root key naming its type
-//! (`{"operator": {...}}`); its id is a hash of a canonical encoding of the
-//! body, so every node computes the same id for the same policy whatever
-//! its key order or number formatting. Signed envelopes, the redb log and
-//! sync arrive with the mesh.
+//! tarn's metadata ledger: EdgeLake-style policies in a signed, replicated,
+//! grow-only log, with a view every replica derives the same way.
 //!
-//! - [`policy`]: checking a policy's shape, its canonical form and id
+//! The crate does no network I/O. A node moves entries between replicas
+//! (gossip pushes new entries; anti-entropy compares [`Ledger::heads`] and
+//! fetches what [`Ledger::wants`] names through [`Ledger::entries_from`]) and
+//! feeds them to [`Ledger::apply`]. That is what lets the sync be tested by
+//! deterministic simulation.
+//!
+//! - [`policy`]: a policy's shape, canonical form and id
+//! - [`entry`]: signed entries and their verification at the boundary
+//! - `store`: the log in redb, hash chains, the Lamport clock ([`Ledger`])
+//! - `view`: the policies in force ([`View`])
 //!
 //! ```
-//! use tarn_ledger::policy::Policy;
-//! let a = Policy::parse(r#"{"site": {"name": "s7", "city": "Oslo"}}"#)?;
-//! let b = Policy::parse(r#"{ "site" : { "city":"Oslo","name":"s7" } }"#)?;
-//! assert_eq!(a.id(), b.id());
-//! assert_eq!(a.kind(), "site");
-//! # Ok::<(), tarn_ledger::policy::PolicyError>(())
+//! use tarn_ledger::{Ledger, Op, policy::Policy};
+//! let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+//! let mut a = Ledger::in_memory()?;
+//! let mut b = Ledger::in_memory()?;
+//! let p = Policy::parse(r#"{"site": {"name": "s7", "city": "Oslo"}}"#)?;
+//! let e = a.append_local(&key, Op::Put { policy: String::from_utf8(p.canonical()).unwrap(), supersedes: None }, 0)?;
+//! // Across the network only bytes travel; the receiver verifies them.
+//! let received = tarn_ledger::entry::Entry::verify_bytes(e.bytes())?;
+//! b.apply(&received)?;
+//! assert_eq!(b.view().get(&p.id()).unwrap().kind, "site");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod entry;
 pub mod policy;
+mod schema;
+mod store;
+mod view;
+
+#[cfg(test)]
+mod sim;
+
+pub use entry::{Author, Entry, Op, VerifiedEntry, VerifyError};
+pub use store::{AppendError, Applied, Ledger, MAX_BATCH, StoreError};
+pub use view::{PolicyRecord, View};

@@ -1,0 +1,372 @@
+//! The replicated log: verified entries in redb, per-author hash chains,
+//! a Lamport clock, and the view. No network I/O: the caller moves entries
+//! and heads between ledgers (gossip, anti-entropy) and calls [`Ledger::apply`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use redb::{ReadableDatabase, ReadableTable};
+
+use crate::entry::{Author, Entry, Hash, Op, VerifiedEntry, VerifyError};
+use crate::schema::{ENTRIES, HEADS, entry_key, head_value, parse_head};
+use crate::view::View;
+
+/// Most entries one [`Ledger::entries_from`] call returns.
+pub const MAX_BATCH: usize = 512;
+
+/// What applying an entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// New: stored and in the view.
+    Added,
+    /// Already held (a replay): nothing changed.
+    Duplicate,
+}
+
+/// Why an entry could not be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// Entries before this one are missing; fetch them first.
+    #[error("gap in {author}'s chain: have seq {have}, got {got}")]
+    Gap { author: Author, have: u64, got: u64 },
+    /// A different entry at a held position, or a `prev` that is not the
+    /// hash of the previous entry: a forgery or an equivocating author.
+    #[error("{author}'s entry {seq} conflicts with the chain held")]
+    Conflict { author: Author, seq: u64 },
+    #[error("invalid entry: {0}")]
+    Invalid(#[from] VerifyError),
+    #[error("ledger storage: {0}")]
+    Storage(String),
+}
+
+/// Failure to open or read the ledger's file.
+#[derive(Debug, thiserror::Error)]
+#[error("ledger storage: {0}")]
+pub struct StoreError(String);
+
+fn storage<E: std::fmt::Display>(e: E) -> AppendError {
+    AppendError::Storage(e.to_string())
+}
+
+/// One node's replica of the ledger.
+pub struct Ledger {
+    db: redb::Database,
+    heads: BTreeMap<Author, (u64, Hash)>,
+    lamport: u64,
+    view: View,
+    entries: usize,
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in a redb file and rebuilds heads and
+    /// view from it, verifying every stored entry.
+    pub fn open(path: &Path) -> Result<Ledger, StoreError> {
+        let db = redb::Database::create(path).map_err(|e| StoreError(e.to_string()))?;
+        Ledger::load(db)
+    }
+
+    /// A ledger in memory (tests, simulations).
+    pub fn in_memory() -> Result<Ledger, StoreError> {
+        let db = redb::Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StoreError(e.to_string()))?;
+        Ledger::load(db)
+    }
+
+    fn load(db: redb::Database) -> Result<Ledger, StoreError> {
+        let err = |e: &dyn std::fmt::Display| StoreError(e.to_string());
+        {
+            let w = db.begin_write().map_err(|e| err(&e))?;
+            w.open_table(ENTRIES).map_err(|e| err(&e))?;
+            w.open_table(HEADS).map_err(|e| err(&e))?;
+            w.commit().map_err(|e| err(&e))?;
+        }
+        let mut ledger = Ledger {
+            db,
+            heads: BTreeMap::new(),
+            lamport: 0,
+            view: View::default(),
+            entries: 0,
+        };
+        let r = ledger.db.begin_read().map_err(|e| err(&e))?;
+        let heads = r.open_table(HEADS).map_err(|e| err(&e))?;
+        for row in heads.iter().map_err(|e| err(&e))? {
+            let (k, v) = row.map_err(|e| err(&e))?;
+            let author = Author(
+                k.value()
+                    .try_into()
+                    .map_err(|_| StoreError("bad head key".into()))?,
+            );
+            let head = parse_head(v.value()).ok_or_else(|| StoreError("bad head value".into()))?;
+            ledger.heads.insert(author, head);
+        }
+        let entries = r.open_table(ENTRIES).map_err(|e| err(&e))?;
+        for row in entries.iter().map_err(|e| err(&e))? {
+            let (_, v) = row.map_err(|e| err(&e))?;
+            let e = Entry::verify_bytes(v.value())
+                .map_err(|e| StoreError(format!("stored entry: {e}")))?;
+            ledger.lamport = ledger.lamport.max(e.entry().lamport);
+            ledger.view.apply(&e);
+            ledger.entries += 1;
+        }
+        drop(entries);
+        drop(heads);
+        drop(r);
+        Ok(ledger)
+    }
+
+    /// Signs `op` as the next entry of `key`'s chain and adds it.
+    pub fn append_local(
+        &mut self,
+        key: &SigningKey,
+        op: Op,
+        time_ms: u64,
+    ) -> Result<VerifiedEntry, AppendError> {
+        let author = Author(key.verifying_key().to_bytes());
+        let (seq, prev) = match self.heads.get(&author) {
+            Some((s, h)) => (s + 1, Some(*h)),
+            None => (1, None),
+        };
+        let e = Entry::sign(key, seq, prev, self.lamport + 1, time_ms, op)?;
+        self.apply(&e)?;
+        Ok(e)
+    }
+
+    /// Adds a verified entry if it extends its author's chain.
+    pub fn apply(&mut self, e: &VerifiedEntry) -> Result<Applied, AppendError> {
+        let entry = e.entry();
+        let author = entry.author;
+        let have = self.heads.get(&author).map_or(0, |(s, _)| *s);
+        if entry.seq <= have {
+            return match self.stored_hash(&author, entry.seq)? {
+                Some(h) if h == e.hash() => Ok(Applied::Duplicate),
+                _ => Err(AppendError::Conflict {
+                    author,
+                    seq: entry.seq,
+                }),
+            };
+        }
+        if entry.seq > have + 1 {
+            return Err(AppendError::Gap {
+                author,
+                have,
+                got: entry.seq,
+            });
+        }
+        let prev_ok = match (entry.prev, self.heads.get(&author)) {
+            (None, None) => true,
+            (Some(p), Some((_, h))) => p == *h,
+            _ => false,
+        };
+        if !prev_ok {
+            return Err(AppendError::Conflict {
+                author,
+                seq: entry.seq,
+            });
+        }
+        let w = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = w.open_table(ENTRIES).map_err(storage)?;
+            t.insert(&entry_key(&author.0, entry.seq)[..], e.bytes())
+                .map_err(storage)?;
+            let mut h = w.open_table(HEADS).map_err(storage)?;
+            h.insert(&author.0[..], &head_value(entry.seq, &e.hash())[..])
+                .map_err(storage)?;
+        }
+        w.commit().map_err(storage)?;
+        self.heads.insert(author, (entry.seq, e.hash()));
+        self.lamport = self.lamport.max(entry.lamport);
+        self.view.apply(e);
+        self.entries += 1;
+        Ok(Applied::Added)
+    }
+
+    fn stored_hash(&self, author: &Author, seq: u64) -> Result<Option<Hash>, AppendError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(ENTRIES).map_err(storage)?;
+        Ok(t.get(&entry_key(&author.0, seq)[..])
+            .map_err(storage)?
+            .map(|v| *blake3::hash(v.value()).as_bytes()))
+    }
+
+    /// Each author's latest sequence number: what anti-entropy exchanges.
+    pub fn heads(&self) -> Vec<(Author, u64)> {
+        self.heads.iter().map(|(a, (s, _))| (*a, *s)).collect()
+    }
+
+    /// Given a peer's heads, the `(author, first seq)` this ledger lacks.
+    pub fn wants(&self, remote: &[(Author, u64)]) -> Vec<(Author, u64)> {
+        remote
+            .iter()
+            .filter_map(|(a, s)| {
+                let have = self.heads.get(a).map_or(0, |(h, _)| *h);
+                (*s > have).then_some((*a, have + 1))
+            })
+            .collect()
+    }
+
+    /// Up to `max` (capped at [`MAX_BATCH`]) encoded entries of `author`
+    /// from `from_seq` on, in order.
+    pub fn entries_from(
+        &self,
+        author: &Author,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<Vec<u8>>, AppendError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(ENTRIES).map_err(storage)?;
+        let lo = entry_key(&author.0, from_seq.max(1));
+        let hi = entry_key(&author.0, u64::MAX);
+        let mut out = Vec::new();
+        for row in t.range(&lo[..]..=&hi[..]).map_err(storage)? {
+            if out.len() >= max.min(MAX_BATCH) {
+                break;
+            }
+            let (_, v) = row.map_err(storage)?;
+            out.push(v.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// The Lamport clock: the highest seen.
+    pub fn lamport(&self) -> u64 {
+        self.lamport
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn put(p: &str) -> Op {
+        Op::Put {
+            policy: String::from_utf8(Policy::parse(p).unwrap().canonical()).unwrap(),
+            supersedes: None,
+        }
+    }
+
+    #[test]
+    fn chains_gaps_conflicts_and_replays() {
+        let mut a = Ledger::in_memory().unwrap();
+        let mut b = Ledger::in_memory().unwrap();
+        let e1 = a
+            .append_local(&key(1), put(r#"{"n": {"i": 1}}"#), 1)
+            .unwrap();
+        let e2 = a
+            .append_local(&key(1), put(r#"{"n": {"i": 2}}"#), 2)
+            .unwrap();
+        let e3 = a
+            .append_local(&key(1), put(r#"{"n": {"i": 3}}"#), 3)
+            .unwrap();
+        assert_eq!(
+            b.apply(&e2),
+            Err(AppendError::Gap {
+                author: e1.entry().author,
+                have: 0,
+                got: 2
+            })
+        );
+        assert_eq!(b.apply(&e1), Ok(Applied::Added));
+        assert_eq!(b.apply(&e1), Ok(Applied::Duplicate));
+        // A second seq-2 entry by the same key, on another branch: refused.
+        let mut c = Ledger::in_memory().unwrap();
+        c.apply(&e1).unwrap();
+        let fork = c
+            .append_local(&key(1), put(r#"{"n": {"i": 99}}"#), 2)
+            .unwrap();
+        assert_eq!(b.apply(&e2), Ok(Applied::Added));
+        assert!(matches!(
+            b.apply(&fork),
+            Err(AppendError::Conflict { seq: 2, .. })
+        ));
+        // A wrong prev on the next position: refused.
+        let bad = Entry::sign(&key(1), 3, Some([7; 32]), 9, 3, put(r#"{"n": {"i": 4}}"#)).unwrap();
+        assert!(matches!(
+            b.apply(&bad),
+            Err(AppendError::Conflict { seq: 3, .. })
+        ));
+        assert_eq!(b.apply(&e3), Ok(Applied::Added));
+        assert_eq!(b.heads(), a.heads());
+        assert_eq!(b.view(), a.view());
+        assert_eq!(b.view().len(), 3);
+    }
+
+    #[test]
+    fn supersede_and_revoke_only_touch_the_authors_own_policies() {
+        let mut l = Ledger::in_memory().unwrap();
+        let p1 = Policy::parse(r#"{"operator": {"name": "op1", "port": 1}}"#).unwrap();
+        let p2 = Policy::parse(r#"{"operator": {"name": "op1", "port": 2}}"#).unwrap();
+        l.append_local(
+            &key(1),
+            put(r#"{"operator": {"name": "op1", "port": 1}}"#),
+            1,
+        )
+        .unwrap();
+        // Another author publishes the same body: one id, shown once.
+        l.append_local(
+            &key(2),
+            put(r#"{"operator": {"name": "op1", "port": 1}}"#),
+            1,
+        )
+        .unwrap();
+        assert_eq!(l.view().len(), 1);
+        let sup = Op::Put {
+            policy: String::from_utf8(p2.canonical()).unwrap(),
+            supersedes: Some(p1.id()),
+        };
+        l.append_local(&key(1), sup, 2).unwrap();
+        // Key 2's copy of p1 remains; p2 is new.
+        assert_eq!(l.view().len(), 2);
+        assert_eq!(
+            l.view().get(&p1.id()).unwrap().author,
+            Author(key(2).verifying_key().to_bytes())
+        );
+        l.append_local(&key(2), Op::Revoke { id: p1.id() }, 2)
+            .unwrap();
+        assert!(l.view().get(&p1.id()).is_none());
+        assert_eq!(l.view().of_kind("operator").count(), 1);
+    }
+
+    #[test]
+    fn survives_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let (heads, view) = {
+            let mut l = Ledger::open(&path).unwrap();
+            for i in 0..20 {
+                l.append_local(
+                    &key(1 + i % 3),
+                    put(&format!(r#"{{"t": {{"i": {i}}}}}"#)),
+                    i as u64,
+                )
+                .unwrap();
+            }
+            (l.heads(), l.view().clone())
+        };
+        let l = Ledger::open(&path).unwrap();
+        assert_eq!(l.heads(), heads);
+        assert_eq!(l.view(), &view);
+        assert_eq!(l.len(), 20);
+        assert!(l.lamport() >= 20);
+    }
+}
