@@ -67,6 +67,14 @@ pub struct Config {
     pub query_timeout_ms: u64,
     pub streaming: StreamingConfig,
     pub watch: WatchConfig,
+    /// libp2p listen addresses (multiaddrs).
+    pub listen: Vec<String>,
+    /// Peers to join through, as `/ip4/.../tcp/32048/p2p/<peer-id>`.
+    pub bootstrap: Vec<String>,
+    /// The cluster this operator belongs to.
+    pub cluster: Option<String>,
+    /// Find peers on the local network by mDNS.
+    pub mdns: bool,
 }
 
 /// Buffering of rows PUT in EdgeLake's streaming mode.
@@ -108,6 +116,13 @@ impl Default for Config {
             query_timeout_ms: 60_000,
             streaming: StreamingConfig::default(),
             watch: WatchConfig::default(),
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/32048".into(),
+                "/ip4/0.0.0.0/udp/32048/quic-v1".into(),
+            ],
+            bootstrap: Vec::new(),
+            cluster: None,
+            mdns: true,
         }
     }
 }
@@ -167,6 +182,24 @@ impl Config {
         if self.streaming.threshold_rows == 0 || self.streaming.threshold_ms == 0 {
             return Err("streaming thresholds must be positive".into());
         }
+        if self.listen.is_empty() {
+            return Err("at least one listen address is needed".into());
+        }
+        for a in self.listen.iter().chain(&self.bootstrap) {
+            a.parse::<tarn_net::Multiaddr>().map_err(|e| {
+                format!("{a:?} is not a multiaddr ({e}); e.g. /ip4/10.0.0.5/tcp/32048")
+            })?;
+        }
+        for a in &self.bootstrap {
+            if !a.contains("/p2p/") {
+                return Err(format!(
+                    "bootstrap address {a:?} needs the peer's id: .../p2p/<peer-id>"
+                ));
+            }
+        }
+        if let Some(c) = &self.cluster {
+            crate::rows::ident("cluster", c).map_err(|e| e.message)?;
+        }
         if self.watch.poll_ms == 0 {
             return Err("watch.poll_ms must be positive".into());
         }
@@ -175,6 +208,12 @@ impl Config {
 
     pub fn has(&self, s: Service) -> bool {
         self.services.contains(&s)
+    }
+
+    /// Parsed listen and bootstrap addresses (valid after `validate`).
+    pub fn multiaddrs(&self) -> (Vec<tarn_net::Multiaddr>, Vec<tarn_net::Multiaddr>) {
+        let parse = |v: &[String]| v.iter().filter_map(|a| a.parse().ok()).collect();
+        (parse(&self.listen), parse(&self.bootstrap))
     }
 
     pub fn watch_dir(&self) -> PathBuf {

@@ -27,6 +27,7 @@ mod config;
 mod edgelake;
 mod error;
 mod format;
+mod mesh;
 mod node;
 mod rest;
 mod rows;

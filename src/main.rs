@@ -94,6 +94,18 @@ struct NodeArgs {
     /// Streaming mode: write every PUT at once.
     #[arg(long)]
     write_immediate: bool,
+    /// libp2p listen address, repeatable [default: /ip4/0.0.0.0/tcp/32048 and /ip4/0.0.0.0/udp/32048/quic-v1].
+    #[arg(long)]
+    listen: Vec<String>,
+    /// A peer to join through, repeatable: /ip4/A.B.C.D/tcp/32048/p2p/<peer-id>.
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    /// The cluster this operator belongs to.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Do not look for peers on the local network by mDNS.
+    #[arg(long)]
+    no_mdns: bool,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -149,6 +161,18 @@ impl NodeArgs {
         if self.write_immediate {
             cfg.streaming.write_immediate = true;
         }
+        if !self.listen.is_empty() {
+            cfg.listen = self.listen;
+        }
+        if !self.bootstrap.is_empty() {
+            cfg.bootstrap = self.bootstrap;
+        }
+        if let Some(c) = self.cluster {
+            cfg.cluster = Some(c);
+        }
+        if self.no_mdns {
+            cfg.mdns = false;
+        }
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         Ok(cfg)
@@ -196,7 +220,12 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let node = tarn::Node::start(cfg).await?;
         // One plain line on stdout, for people and for scripts that start nodes.
-        println!("tarn node listening: rest=http://{}", node.rest_addr());
+        println!(
+            "tarn node listening: rest=http://{} peer_id={} p2p={}",
+            node.rest_addr(),
+            node.peer_id(),
+            node.p2p_addrs().join(",")
+        );
         shutdown_signal().await;
         tracing::info!("shutting down");
         node.shutdown().await

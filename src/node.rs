@@ -26,6 +26,7 @@ pub struct Shared {
     pub started: Instant,
     /// Request bodies in memory, in KiB: bounded by `max_inflight_bytes`.
     pub inflight: Arc<tokio::sync::Semaphore>,
+    pub mesh: Arc<crate::mesh::Mesh>,
 }
 
 impl Shared {
@@ -102,6 +103,13 @@ impl Node {
             })
             .await??
         };
+        let (stop, stopped) = watch::channel(false);
+        let (secret, keypair) = crate::mesh::identity(&cfg.data_dir)?;
+        let mut net_cfg = tarn_net::Config::new(keypair);
+        (net_cfg.listen, net_cfg.bootstrap) = cfg.multiaddrs();
+        net_cfg.mdns = cfg.mdns;
+        net_cfg.relay_server = cfg.has(Service::Master);
+        let mesh = crate::mesh::start(&cfg.data_dir, net_cfg, secret, stopped.clone()).await?;
         let listener = tokio::net::TcpListener::bind(cfg.rest)
             .await
             .with_context(|| format!("binding the REST port {}", cfg.rest))?;
@@ -114,8 +122,8 @@ impl Node {
             rest_addr,
             started: Instant::now(),
             inflight: Arc::new(tokio::sync::Semaphore::new(cfg_inflight_kib)),
+            mesh,
         });
-        let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
 
         let app = crate::rest::router(shared.clone());
@@ -195,6 +203,15 @@ impl Node {
                 .instrument(span.clone()),
             ));
         }
+        // Wait (briefly) for the swarm's listen addresses, so that the start
+        // line can print them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shared.mesh.listen.lock().expect("lock poisoned").is_empty()
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        crate::mesh::publish_self(&shared).await?;
         tracing::info!(parent: &span, "REST API listening on http://{rest_addr}");
         Ok(Node {
             shared,
@@ -210,6 +227,16 @@ impl Node {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The node's PeerId.
+    pub fn peer_id(&self) -> tarn_net::PeerId {
+        self.shared.mesh.peer_id()
+    }
+
+    /// Where the node listens for peers, each with `/p2p/<peer-id>`.
+    pub fn p2p_addrs(&self) -> Vec<String> {
+        self.shared.mesh.full_listen_addrs()
     }
 
     /// Stops accepting requests, lets running ones finish, and writes every

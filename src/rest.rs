@@ -26,6 +26,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/data/{db}/{table}", post(post_data))
         .route("/v1/query", post(query))
         .route("/v1/tables", get(tables))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/policies", get(policies).post(add_policy))
         .route("/", get(command_get).post(command_post).put(put_data))
         .fallback(|| async {
             ApiError::not_found("not_found", "no such endpoint; see GET /v1/status")
@@ -118,6 +120,10 @@ async fn status(State(s): State<AppState>) -> Response {
         "uptime_s": s.started.elapsed().as_secs(),
         "databases": dbs,
         "buffered_rows": pending.iter().map(|(_, _, n)| n).sum::<usize>(),
+        "peer_id": s.mesh.peer_id().to_string(),
+        "listen": s.mesh.full_listen_addrs(),
+        "peers": s.mesh.peers.lock().expect("lock poisoned").values().filter(|p| p.connected).count(),
+        "cluster": s.cfg.cluster,
     }))
     .into_response()
 }
@@ -398,4 +404,135 @@ async fn put_inner(s: AppState, headers: HeaderMap, body: Body) -> Result<Respon
         axum::Json(serde_json::json!({"AnyLog.status": "Success", "AnyLog.hash": hash}))
             .into_response(),
     )
+}
+
+/// `GET /v1/nodes`: every node the ledger knows, by PeerId, with liveness.
+async fn nodes(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let view = s.mesh.view();
+    let connected: std::collections::HashMap<String, Vec<String>> = s
+        .mesh
+        .net
+        .peers()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            (
+                p.peer_id.to_string(),
+                p.addrs.iter().map(|a| a.to_string()).collect(),
+            )
+        })
+        .collect();
+    let peers = s.mesh.peers.lock().expect("lock poisoned").clone();
+    let me = s.mesh.peer_id().to_string();
+    let mut by_peer: std::collections::BTreeMap<String, serde_json::Value> =
+        std::collections::BTreeMap::new();
+    let mut names: std::collections::HashMap<String, Vec<String>> =
+        std::collections::HashMap::new();
+    for kind in ["operator", "query", "master", "publisher"] {
+        for p in view.of_kind(kind) {
+            let body = &p.policy[kind];
+            let Some(peer) = body["peer_id"].as_str() else {
+                continue;
+            };
+            // Only the key holder may describe a node.
+            if crate::mesh::peer_of(&p.author)
+                .map(|x| x.to_string())
+                .as_deref()
+                != Some(peer)
+            {
+                continue;
+            }
+            let entry = by_peer.entry(peer.to_owned()).or_insert_with(|| {
+                let peer_id: Option<tarn_net::PeerId> = peer.parse().ok();
+                let alive = peer == me || connected.contains_key(peer);
+                let last_seen = peer_id
+                    .and_then(|id| peers.get(&id))
+                    .map(|st| st.last_seen.elapsed().as_secs());
+                serde_json::json!({
+                    "name": body["name"],
+                    "peer_id": peer,
+                    "services": body["services"],
+                    "cluster": body.get("cluster").cloned().unwrap_or(serde_json::Value::Null),
+                    "rest": body["rest"],
+                    "alive": alive,
+                    "addresses": connected.get(peer).cloned().unwrap_or_else(|| if peer == me { s.mesh.full_listen_addrs() } else { Vec::new() }),
+                    "last_seen_s_ago": if peer == me || alive { Some(0) } else { last_seen },
+                })
+            });
+            let _ = entry;
+            if let Some(n) = body["name"].as_str() {
+                let v = names.entry(n.to_owned()).or_default();
+                if !v.iter().any(|x| x == peer) {
+                    v.push(peer.to_owned());
+                }
+            }
+        }
+    }
+    // Two nodes claiming one name: both shown, both flagged.
+    for v in by_peer.values_mut() {
+        let dup = v["name"]
+            .as_str()
+            .and_then(|n| names.get(n))
+            .is_some_and(|peers| peers.len() > 1);
+        v["name_conflict"] = dup.into();
+    }
+    Ok(axum::Json(by_peer.into_values().collect::<Vec<_>>()).into_response())
+}
+
+#[derive(Deserialize)]
+struct PolicyQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// A policy as EdgeLake shows it, with tarn's envelope fields inside.
+pub(crate) fn policy_json(p: &tarn_ledger::PolicyRecord) -> serde_json::Value {
+    let mut v = p.policy.clone();
+    if let Some(body) = v.get_mut(&p.kind).and_then(|b| b.as_object_mut()) {
+        body.insert("id".into(), p.id.clone().into());
+        if let Some(peer) = crate::mesh::peer_of(&p.author) {
+            body.insert("author".into(), peer.to_string().into());
+        }
+        body.insert(
+            "date".into(),
+            tarn_query::time::format_iso(p.time_ms as i64 * 1000).into(),
+        );
+    }
+    v
+}
+
+/// `GET /v1/policies[?type=T]`.
+async fn policies(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<PolicyQuery>,
+) -> Response {
+    let view = s.mesh.view();
+    let list: Vec<serde_json::Value> = view
+        .policies()
+        .filter(|p| q.kind.as_deref().is_none_or(|k| p.kind == k))
+        .map(policy_json)
+        .collect();
+    axum::Json(list).into_response()
+}
+
+/// `POST /v1/policies`: one policy in EdgeLake's JSON form; the node signs
+/// and publishes it.
+async fn add_policy(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(&s, &headers, body).await?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("malformed_json", "the policy is not UTF-8"))?;
+    let policy = tarn_ledger::policy::Policy::parse(text)
+        .map_err(|e| ApiError::bad_request("invalid_policy", e.to_string()))?;
+    if s.mesh.view().get(&policy.id()).is_some() {
+        return Ok(
+            axum::Json(serde_json::json!({"id": policy.id(), "duplicate": true})).into_response(),
+        );
+    }
+    s.mesh.publish(&policy, None).await?;
+    Ok(axum::Json(serde_json::json!({"id": policy.id(), "duplicate": false})).into_response())
 }

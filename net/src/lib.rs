@@ -1,9 +1,16 @@
-//! tarn's overlay network. Today: the framing every tarn protocol message
-//! uses, CBOR (ciborium) with an explicit size cap and recursion limit, so
-//! a peer's message is bounded before it is decoded. The libp2p swarm, its
-//! behaviours and the `Client`/`EventLoop` pair arrive with the mesh.
+//! tarn's overlay network: a libp2p swarm over TCP (Noise + Yamux) and QUIC
+//! with identify, ping, Kademlia, mDNS, gossipsub, relay, DCUtR, AutoNAT and
+//! one request-response protocol for tarn's own messages (`/tarn/rpc/1`).
 //!
-//! - [`codec`]: bounded CBOR encoding and decoding
+//! The pattern is rust-libp2p's file-sharing example: [`start`] spawns an
+//! event loop that owns the swarm; the cheap, cloneable [`Client`] sends it
+//! commands over a bounded channel (replies come back on oneshots), and
+//! [`Event`]s come out on a bounded receiver. Nodes are addressed by
+//! [`PeerId`]; addresses are found, not configured, except for bootstrap.
+//!
+//! - [`codec`]: bounded CBOR for message bodies
+//! - `rpc`: the length-prefixed, size-capped request-response framing
+//! - `event_loop`: the swarm and its loop
 //!
 //! ```
 //! use tarn_net::codec;
@@ -14,4 +21,282 @@
 //! # Ok::<(), codec::CodecError>(())
 //! ```
 
+use std::time::Duration;
+
+pub use libp2p::identity;
+pub use libp2p::identity::{Keypair, PublicKey};
+pub use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
 pub mod codec;
+mod event_loop;
+mod rpc;
+
+use event_loop::{Command, EventLoop};
+
+/// How a node joins the mesh.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub keypair: Keypair,
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start and keep dialing while disconnected.
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    /// Serve as a circuit relay (master nodes).
+    pub relay_server: bool,
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
+    pub max_gossip_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults around a key: TCP and QUIC on port 32048, mDNS on.
+    pub fn new(keypair: Keypair) -> Config {
+        Config {
+            keypair,
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/32048".parse().expect("a valid multiaddr"),
+                "/ip4/0.0.0.0/udp/32048/quic-v1"
+                    .parse()
+                    .expect("a valid multiaddr"),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            relay_server: false,
+            max_request_bytes: 1 << 20,
+            max_response_bytes: 16 << 20,
+            max_gossip_bytes: 128 << 10,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), NetError> {
+        if self.listen.is_empty() {
+            return Err(NetError::Setup(
+                "at least one listen address is needed".into(),
+            ));
+        }
+        if self.max_request_bytes == 0 || self.max_response_bytes == 0 || self.max_gossip_bytes == 0
+        {
+            return Err(NetError::Setup(
+                "message size limits must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the network reports.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Listening(Multiaddr),
+    Connected(PeerId),
+    Disconnected(PeerId),
+    /// A gossip message (already signature-checked by gossipsub; the body is
+    /// still untrusted).
+    Gossip {
+        from: Option<PeerId>,
+        topic: String,
+        data: Vec<u8>,
+    },
+    /// A request to answer with [`Client::respond`] and this `id`.
+    Request {
+        from: PeerId,
+        id: u64,
+        data: Vec<u8>,
+    },
+}
+
+/// A connected peer.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub peer_id: PeerId,
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// Network failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    #[error("network setup: {0}")]
+    Setup(String),
+    #[error("listening on {0}")]
+    Listen(String),
+    #[error("dialing: {0}")]
+    Dial(String),
+    #[error("request: {0}")]
+    Request(String),
+    #[error("publishing: {0}")]
+    Publish(String),
+    #[error("the network loop has stopped")]
+    Stopped,
+}
+
+/// A handle on the network loop; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    tx: mpsc::Sender<Command>,
+    peer_id: PeerId,
+}
+
+/// Starts the swarm: listens, dials the bootstrap peers, and spawns the loop
+/// on the current tokio runtime. The loop ends when every [`Client`] is dropped.
+pub async fn start(cfg: Config) -> Result<(Client, mpsc::Receiver<Event>), NetError> {
+    cfg.validate()?;
+    let mut swarm = event_loop::build(&cfg)?;
+    for a in &cfg.listen {
+        swarm
+            .listen_on(a.clone())
+            .map_err(|e| NetError::Listen(format!("{a}: {e}")))?;
+    }
+    for a in &cfg.bootstrap {
+        if let Err(e) = swarm.dial(a.clone()) {
+            tracing::warn!("dialing bootstrap {a}: {e}");
+        }
+    }
+    let peer_id = *swarm.local_peer_id();
+    let (tx, rx) = mpsc::channel(256);
+    let (ev_tx, ev_rx) = mpsc::channel(1024);
+    tokio::spawn(EventLoop::new(swarm, rx, ev_tx, cfg.bootstrap.clone()).run());
+    Ok((Client { tx, peer_id }, ev_rx))
+}
+
+impl Client {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Publishes on a gossip topic (subscribing to it on first use).
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<(), NetError> {
+        let topic = topic.to_owned();
+        self.ask(|reply| Command::Publish { topic, data, reply })
+            .await?
+    }
+
+    /// Sends a request to a peer (dialing it by id if needed) and waits for the answer.
+    pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        self.ask(|reply| Command::Request { peer, data, reply })
+            .await?
+    }
+
+    /// Answers the inbound request `id` of an [`Event::Request`].
+    pub async fn respond(&self, id: u64, data: Vec<u8>) -> Result<(), NetError> {
+        self.tx
+            .send(Command::Respond { id, data })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.ask(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NetError> {
+        self.ask(|reply| Command::Peers { reply }).await
+    }
+
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        self.ask(|reply| Command::ListenAddrs { reply }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(seed: u8) -> Config {
+        let mut c =
+            Config::new(Keypair::ed25519_from_bytes([seed; 32]).expect("32 bytes make a key"));
+        c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        c.mdns = false;
+        c.max_request_bytes = 1024;
+        c
+    }
+
+    async fn next_matching<T>(
+        rx: &mut mpsc::Receiver<Event>,
+        mut f: impl FnMut(&Event) -> Option<T>,
+    ) -> T {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let e = rx.recv().await.expect("the loop is running");
+                if let Some(v) = f(&e) {
+                    return v;
+                }
+            }
+        })
+        .await
+        .expect("the event came before the deadline")
+    }
+
+    #[tokio::test]
+    async fn two_peers_talk_by_peer_id() {
+        let (a, mut a_ev) = start(config(1)).await.unwrap();
+        let addr = next_matching(&mut a_ev, |e| match e {
+            Event::Listening(addr) => Some(addr.clone()),
+            _ => None,
+        })
+        .await;
+        let mut cb = config(2);
+        cb.bootstrap = vec![addr.with(libp2p::multiaddr::Protocol::P2p(a.peer_id()))];
+        let (b, mut b_ev) = start(cb).await.unwrap();
+        next_matching(&mut b_ev, |e| {
+            matches!(e, Event::Connected(p) if *p == a.peer_id()).then_some(())
+        })
+        .await;
+
+        // Request-response, answered by A's consumer.
+        let a2 = a.clone();
+        let answer = tokio::spawn(async move {
+            let (id, data) = next_matching(&mut a_ev, |e| match e {
+                Event::Request { id, data, .. } => Some((*id, data.clone())),
+                _ => None,
+            })
+            .await;
+            a2.respond(id, [b"echo:".as_slice(), &data].concat())
+                .await
+                .unwrap();
+            a_ev
+        });
+        assert_eq!(
+            b.request(a.peer_id(), b"hi".to_vec()).await.unwrap(),
+            b"echo:hi"
+        );
+        let mut a_ev = answer.await.unwrap();
+
+        // Oversized requests are refused by the sender's codec, never sent.
+        assert!(b.request(a.peer_id(), vec![0; 4096]).await.is_err());
+
+        // Gossip: both subscribe, then A's messages reach B.
+        b.publish("t", b"hello from b".to_vec()).await.unwrap();
+        a.publish("t", b"warm-up".to_vec()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                a.publish("t", b"ping".to_vec()).await.unwrap();
+                if let Ok(Some(Event::Gossip { data, .. })) =
+                    tokio::time::timeout(Duration::from_millis(300), b_ev.recv()).await
+                    && data == b"ping"
+                {
+                    return true;
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, Ok(true));
+        drop(a_ev.try_recv());
+        assert!(!b.peers().await.unwrap().is_empty());
+    }
+}

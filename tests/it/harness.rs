@@ -16,6 +16,9 @@ pub struct TestNode {
     pub args: Vec<String>,
     child: Option<Child>,
     pub client: Client,
+    /// The node's PeerId and its libp2p addresses (with `/p2p/<id>`).
+    pub peer_id: String,
+    pub p2p: Vec<String>,
 }
 
 impl TestNode {
@@ -23,12 +26,14 @@ impl TestNode {
     pub fn start(args: &[&str]) -> TestNode {
         let dir = tempfile::tempdir().expect("a temp dir");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, client) = spawn(dir.path(), &args);
+        let (child, client, peer_id, p2p) = spawn(dir.path(), &args);
         TestNode {
             dir,
             args,
             child: Some(child),
             client,
+            peer_id,
+            p2p,
         }
     }
 
@@ -60,9 +65,11 @@ impl TestNode {
     /// Starts the node again on the same data directory (a new REST port).
     pub fn restart(&mut self) {
         self.kill();
-        let (child, client) = spawn(self.dir.path(), &self.args);
+        let (child, client, peer_id, p2p) = spawn(self.dir.path(), &self.args);
         self.child = Some(child);
         self.client = client;
+        self.peer_id = peer_id;
+        self.p2p = p2p;
     }
 
     /// Runs a query and returns (columns, rows); panics on an error.
@@ -131,7 +138,7 @@ impl Drop for TestNode {
     }
 }
 
-fn spawn(dir: &Path, args: &[String]) -> (Child, Client) {
+fn spawn(dir: &Path, args: &[String]) -> (Child, Client, String, Vec<String>) {
     let data = dir.join("data");
     let mut child = Command::new(BIN)
         .arg("node")
@@ -141,6 +148,7 @@ fn spawn(dir: &Path, args: &[String]) -> (Child, Client) {
         .arg(&data)
         .arg("--name")
         .arg("test-node")
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -153,15 +161,18 @@ fn spawn(dir: &Path, args: &[String]) -> (Child, Client) {
         .next()
         .expect("the node prints its address")
         .expect("readable stdout");
-    let url = line
-        .split("rest=")
-        .nth(1)
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-        .trim()
-        .to_owned();
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in the start line: {line}"))
+            .to_owned()
+    };
+    let url = field("rest=");
+    let peer_id = field("peer_id=");
+    let p2p = field("p2p=").split(',').map(str::to_owned).collect();
     // Keep draining stdout so the node never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, Client::new(&url))
+    (child, Client::new(&url), peer_id, p2p)
 }
 
 /// Waits until `f` returns `Some`, or panics naming `what` after `limit`.

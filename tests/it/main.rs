@@ -7,4 +7,5 @@ mod crash;
 mod edgelake;
 mod harness;
 mod ingest;
+mod mesh;
 mod watch;

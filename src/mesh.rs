@@ -1,0 +1,449 @@
+//! The node in the mesh: its identity, the ledger replica, and the glue
+//! between `tarn-net` and `tarn-ledger` — gossip of new entries,
+//! anti-entropy on connect and periodically, and the node's own policies.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use tarn_ledger::entry::Entry;
+use tarn_ledger::policy::Policy;
+use tarn_ledger::{AppendError, Author, Ledger, Op, VerifiedEntry};
+use tarn_net::{Event, Keypair, Multiaddr, PeerId};
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+
+/// The gossip topic of ledger entries.
+pub const LEDGER_TOPIC: &str = "tarn/ledger/1";
+/// Largest RPC message accepted.
+const MAX_RPC: usize = 8 << 20;
+/// How often each node compares heads with a few peers.
+const SYNC_EVERY: Duration = Duration::from_secs(3);
+
+/// Loads the node's key from `<data>/identity.key`, creating it on first start.
+pub fn identity(data_dir: &Path) -> anyhow::Result<([u8; 32], Keypair)> {
+    let path = data_dir.join("identity.key");
+    let secret: [u8; 32] = match std::fs::read(&path) {
+        Ok(b) => b
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let kp = Keypair::generate_ed25519();
+            let ed = kp
+                .try_into_ed25519()
+                .expect("an ed25519 key was just generated");
+            let mut secret = [0u8; 32];
+            secret.copy_from_slice(ed.secret().as_ref());
+            write_private(&path, &secret)?;
+            secret
+        }
+        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    };
+    let kp =
+        Keypair::ed25519_from_bytes(secret).map_err(|e| anyhow::anyhow!("identity key: {e}"))?;
+    Ok((secret, kp))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The PeerId of a ledger author (same ed25519 key).
+pub fn peer_of(author: &Author) -> Option<PeerId> {
+    let pk = tarn_net::identity::ed25519::PublicKey::try_from_bytes(&author.0).ok()?;
+    Some(tarn_net::PublicKey::from(pk).to_peer_id())
+}
+
+/// Messages of `/tarn/rpc/1` (CBOR).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Rpc {
+    /// Per-author heads, sent to start anti-entropy; answered with the peer's.
+    Heads(Vec<(Author, u64)>),
+    /// Entries of one author from a sequence number on.
+    Fetch {
+        author: Author,
+        from: u64,
+    },
+    Entries(Vec<serde_bytes::ByteBuf>),
+    Error(String),
+}
+
+/// What the node knows about a peer's connection.
+#[derive(Debug, Clone)]
+pub struct PeerState {
+    pub connected: bool,
+    pub last_seen: Instant,
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// The mesh side of a node.
+pub struct Mesh {
+    pub net: tarn_net::Client,
+    pub ledger: Arc<Mutex<Ledger>>,
+    key: SigningKey,
+    pub peers: Mutex<HashMap<PeerId, PeerState>>,
+    pub listen: Mutex<Vec<Multiaddr>>,
+}
+
+impl Mesh {
+    pub fn peer_id(&self) -> PeerId {
+        self.net.peer_id()
+    }
+
+    pub fn author(&self) -> Author {
+        Author(self.key.verifying_key().to_bytes())
+    }
+
+    /// Signs and publishes a policy; supersedes `old` (an id of this node's).
+    pub async fn publish(
+        self: &Arc<Self>,
+        policy: &Policy,
+        supersedes: Option<String>,
+    ) -> Result<VerifiedEntry, ApiError> {
+        let op = Op::Put {
+            policy: String::from_utf8(policy.canonical()).expect("canonical JSON is UTF-8"),
+            supersedes,
+        };
+        self.append(op).await
+    }
+
+    async fn append(self: &Arc<Self>, op: Op) -> Result<VerifiedEntry, ApiError> {
+        let me = self.clone();
+        let e = tokio::task::spawn_blocking(move || {
+            let mut l = me.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            l.append_local(&me.key, op, now_ms())
+        })
+        .await
+        .map_err(|e| ApiError::internal("writing the ledger", e))?
+        .map_err(|e| ApiError::internal("writing the ledger", e))?;
+        if let Err(e) = self.net.publish(LEDGER_TOPIC, e.bytes().to_vec()).await {
+            // Anti-entropy delivers it later.
+            tracing::debug!("gossiping a ledger entry: {e}");
+        }
+        Ok(e)
+    }
+
+    /// Applies an entry from a peer; on a gap, syncs with that peer.
+    async fn receive(self: &Arc<Self>, bytes: Vec<u8>, from: Option<PeerId>) {
+        let e = match Entry::verify_bytes(&bytes) {
+            Ok(e) => e,
+            Err(err) => {
+                tracing::warn!("dropping a ledger entry from {from:?}: {err}");
+                return;
+            }
+        };
+        let me = self.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            me.ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply(&e)
+        })
+        .await;
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(AppendError::Gap { .. })) => {
+                if let Some(p) = from {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.sync_with(p).await });
+                }
+            }
+            Ok(Err(err)) => tracing::warn!("refusing a ledger entry from {from:?}: {err}"),
+            Err(err) => tracing::error!("applying a ledger entry: {err}"),
+        }
+    }
+
+    /// Anti-entropy with one peer: exchange heads, fetch what is missing.
+    pub async fn sync_with(self: &Arc<Self>, peer: PeerId) {
+        let heads = self
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .heads();
+        let Some(Rpc::Heads(theirs)) = self.call(peer, &Rpc::Heads(heads)).await else {
+            return;
+        };
+        let wants = self
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wants(&theirs);
+        for (author, mut from) in wants {
+            loop {
+                let Some(Rpc::Entries(batch)) = self.call(peer, &Rpc::Fetch { author, from }).await
+                else {
+                    break;
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let n = batch.len() as u64;
+                let me = self.clone();
+                let ok = tokio::task::spawn_blocking(move || {
+                    let mut l = me.ledger.lock().unwrap_or_else(|p| p.into_inner());
+                    for b in batch {
+                        let e = Entry::verify_bytes(&b).map_err(|e| e.to_string())?;
+                        if e.entry().author != author {
+                            return Err("an entry of another author".to_owned());
+                        }
+                        l.apply(&e).map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                })
+                .await;
+                match ok {
+                    Ok(Ok(())) => from += n,
+                    Ok(Err(e)) => {
+                        tracing::warn!("sync with {peer}: {e}");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    async fn call(&self, peer: PeerId, msg: &Rpc) -> Option<Rpc> {
+        let data = tarn_net::codec::encode(msg, MAX_RPC).ok()?;
+        match self.net.request(peer, data).await {
+            Ok(bytes) => match tarn_net::codec::decode::<Rpc>(&bytes, MAX_RPC) {
+                Ok(Rpc::Error(e)) => {
+                    tracing::debug!("{peer} answered: {e}");
+                    None
+                }
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!("a malformed answer from {peer}: {e}");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::debug!("request to {peer}: {e}");
+                None
+            }
+        }
+    }
+
+    async fn answer(self: &Arc<Self>, from: PeerId, id: u64, data: Vec<u8>) {
+        let reply = match tarn_net::codec::decode::<Rpc>(&data, MAX_RPC) {
+            Err(e) => Rpc::Error(format!("malformed request: {e}")),
+            Ok(Rpc::Heads(theirs)) => {
+                let (mine, wants) = {
+                    let l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+                    (l.heads(), l.wants(&theirs))
+                };
+                // They have what we lack: pull it too.
+                if !wants.is_empty() {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.sync_with(from).await });
+                }
+                Rpc::Heads(mine)
+            }
+            Ok(Rpc::Fetch { author, from: seq }) => {
+                let me = self.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    me.ledger
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entries_from(&author, seq, tarn_ledger::MAX_BATCH)
+                })
+                .await;
+                match r {
+                    Ok(Ok(v)) => {
+                        Rpc::Entries(v.into_iter().map(serde_bytes::ByteBuf::from).collect())
+                    }
+                    _ => Rpc::Error("the ledger could not be read".into()),
+                }
+            }
+            Ok(_) => Rpc::Error("not a request".into()),
+        };
+        let bytes = tarn_net::codec::encode(&reply, MAX_RPC).unwrap_or_default();
+        let _ = self.net.respond(id, bytes).await;
+    }
+
+    /// The policies currently in force.
+    pub fn view(&self) -> tarn_ledger::View {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .view()
+            .clone()
+    }
+
+    /// Listen addresses with `/p2p/<peer-id>`, loopback last.
+    pub fn full_listen_addrs(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .listen
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .map(|a| format!("{a}/p2p/{}", self.peer_id()))
+            .collect();
+        v.sort_by_key(|a| a.contains("/127.0.0.1/"));
+        v
+    }
+
+    /// Whether a peer is connected now (this node counts as alive).
+    pub fn alive(&self, peer: &PeerId) -> bool {
+        *peer == self.peer_id()
+            || self
+                .peers
+                .lock()
+                .expect("lock poisoned")
+                .get(peer)
+                .is_some_and(|p| p.connected)
+    }
+}
+
+/// Starts the network and the mesh tasks.
+pub async fn start(
+    data_dir: &Path,
+    net_cfg: tarn_net::Config,
+    secret: [u8; 32],
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Arc<Mesh>> {
+    let ledger = {
+        let path = data_dir.join("ledger.redb");
+        tokio::task::spawn_blocking(move || Ledger::open(&path)).await??
+    };
+    let (net, events) = tarn_net::start(net_cfg).await?;
+    net.publish(LEDGER_TOPIC, Vec::new()).await.ok();
+    let mesh = Arc::new(Mesh {
+        net,
+        ledger: Arc::new(Mutex::new(ledger)),
+        key: SigningKey::from_bytes(&secret),
+        peers: Mutex::new(HashMap::new()),
+        listen: Mutex::new(Vec::new()),
+    });
+    tokio::spawn(run(mesh.clone(), events, stop));
+    Ok(mesh)
+}
+
+/// Most peer messages handled at once; the event loop waits for a free slot
+/// (and the network loop behind it for room in the event channel).
+const MAX_HANDLERS: usize = 256;
+
+async fn run(
+    mesh: Arc<Mesh>,
+    mut events: mpsc::Receiver<Event>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(SYNC_EVERY);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDLERS));
+    let spawn = |f: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
+        let slots = slots.clone();
+        async move {
+            if let Ok(permit) = slots.acquire_owned().await {
+                tokio::spawn(async move {
+                    f.await;
+                    drop(permit);
+                });
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    Event::Listening(a) => mesh.listen.lock().expect("lock poisoned").push(a),
+                    Event::Connected(p) => {
+                        mesh.peers.lock().expect("lock poisoned").insert(p, PeerState { connected: true, last_seen: Instant::now(), addrs: Vec::new() });
+                        let m = mesh.clone();
+                        spawn(Box::pin(async move { m.sync_with(p).await })).await;
+                    }
+                    Event::Disconnected(p) => {
+                        if let Some(s) = mesh.peers.lock().expect("lock poisoned").get_mut(&p) {
+                            s.connected = false;
+                            s.last_seen = Instant::now();
+                        }
+                    }
+                    Event::Gossip { from, topic, data } if topic == LEDGER_TOPIC && !data.is_empty() => {
+                        if let Some(p) = from
+                            && let Some(s) = mesh.peers.lock().expect("lock poisoned").get_mut(&p)
+                        {
+                            s.last_seen = Instant::now();
+                        }
+                        let m = mesh.clone();
+                        spawn(Box::pin(async move { m.receive(data, from).await })).await;
+                    }
+                    Event::Gossip { .. } => {}
+                    Event::Request { from, id, data } => {
+                        let m = mesh.clone();
+                        spawn(Box::pin(async move { m.answer(from, id, data).await })).await;
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let peers: Vec<PeerId> = mesh.peers.lock().expect("lock poisoned").iter().filter(|(_, s)| s.connected).map(|(p, _)| *p).collect();
+                // A few peers each round: enough to repair, cheap at any size.
+                let start = (crate::storage::now_micros() as usize) % peers.len().max(1);
+                for p in peers.iter().cycle().skip(start).take(peers.len().min(3)) {
+                    let m = mesh.clone();
+                    let p = *p;
+                    spawn(Box::pin(async move { m.sync_with(p).await })).await;
+                }
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    (crate::storage::now_micros() / 1000).max(0) as u64
+}
+
+/// Publishes (or supersedes) this node's own policies: one per service it
+/// runs, naming it by PeerId, never by IP.
+pub async fn publish_self(shared: &crate::node::Shared) -> anyhow::Result<()> {
+    let mesh = &shared.mesh;
+    let me = mesh.author();
+    let view = mesh.view();
+    for service in &shared.cfg.services {
+        let kind = service.name();
+        let mut body = serde_json::json!({
+            "name": shared.cfg.name,
+            "peer_id": mesh.peer_id().to_string(),
+            "services": shared.cfg.services,
+            "rest": shared.rest_addr.to_string(),
+            "version": env!("CARGO_PKG_VERSION"),
+        });
+        if let Some(c) = &shared.cfg.cluster {
+            body["cluster"] = c.clone().into();
+        }
+        let policy = Policy::from_value(serde_json::json!({ kind: body }))
+            .map_err(|e| anyhow::anyhow!("building the node policy: {e}"))?;
+        let mine: Vec<String> = view
+            .of_kind(kind)
+            .filter(|p| p.author == me)
+            .map(|p| p.id.clone())
+            .collect();
+        if mine.contains(&policy.id()) {
+            continue;
+        }
+        mesh.publish(&policy, mine.first().cloned())
+            .await
+            .map_err(|e| anyhow::anyhow!("publishing the node policy: {}", e.message))?;
+        for old in mine.iter().skip(1) {
+            mesh.append(Op::Revoke { id: old.clone() })
+                .await
+                .map_err(|e| anyhow::anyhow!("revoking an old node policy: {}", e.message))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! Separate `tarn node` processes joined by bootstrap addresses share one
+//! signed ledger, and find each other by PeerId.
+
+use std::time::Duration;
+
+use crate::harness::{TestNode, wait_for};
+
+fn policies(node: &TestNode, kind: &str) -> Vec<serde_json::Value> {
+    node.client
+        .get(&format!("/v1/policies?type={kind}"), &[])
+        .unwrap()
+        .ok_json()
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn nodes_join_by_bootstrap_and_share_policies() {
+    let master = TestNode::start(&["--services", "master"]);
+    let boot = master.p2p[0].clone();
+    let a = TestNode::start(&["--bootstrap", &boot, "--cluster", "c1"]);
+    let mut b = TestNode::start(&["--bootstrap", &boot]);
+    let t = Duration::from_secs(30);
+
+    // Every node sees every node, by PeerId, alive.
+    for n in [&master, &a, &b] {
+        wait_for("three live nodes", t, || {
+            let v = n.client.get("/v1/nodes", &[]).ok()?.ok_json().ok()?;
+            let list = v.as_array()?;
+            (list.len() == 3 && list.iter().all(|x| x["alive"] == true)).then_some(())
+        });
+    }
+    let nodes = a.client.get("/v1/nodes", &[]).unwrap().ok_json().unwrap();
+    let me = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["peer_id"] == a.peer_id.as_str())
+        .unwrap();
+    assert_eq!(me["cluster"], "c1");
+
+    // A policy inserted on one node is read on the others.
+    let added = b
+        .client
+        .post(
+            "/v1/policies",
+            &[],
+            br#"{"sensor_site": {"name": "site-7", "city": "Oslo"}}"#,
+        )
+        .unwrap()
+        .ok_json()
+        .unwrap();
+    let id = added["id"].as_str().unwrap().to_owned();
+    for n in [&master, &a] {
+        wait_for("the policy to spread", t, || {
+            let p = policies(n, "sensor_site");
+            (p.len() == 1 && p[0]["sensor_site"]["id"] == id.as_str()).then_some(())
+        });
+    }
+    let p = &policies(&a, "sensor_site")[0]["sensor_site"];
+    assert_eq!(p["city"], "Oslo");
+    assert_eq!(p["author"], b.peer_id.as_str());
+
+    // Bad policies are refused and change nothing.
+    for bad in [r#"[]"#, r#"{"a": 1}"#, r#"{"a": {}, "b": {}}"#, "not json"] {
+        let r = b.client.post("/v1/policies", &[], bad.as_bytes()).unwrap();
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+
+    // A node restarted on another port keeps its PeerId and is found again.
+    let old_peer = b.peer_id.clone();
+    b.restart();
+    assert_eq!(b.peer_id, old_peer);
+    wait_for("the restarted node to be alive again", t, || {
+        let v = a.client.get("/v1/nodes", &[]).ok()?.ok_json().ok()?;
+        let n = v
+            .as_array()?
+            .iter()
+            .find(|x| x["peer_id"] == old_peer.as_str())?
+            .clone();
+        (n["alive"] == true && n["rest"] == b.client.base().trim_start_matches("http://"))
+            .then_some(())
+    });
+    let nodes = a.client.get("/v1/nodes", &[]).unwrap().ok_json().unwrap();
+    assert_eq!(
+        nodes.as_array().unwrap().len(),
+        3,
+        "a restart supersedes, never duplicates"
+    );
+}
