@@ -243,3 +243,74 @@ pub fn ingest(
     );
     Ok(())
 }
+
+/// `tarn nodes`.
+pub fn nodes(node: &str, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    let v = Client::new(node).get("/v1/nodes", &[])?.ok_json()?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    let list = v.as_array().context("the answer is not a list")?;
+    writeln!(
+        out,
+        "{:<20} {:<52} {:<6} {:<12} {:<22} services",
+        "name", "peer_id", "alive", "cluster", "rest"
+    )?;
+    for n in list {
+        let s = |k: &str| n[k].as_str().unwrap_or("").to_owned();
+        let services: Vec<String> = n["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect();
+        writeln!(
+            out,
+            "{:<20} {:<52} {:<6} {:<12} {:<22} {}{}",
+            s("name"),
+            s("peer_id"),
+            if n["alive"] == true { "yes" } else { "no" },
+            s("cluster"),
+            s("rest"),
+            services.join(","),
+            if n["name_conflict"] == true {
+                "  (name claimed twice)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    Ok(())
+}
+
+/// `tarn policies [TYPE]`.
+pub fn policies(node: &str, kind: Option<&str>, out: &mut impl Write) -> anyhow::Result<()> {
+    let path = match kind {
+        Some(k) => format!("/v1/policies?type={k}"),
+        None => "/v1/policies".to_owned(),
+    };
+    let v = Client::new(node).get(&path, &[])?.ok_json()?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    Ok(())
+}
+
+/// `tarn policy add FILE`.
+pub fn policy_add(node: &str, file: &str, out: &mut impl Write) -> anyhow::Result<()> {
+    let body = if file == "-" {
+        let mut s = Vec::new();
+        std::io::stdin().read_to_end(&mut s)?;
+        s
+    } else {
+        std::fs::read(file).with_context(|| format!("cannot read {file}"))?
+    };
+    let v = Client::new(node)
+        .post(
+            "/v1/policies",
+            &[("content-type", "application/json")],
+            &body,
+        )?
+        .ok_json()?;
+    writeln!(out, "{}", v["id"].as_str().unwrap_or(""))?;
+    Ok(())
+}

@@ -56,6 +56,37 @@ enum Command {
         #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
         node: String,
     },
+    /// List the nodes of the network, by PeerId, with liveness.
+    Nodes {
+        #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the policies in the ledger, optionally of one type.
+    Policies {
+        #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+        /// A policy type (root key), e.g. operator, cluster, table.
+        kind: Option<String>,
+    },
+    /// Manage policies.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Sign and publish a policy from a JSON file (or `-` for stdin), e.g.
+    /// {"sensor_site": {"name": "site-7", "city": "Oslo"}}.
+    Add {
+        #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+        file: String,
+    },
 }
 
 /// Flags of `tarn node`; each overrides the same key of the `--config` file.
@@ -197,6 +228,13 @@ fn main() -> ExitCode {
             batch_rows,
         } => tarn::cli::ingest(&node, &db, &table, file.as_deref(), batch_rows),
         Command::Status { node } => tarn::cli::status(&node, &mut std::io::stdout()),
+        Command::Nodes { node, json } => tarn::cli::nodes(&node, json, &mut std::io::stdout()),
+        Command::Policies { node, kind } => {
+            tarn::cli::policies(&node, kind.as_deref(), &mut std::io::stdout())
+        }
+        Command::Policy {
+            action: PolicyAction::Add { node, file },
+        } => tarn::cli::policy_add(&node, &file, &mut std::io::stdout()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

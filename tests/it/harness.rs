@@ -155,23 +155,7 @@ fn spawn(dir: &Path, args: &[String]) -> (Child, Client, String, Vec<String>) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start tarn node");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = lines
-        .next()
-        .expect("the node prints its address")
-        .expect("readable stdout");
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap_or_else(|| panic!("no {k} in the start line: {line}"))
-            .to_owned()
-    };
-    let url = field("rest=");
-    let peer_id = field("peer_id=");
-    let p2p = field("p2p=").split(',').map(str::to_owned).collect();
-    // Keep draining stdout so the node never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let (url, peer_id, p2p) = start_line(&mut child);
     (child, Client::new(&url), peer_id, p2p)
 }
 
@@ -208,4 +192,26 @@ impl Rng {
         let x = lo + (hi - lo) * (self.below(1_000_000) as f64 / 1_000_000.0);
         (x * 100.0).round() / 100.0
     }
+}
+
+/// Reads a node's start line: its REST URL, PeerId and p2p addresses.
+pub fn start_line(child: &mut Child) -> (String, String, Vec<String>) {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = lines
+        .next()
+        .expect("the node prints its address")
+        .expect("readable stdout");
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in the start line: {line}"))
+            .to_owned()
+    };
+    let url = field("rest=");
+    let peer_id = field("peer_id=");
+    let p2p = field("p2p=").split(',').map(str::to_owned).collect();
+    // Keep draining stdout so the node never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (url, peer_id, p2p)
 }

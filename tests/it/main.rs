@@ -8,4 +8,5 @@ mod edgelake;
 mod harness;
 mod ingest;
 mod mesh;
+mod netns;
 mod watch;
