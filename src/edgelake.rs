@@ -45,7 +45,7 @@ impl Reply {
 
 /// Runs one command (EdgeLake's GET-only rule for `flush buffers` is not kept:
 /// tarn accepts read and write commands by either method).
-pub fn run(shared: &Shared, command: &str, destination: Option<&str>) -> Reply {
+pub fn run(shared: &Shared, command: &str, destination: Option<&str>, body: &[u8]) -> Reply {
     let cmd = command.trim();
     let words: Vec<String> = cmd
         .split_whitespace()
@@ -61,6 +61,12 @@ pub fn run(shared: &Shared, command: &str, destination: Option<&str>) -> Reply {
         ("get", "processes") => get_processes(shared, where_clause(cmd)),
         ("get", "tables") => get_tables(shared, where_clause(cmd)),
         ("get", "columns") => get_columns(shared, where_clause(cmd)),
+        ("blockchain", "get") => blockchain_get(shared, cmd),
+        ("blockchain", "insert") => blockchain_insert(shared, cmd, body),
+        ("get", "data") if cmd.to_ascii_lowercase().starts_with("get data nodes") => {
+            get_data_nodes(shared, where_clause(cmd))
+        }
+        ("test", "network") => test_network(shared, where_clause(cmd)),
         ("flush", "buffers") => {
             shared.streams.flush_all();
             Reply::Text(String::new())
@@ -417,6 +423,313 @@ fn get_columns(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
         }
         Reply::Text(out)
     }
+}
+
+/// Policies as EdgeLake lists them, with `cluster` policies merged by name
+/// and completed with the tables the ledger's `table` policies assign them.
+fn edgelake_policies(shared: &Shared) -> Vec<(String, serde_json::Value)> {
+    let view = shared.mesh.view();
+    let mut out: Vec<(String, serde_json::Value)> = Vec::new();
+    let mut clusters: std::collections::BTreeMap<String, serde_json::Value> =
+        std::collections::BTreeMap::new();
+    for p in view.policies() {
+        let v = crate::rest::policy_json(p);
+        if p.kind == "cluster" {
+            if let Some(name) = p.policy["cluster"]["name"].as_str() {
+                clusters.entry(name.to_owned()).or_insert(v);
+                continue;
+            }
+        }
+        out.push((p.kind.clone(), v));
+    }
+    for p in view.of_kind("table") {
+        let t = &p.policy["table"];
+        let Some(c) = t["cluster"].as_str() else {
+            continue;
+        };
+        let entry = clusters.entry(c.to_owned()).or_insert_with(|| {
+            let id = blake3::hash(format!("cluster\0{c}").as_bytes()).to_hex()[..32].to_owned();
+            serde_json::json!({"cluster": {"name": c, "id": id, "table": []}})
+        });
+        let tables = entry["cluster"]
+            .as_object_mut()
+            .map(|o| o.entry("table").or_insert_with(|| serde_json::json!([])));
+        if let Some(serde_json::Value::Array(list)) = tables {
+            let item =
+                serde_json::json!({"dbms": t["dbms"], "name": t["name"], "status": "active"});
+            if !list.contains(&item) {
+                list.push(item);
+            }
+        }
+    }
+    out.extend(clusters.into_values().map(|v| ("cluster".to_owned(), v)));
+    out
+}
+
+/// `blockchain get <type|(t1, t2)|*> [where k = v [and ...]] [bring...]`.
+fn blockchain_get(shared: &Shared, cmd: &str) -> Reply {
+    let rest = cmd["blockchain get".len()..].trim();
+    let lower = rest.to_ascii_lowercase();
+    let (head, bring) = match lower.find(" bring") {
+        Some(i) => (&rest[..i], Some(rest[i..].trim())),
+        None => (rest, None),
+    };
+    let (types, conds) = match head.to_ascii_lowercase().find(" where ") {
+        Some(i) => (&head[..i], where_pairs(&head[i + 7..])),
+        None => (head, Vec::new()),
+    };
+    let types: Vec<String> = types
+        .trim()
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .split(',')
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if types.is_empty() {
+        return Reply::err(
+            code::COMMAND,
+            "expected: blockchain get <type> [where key = value] [bring...]",
+        );
+    }
+    let matches: Vec<serde_json::Value> = edgelake_policies(shared)
+        .into_iter()
+        .filter(|(k, _)| types.iter().any(|t| t == "*" || t == k))
+        .filter(|(k, v)| {
+            conds.iter().all(|(key, want)| {
+                let got = &v[k][key.as_str()];
+                match got {
+                    serde_json::Value::String(s) => s.eq_ignore_ascii_case(want),
+                    serde_json::Value::Null => false,
+                    other => other.to_string() == *want,
+                }
+            })
+        })
+        .map(|(_, v)| v)
+        .collect();
+    let Some(bring) = bring else {
+        return Reply::Json(serde_json::Value::Array(matches).to_string());
+    };
+    let b = bring.to_ascii_lowercase();
+    if b.starts_with("bring.count") {
+        return Reply::Text(matches.len().to_string());
+    }
+    if b.starts_with("bring.first") {
+        return Reply::Json(
+            serde_json::Value::Array(matches.into_iter().take(1).collect()).to_string(),
+        );
+    }
+    if b.starts_with("bring.last") {
+        return Reply::Json(
+            serde_json::Value::Array(matches.into_iter().last().into_iter().collect()).to_string(),
+        );
+    }
+    // bring[.unique] [type][key] ... [separator=X]
+    let unique = b.starts_with("bring.unique");
+    let sep = b.find("separator=").map(|i| {
+        bring[i + 10..]
+            .trim()
+            .trim_matches(|c| c == '\'' || c == '"')
+            .to_owned()
+    });
+    let keys: Vec<String> = bring
+        .split('[')
+        .skip(1)
+        .filter_map(|k| k.split(']').next())
+        .map(|k| k.trim().trim_matches(|c| c == '\'' || c == '"').to_owned())
+        .collect();
+    let mut values: Vec<String> = Vec::new();
+    for v in &matches {
+        let Some((kind, body)) = v.as_object().and_then(|o| o.iter().next()) else {
+            continue;
+        };
+        let key = match keys.as_slice() {
+            [t, k] if t == kind || t == "*" => k,
+            [k] => k,
+            _ => continue,
+        };
+        let val = match &body[key.as_str()] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => continue,
+            other => other.to_string(),
+        };
+        if !unique || !values.contains(&val) {
+            values.push(val);
+        }
+    }
+    Reply::Text(values.join(sep.as_deref().unwrap_or("")))
+}
+
+fn where_pairs(s: &str) -> Vec<(String, String)> {
+    split_and(s)
+        .into_iter()
+        .filter_map(|part| {
+            let (k, v) = part.split_once('=')?;
+            Some((k.trim().to_ascii_lowercase(), unquote(v.trim()).to_owned()))
+        })
+        .collect()
+}
+
+/// `blockchain insert where policy = !x ...` with `x={...}` or the bare policy in the body.
+fn blockchain_insert(shared: &Shared, cmd: &str, body: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(body);
+    let mut text = text.trim();
+    if let Some(i) = text.find('=')
+        && !text.starts_with('{')
+        && text[..i]
+            .trim()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '!')
+    {
+        text = text[i + 1..].trim();
+    }
+    if text.is_empty() {
+        // The policy may also travel inline: `... where policy = {...}`.
+        if let Some(i) = cmd.find('{') {
+            text = cmd[i..].trim();
+        }
+    }
+    let policy = match tarn_ledger::policy::Policy::parse(text) {
+        Ok(p) => p,
+        Err(e) => return Reply::err(code::COMMAND, format!("the policy is not valid: {e}")),
+    };
+    if shared.mesh.view().get(&policy.id()).is_some() {
+        return Reply::Text(String::new());
+    }
+    let mesh = shared.mesh.clone();
+    let r = tokio::runtime::Handle::current()
+        .block_on(async move { mesh.publish(&policy, None).await });
+    match r {
+        Ok(_) => Reply::Text(String::new()),
+        Err(e) => Reply::from_api(e),
+    }
+}
+
+/// `get data nodes [where dbms = X and table = Y and format=json]`.
+fn get_data_nodes(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
+    let nodes = tokio::runtime::Handle::current().block_on(crate::mesh::node_list(shared));
+    let view = shared.mesh.view();
+    let mut rows = Vec::new();
+    for p in view.of_kind("table") {
+        let t = &p.policy["table"];
+        let (Some(dbms), Some(table), Some(cluster)) = (
+            t["dbms"].as_str(),
+            t["name"].as_str(),
+            t["cluster"].as_str(),
+        ) else {
+            continue;
+        };
+        if get(&kv, "dbms").is_some_and(|d| d != dbms)
+            || get(&kv, "table").is_some_and(|x| x != table)
+        {
+            continue;
+        }
+        for n in &nodes {
+            let in_cluster = n["cluster"].as_str() == Some(cluster)
+                || (n["cluster"].is_null()
+                    && format!("node-{}", n["peer_id"].as_str().unwrap_or("")) == cluster);
+            let is_operator = n["services"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x == "operator"));
+            if !in_cluster || !is_operator {
+                continue;
+            }
+            rows.push(serde_json::json!({
+                "Company": "",
+                "DBMS": dbms,
+                "Table": table,
+                "Cluster ID": cluster,
+                "Cluster Status": "active",
+                "Node Name": n["name"],
+                "Member ID": n["peer_id"],
+                "External IP/Port": n["rest"],
+                "Local IP/Port": n["rest"],
+                "Main": "+",
+                "Node Status": if n["alive"] == true { "active" } else { "inactive" },
+            }));
+        }
+    }
+    if wants_json(&kv) {
+        Reply::Json(serde_json::Value::Array(rows).to_string())
+    } else {
+        let mut out = String::from(
+            "\nCompany DBMS       Table                Cluster ID                       Node Name            Node Status\n",
+        );
+        for r in &rows {
+            out.push_str(&format!(
+                "{:<7} {:<10} {:<20} {:<32} {:<20} {}\n",
+                "",
+                r["DBMS"].as_str().unwrap_or(""),
+                r["Table"].as_str().unwrap_or(""),
+                r["Cluster ID"].as_str().unwrap_or(""),
+                r["Node Name"].as_str().unwrap_or(""),
+                r["Node Status"].as_str().unwrap_or("")
+            ));
+        }
+        Reply::Text(out)
+    }
+}
+
+/// `test network`: asks every known node for its ledger heads and reports who answered.
+fn test_network(shared: &Shared, kv: Vec<(String, String)>) -> Reply {
+    let mesh = shared.mesh.clone();
+    let nodes = tokio::runtime::Handle::current().block_on(async {
+        let list = crate::mesh::node_list(shared).await;
+        let mut checks = Vec::new();
+        for n in list {
+            let m = mesh.clone();
+            checks.push(tokio::spawn(async move {
+                let peer: Option<tarn_net::PeerId> =
+                    n["peer_id"].as_str().and_then(|p| p.parse().ok());
+                let ok = match peer {
+                    Some(p) if p == m.peer_id() => true,
+                    Some(p) => tokio::time::timeout(std::time::Duration::from_secs(3), m.ping(p))
+                        .await
+                        .unwrap_or(false),
+                    None => false,
+                };
+                (n, ok)
+            }));
+        }
+        let mut out = Vec::new();
+        for c in checks {
+            if let Ok(v) = c.await {
+                out.push(v);
+            }
+        }
+        out
+    });
+    if wants_json(&kv) {
+        let list: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|(n, ok)| {
+                serde_json::json!({
+                    "Address": n["rest"], "Node Type": n["services"], "Node Name": n["name"],
+                    "Peer ID": n["peer_id"], "Status": if *ok { "+" } else { " " },
+                })
+            })
+            .collect();
+        return Reply::Json(serde_json::Value::Array(list).to_string());
+    }
+    let mut out = String::from(
+        "\nTest Network\nAddress               Node Type            Node Name            Status\n--------------------- -------------------- -------------------- ------\n",
+    );
+    for (n, ok) in &nodes {
+        let types: Vec<&str> = n["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str())
+            .collect();
+        out.push_str(&format!(
+            "{:<21} {:<20} {:<20} {}\n",
+            n["rest"].as_str().unwrap_or(""),
+            types.join(","),
+            n["name"].as_str().unwrap_or(""),
+            if *ok { "+" } else { " " }
+        ));
+    }
+    Reply::Text(out)
 }
 
 #[cfg(test)]

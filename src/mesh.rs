@@ -284,6 +284,19 @@ impl Mesh {
             .clone()
     }
 
+    /// Whether a peer answers a request (a heads exchange).
+    pub async fn ping(&self, peer: PeerId) -> bool {
+        let heads = self
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .heads();
+        matches!(
+            self.call(peer, &Rpc::Heads(heads)).await,
+            Some(Rpc::Heads(_))
+        )
+    }
+
     /// Listen addresses with `/p2p/<peer-id>`, loopback last.
     pub fn full_listen_addrs(&self) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -446,4 +459,108 @@ pub async fn publish_self(shared: &crate::node::Shared) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The cluster an operator's tables belong to: its configured cluster, or a
+/// cluster of its own named after its PeerId.
+pub fn cluster_of(shared: &crate::node::Shared) -> String {
+    shared
+        .cfg
+        .cluster
+        .clone()
+        .unwrap_or_else(|| format!("node-{}", shared.mesh.peer_id()))
+}
+
+/// Announces every local table not yet in the ledger as a `table` policy
+/// `{"table": {"dbms", "name", "cluster"}}`. Operators of one cluster write
+/// the same body, so it is one policy however many of them announce it.
+pub async fn announce_tables(shared: &crate::node::Shared) {
+    if !shared.cfg.has(crate::Service::Operator) {
+        return;
+    }
+    let cluster = cluster_of(shared);
+    let view = shared.mesh.view();
+    for (db, table) in shared.storage.user_tables() {
+        let p = serde_json::json!({"table": {"dbms": db, "name": table, "cluster": cluster}});
+        let Ok(policy) = Policy::from_value(p) else {
+            continue;
+        };
+        if view.get(&policy.id()).is_some() {
+            continue;
+        }
+        if let Err(e) = shared.mesh.publish(&policy, None).await {
+            tracing::warn!("announcing table {db}.{table}: {}", e.message);
+        }
+    }
+}
+
+/// Every node the ledger knows, by PeerId, with liveness and addresses;
+/// two nodes claiming one name are both listed and flagged.
+pub async fn node_list(s: &crate::node::Shared) -> Vec<serde_json::Value> {
+    let view = s.mesh.view();
+    let connected: std::collections::HashMap<String, Vec<String>> = s
+        .mesh
+        .net
+        .peers()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            (
+                p.peer_id.to_string(),
+                p.addrs.iter().map(|a| a.to_string()).collect(),
+            )
+        })
+        .collect();
+    let peers = s.mesh.peers.lock().expect("lock poisoned").clone();
+    let me = s.mesh.peer_id().to_string();
+    let mut by_peer: std::collections::BTreeMap<String, serde_json::Value> =
+        std::collections::BTreeMap::new();
+    let mut names: std::collections::HashMap<String, Vec<String>> =
+        std::collections::HashMap::new();
+    for kind in ["operator", "query", "master", "publisher"] {
+        for p in view.of_kind(kind) {
+            let body = &p.policy[kind];
+            let Some(peer) = body["peer_id"].as_str() else {
+                continue;
+            };
+            // Only the key holder may describe a node.
+            if peer_of(&p.author).map(|x| x.to_string()).as_deref() != Some(peer) {
+                continue;
+            }
+            let entry = by_peer.entry(peer.to_owned()).or_insert_with(|| {
+                let peer_id: Option<tarn_net::PeerId> = peer.parse().ok();
+                let alive = peer == me || connected.contains_key(peer);
+                let last_seen = peer_id
+                    .and_then(|id| peers.get(&id))
+                    .map(|st| st.last_seen.elapsed().as_secs());
+                serde_json::json!({
+                    "name": body["name"],
+                    "peer_id": peer,
+                    "services": body["services"],
+                    "cluster": body.get("cluster").cloned().unwrap_or(serde_json::Value::Null),
+                    "rest": body["rest"],
+                    "alive": alive,
+                    "addresses": connected.get(peer).cloned().unwrap_or_else(|| if peer == me { s.mesh.full_listen_addrs() } else { Vec::new() }),
+                    "last_seen_s_ago": if peer == me || alive { Some(0) } else { last_seen },
+                })
+            });
+            let _ = entry;
+            if let Some(n) = body["name"].as_str() {
+                let v = names.entry(n.to_owned()).or_default();
+                if !v.iter().any(|x| x == peer) {
+                    v.push(peer.to_owned());
+                }
+            }
+        }
+    }
+    // Two nodes claiming one name: both shown, both flagged.
+    for v in by_peer.values_mut() {
+        let dup = v["name"]
+            .as_str()
+            .and_then(|n| names.get(n))
+            .is_some_and(|peers| peers.len() > 1);
+        v["name_conflict"] = dup.into();
+    }
+    by_peer.into_values().collect()
 }

@@ -212,6 +212,24 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         crate::mesh::publish_self(&shared).await?;
+        crate::mesh::announce_tables(&shared).await;
+        let sh = shared.clone();
+        let mut rx = stopped.clone();
+        tasks.push(tokio::spawn(
+            async move {
+                let changed = sh.storage.tables_changed.clone();
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = rx.changed() => break,
+                        _ = changed.notified() => crate::mesh::announce_tables(&sh).await,
+                        // Also periodically: a notice lost to a crash is repaired.
+                        _ = tokio::time::sleep(Duration::from_secs(30)) => crate::mesh::announce_tables(&sh).await,
+                    }
+                }
+            }
+            .instrument(span.clone()),
+        ));
         tracing::info!(parent: &span, "REST API listening on http://{rest_addr}");
         Ok(Node {
             shared,

@@ -259,7 +259,7 @@ async fn command_get(State(s): State<AppState>, headers: HeaderMap) -> Response 
         );
     };
     let dest = header_str(&headers, "destination").map(str::to_owned);
-    run_command(s, "get", cmd, dest).await
+    run_command(s, "get", cmd, dest, Vec::new()).await
 }
 
 #[derive(Deserialize)]
@@ -274,13 +274,14 @@ async fn command_post(State(s): State<AppState>, headers: HeaderMap, body: Body)
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let (cmd, dest) = match header_str(&headers, "command") {
+    let (cmd, dest, payload) = match header_str(&headers, "command") {
         Some(c) => (
             c.to_owned(),
             header_str(&headers, "destination").map(str::to_owned),
+            body.to_vec(),
         ),
         None => match serde_json::from_slice::<CommandBody>(&body) {
-            Ok(b) => (b.command, b.destination),
+            Ok(b) => (b.command, b.destination, Vec::new()),
             Err(_) => {
                 return edgelake_reply(
                     &s,
@@ -294,7 +295,7 @@ async fn command_post(State(s): State<AppState>, headers: HeaderMap, body: Body)
             }
         },
     };
-    run_command(s, "post", cmd, dest).await
+    run_command(s, "post", cmd, dest, payload).await
 }
 
 async fn run_command(
@@ -302,14 +303,16 @@ async fn run_command(
     method: &'static str,
     cmd: String,
     dest: Option<String>,
+    body: Vec<u8>,
 ) -> Response {
     let shared = s.clone();
-    let reply = tokio::task::spawn_blocking(move || edgelake::run(&shared, &cmd, dest.as_deref()))
-        .await
-        .unwrap_or_else(|e| Reply::Error {
-            code: edgelake::code::INTERNAL,
-            text: format!("the command failed: {e}"),
-        });
+    let reply =
+        tokio::task::spawn_blocking(move || edgelake::run(&shared, &cmd, dest.as_deref(), &body))
+            .await
+            .unwrap_or_else(|e| Reply::Error {
+                code: edgelake::code::INTERNAL,
+                text: format!("the command failed: {e}"),
+            });
     edgelake_reply(&s, method, reply)
 }
 
@@ -408,76 +411,7 @@ async fn put_inner(s: AppState, headers: HeaderMap, body: Body) -> Result<Respon
 
 /// `GET /v1/nodes`: every node the ledger knows, by PeerId, with liveness.
 async fn nodes(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let view = s.mesh.view();
-    let connected: std::collections::HashMap<String, Vec<String>> = s
-        .mesh
-        .net
-        .peers()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| {
-            (
-                p.peer_id.to_string(),
-                p.addrs.iter().map(|a| a.to_string()).collect(),
-            )
-        })
-        .collect();
-    let peers = s.mesh.peers.lock().expect("lock poisoned").clone();
-    let me = s.mesh.peer_id().to_string();
-    let mut by_peer: std::collections::BTreeMap<String, serde_json::Value> =
-        std::collections::BTreeMap::new();
-    let mut names: std::collections::HashMap<String, Vec<String>> =
-        std::collections::HashMap::new();
-    for kind in ["operator", "query", "master", "publisher"] {
-        for p in view.of_kind(kind) {
-            let body = &p.policy[kind];
-            let Some(peer) = body["peer_id"].as_str() else {
-                continue;
-            };
-            // Only the key holder may describe a node.
-            if crate::mesh::peer_of(&p.author)
-                .map(|x| x.to_string())
-                .as_deref()
-                != Some(peer)
-            {
-                continue;
-            }
-            let entry = by_peer.entry(peer.to_owned()).or_insert_with(|| {
-                let peer_id: Option<tarn_net::PeerId> = peer.parse().ok();
-                let alive = peer == me || connected.contains_key(peer);
-                let last_seen = peer_id
-                    .and_then(|id| peers.get(&id))
-                    .map(|st| st.last_seen.elapsed().as_secs());
-                serde_json::json!({
-                    "name": body["name"],
-                    "peer_id": peer,
-                    "services": body["services"],
-                    "cluster": body.get("cluster").cloned().unwrap_or(serde_json::Value::Null),
-                    "rest": body["rest"],
-                    "alive": alive,
-                    "addresses": connected.get(peer).cloned().unwrap_or_else(|| if peer == me { s.mesh.full_listen_addrs() } else { Vec::new() }),
-                    "last_seen_s_ago": if peer == me || alive { Some(0) } else { last_seen },
-                })
-            });
-            let _ = entry;
-            if let Some(n) = body["name"].as_str() {
-                let v = names.entry(n.to_owned()).or_default();
-                if !v.iter().any(|x| x == peer) {
-                    v.push(peer.to_owned());
-                }
-            }
-        }
-    }
-    // Two nodes claiming one name: both shown, both flagged.
-    for v in by_peer.values_mut() {
-        let dup = v["name"]
-            .as_str()
-            .and_then(|n| names.get(n))
-            .is_some_and(|peers| peers.len() > 1);
-        v["name_conflict"] = dup.into();
-    }
-    Ok(axum::Json(by_peer.into_values().collect::<Vec<_>>()).into_response())
+    Ok(axum::Json(crate::mesh::node_list(&s).await).into_response())
 }
 
 #[derive(Deserialize)]

@@ -125,6 +125,8 @@ pub struct Storage {
     dbs: RwLock<HashMap<String, Arc<Database>>>,
     almgm: Arc<Database>,
     next_tsd: AtomicI64,
+    /// Woken when a table is created, so the node can announce it.
+    pub tables_changed: Arc<tokio::sync::Notify>,
 }
 
 /// Columns a batch adds to its table.
@@ -206,6 +208,7 @@ impl Storage {
             dbs: RwLock::new(dbs),
             almgm,
             next_tsd: AtomicI64::new(1),
+            tables_changed: Arc::new(tokio::sync::Notify::new()),
         };
         let max = storage.reconcile()?;
         storage.next_tsd.store(max + 1, Ordering::SeqCst);
@@ -365,8 +368,12 @@ impl Storage {
             return Vec::new();
         }
         for (t, sc) in schemas {
-            if database.schema(&t).is_none_or(|cur| *cur != sc) && !sc.columns.is_empty() {
+            let before = database.schema(&t);
+            if before.as_ref().is_none_or(|cur| **cur != sc) && !sc.columns.is_empty() {
                 database.set_schema(&t, sc);
+                if before.is_none() {
+                    self.tables_changed.notify_one();
+                }
             }
         }
         let mut written = Vec::new();
@@ -574,6 +581,24 @@ impl Storage {
                 tracing::warn!("checkpointing {}: {e}", db.path.display());
             }
         }
+    }
+
+    /// Every user table, as `(db, table)`.
+    pub fn user_tables(&self) -> Vec<(String, String)> {
+        let dbs = self.dbs.read().expect("lock poisoned");
+        let mut out: Vec<(String, String)> = dbs
+            .iter()
+            .flat_map(|(d, db)| {
+                db.schemas
+                    .read()
+                    .expect("lock poisoned")
+                    .keys()
+                    .map(|t| (d.clone(), t.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Databases, in name order (`almgm` included).

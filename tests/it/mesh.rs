@@ -63,6 +63,79 @@ fn nodes_join_by_bootstrap_and_share_policies() {
     assert_eq!(p["city"], "Oslo");
     assert_eq!(p["author"], b.peer_id.as_str());
 
+    // EdgeLake's commands over the same ledger.
+    let r = a
+        .client
+        .post(
+            "/",
+            &[(
+                "command",
+                "blockchain insert where policy = !x and local = true",
+            )],
+            br#"x={"sensor": {"name": "s1", "kind": "temp"}}"#,
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for("the inserted policy on the master", t, || {
+        (master
+            .command("blockchain get sensor where name = s1 bring.count")
+            .body
+            == "1")
+            .then_some(())
+    });
+    let got = master
+        .command("blockchain get sensor where name = s1")
+        .json()
+        .unwrap();
+    assert_eq!(got[0]["sensor"]["kind"], "temp");
+    assert_eq!(got[0]["sensor"]["author"], a.peer_id.as_str());
+    assert_eq!(
+        master
+            .command("blockchain get sensor where name = nobody bring.count")
+            .body,
+        "0"
+    );
+    let names = master
+        .command("blockchain get (operator, master) bring.unique [*][name] separator=,")
+        .body;
+    let mut names: Vec<&str> = names.split(',').collect();
+    names.sort();
+    assert_eq!(names, ["test-node"], "all test nodes share one name");
+
+    // A table written on an operator is announced: its cluster, and who holds it.
+    a.post("lab", "readings", r#"{"v": 1}"#).ok_json().unwrap();
+    wait_for("the table policy on the master", t, || {
+        (master
+            .command("blockchain get table where dbms = lab and name = readings bring.count")
+            .body
+            == "1")
+            .then_some(())
+    });
+    let clusters = master
+        .command("blockchain get cluster where name = c1")
+        .json()
+        .unwrap();
+    assert_eq!(
+        clusters[0]["cluster"]["table"],
+        serde_json::json!([{"dbms": "lab", "name": "readings", "status": "active"}])
+    );
+    let holders = master
+        .command("get data nodes where dbms = lab and format=json")
+        .json()
+        .unwrap();
+    assert_eq!(holders.as_array().unwrap().len(), 1);
+    assert_eq!(holders[0]["Member ID"], a.peer_id.as_str());
+    assert_eq!(holders[0]["Cluster ID"], "c1");
+    let net = master
+        .command("test network where format=json")
+        .json()
+        .unwrap();
+    assert_eq!(net.as_array().unwrap().len(), 3);
+    assert!(
+        net.as_array().unwrap().iter().all(|n| n["Status"] == "+"),
+        "{net}"
+    );
+
     // Bad policies are refused and change nothing.
     for bad in [r#"[]"#, r#"{"a": 1}"#, r#"{"a": {}, "b": {}}"#, "not json"] {
         let r = b.client.post("/v1/policies", &[], bad.as_bytes()).unwrap();
