@@ -434,11 +434,11 @@ fn edgelake_policies(shared: &Shared) -> Vec<(String, serde_json::Value)> {
         std::collections::BTreeMap::new();
     for p in view.policies() {
         let v = crate::rest::policy_json(p);
-        if p.kind == "cluster" {
-            if let Some(name) = p.policy["cluster"]["name"].as_str() {
-                clusters.entry(name.to_owned()).or_insert(v);
-                continue;
-            }
+        if p.kind == "cluster"
+            && let Some(name) = p.policy["cluster"]["name"].as_str()
+        {
+            clusters.entry(name.to_owned()).or_insert(v);
+            continue;
         }
         out.push((p.kind.clone(), v));
     }
@@ -501,7 +501,7 @@ fn blockchain_get(shared: &Shared, cmd: &str) -> Reply {
                 match got {
                     serde_json::Value::String(s) => s.eq_ignore_ascii_case(want),
                     serde_json::Value::Null => false,
-                    other => other.to_string() == *want,
+                    other => *other.to_string() == **want,
                 }
             })
         })
