@@ -27,6 +27,7 @@ mod config;
 mod edgelake;
 mod error;
 mod format;
+mod local_mesh;
 mod mesh;
 mod node;
 mod rest;
@@ -37,6 +38,7 @@ mod watch;
 
 pub use config::{Config, Service, StreamingConfig, WatchConfig};
 pub use error::ApiError;
+pub use local_mesh::LocalMesh;
 pub use node::Node;
 pub use rest::batch_hash;
 pub use storage::Durability;

@@ -71,6 +71,16 @@ enum Command {
         /// A policy type (root key), e.g. operator, cluster, table.
         kind: Option<String>,
     },
+    /// Start a local mesh of N nodes in this process, with sample data, and
+    /// keep it running until Ctrl-C.
+    Demo {
+        /// How many nodes.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Where the nodes keep their data [default: a temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Manage policies.
     Policy {
         #[command(subcommand)]
@@ -228,6 +238,7 @@ fn main() -> ExitCode {
             batch_rows,
         } => tarn::cli::ingest(&node, &db, &table, file.as_deref(), batch_rows),
         Command::Status { node } => tarn::cli::status(&node, &mut std::io::stdout()),
+        Command::Demo { nodes, dir } => run_demo(nodes, dir),
         Command::Nodes { node, json } => tarn::cli::nodes(&node, json, &mut std::io::stdout()),
         Command::Policies { node, kind } => {
             tarn::cli::policies(&node, kind.as_deref(), &mut std::io::stdout())
@@ -267,6 +278,66 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         tracing::info!("shutting down");
         node.shutdown().await
+    })
+}
+
+fn run_demo(n: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=200).contains(&n), "--nodes must be between 1 and 200");
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let tmp = tempfile::tempdir()?;
+    let base = dir.unwrap_or_else(|| tmp.path().to_owned());
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let started = std::time::Instant::now();
+        let mesh = tarn::LocalMesh::start(n, &base).await?;
+        println!("started {n} nodes in {:.1?} (data under {})", started.elapsed(), base.display());
+        let entries = 4 + (n - 1) * 2;
+        let took = mesh.wait_converged(entries, std::time::Duration::from_secs(120)).await?;
+        println!("ledger converged on all {n} nodes ({entries} entries) after {took:.1?}");
+        // Sample data: each operator holds its own devices.
+        for (i, node) in mesh.running() {
+            let client = tarn::client::Client::new(&format!("http://{}", node.rest_addr()));
+            let rows: Vec<String> = (0..100)
+                .map(|k| {
+                    format!(
+                        "{{\"timestamp\": \"2024-05-01T{:02}:{:02}:00Z\", \"device\": \"dev-{i}-{}\", \"temp\": {:.1}}}",
+                        k / 60,
+                        k % 60,
+                        k % 4,
+                        18.0 + (k as f64 * 0.37 + i as f64).sin() * 4.0
+                    )
+                })
+                .collect();
+            let body = rows.join("\n");
+            tokio::task::spawn_blocking(move || client.ingest("demo", "readings", body.as_bytes())).await??;
+        }
+        println!();
+        println!("{:<8} {:<28} {:<54} services", "node", "REST", "peer_id");
+        for (i, node) in mesh.running() {
+            println!(
+                "{:<8} {:<28} {:<54} {}",
+                format!("node-{i}"),
+                format!("http://{}", node.rest_addr()),
+                node.peer_id().to_string(),
+                if i == 0 { "operator,query,master,publisher" } else { "operator,query" }
+            );
+        }
+        let url = format!("http://{}", mesh.node(0).expect("node 0 runs").rest_addr());
+        println!();
+        println!("try:");
+        println!("  curl -s {url}/v1/nodes");
+        println!("  curl -s {url}/ -H 'command: blockchain get table'");
+        println!("  curl -s {url}/ -H 'command: sql demo format=table \"select device, count(*), avg(temp) from readings group by device\"'");
+        println!("  tarn query --node {url} --db demo \"select count(*) from readings\"");
+        println!();
+        println!("Ctrl-C stops the mesh.");
+        shutdown_signal().await;
+        mesh.shutdown().await
     })
 }
 

@@ -269,6 +269,18 @@ impl Node {
         if n > 0 {
             tracing::info!("flushed {n} buffered rows");
         }
+        // Wait for the ledger to be released (requests in flight hold it), so
+        // that the data directory can be opened again at once.
+        let ledger = Arc::downgrade(&self.shared.mesh.ledger);
+        drop(self.shared);
+        drop(self._lock);
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while ledger.strong_count() > 0 {
+            if Instant::now() > deadline {
+                anyhow::bail!("the ledger is still in use after shutdown");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Ok(())
     }
 }

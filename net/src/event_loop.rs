@@ -20,6 +20,7 @@ use crate::{Config, Event, NetError, PeerInfo};
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    blocked: libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::BlockedPeers>,
     relay_client: relay::client::Behaviour,
     relay_server: Toggle<relay::Behaviour>,
     ping: ping::Behaviour,
@@ -57,6 +58,10 @@ pub(crate) enum Command {
     },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Block {
+        peer: PeerId,
+        blocked: bool,
     },
 }
 
@@ -125,6 +130,7 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, NetError> {
                 None
             };
             Ok(Behaviour {
+                blocked: Default::default(),
                 relay_client,
                 relay_server: relay_server
                     .then(|| relay::Behaviour::new(peer_id, relay::Config::default()))
@@ -175,6 +181,7 @@ impl EventLoop {
 
     pub(crate) async fn run(mut self) {
         let mut redial = tokio::time::interval(Duration::from_secs(5));
+        let mut discover = tokio::time::interval(Duration::from_secs(30));
         loop {
             tokio::select! {
                 biased;
@@ -185,6 +192,9 @@ impl EventLoop {
                 },
                 ev = self.swarm.select_next_some() => self.swarm_event(ev).await,
                 _ = redial.tick() => self.keep_bootstrap_connected(),
+                // A Kademlia walk connects the node to more of the mesh than
+                // its bootstrap peers, so gossip has several paths.
+                _ = discover.tick() => { let _ = self.swarm.behaviour_mut().kad.bootstrap(); }
             }
         }
     }
@@ -250,6 +260,13 @@ impl EventLoop {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
+            Command::Block { peer, blocked } => {
+                if blocked {
+                    self.swarm.behaviour_mut().blocked.block_peer(peer);
+                } else {
+                    self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                }
+            }
         }
     }
 
@@ -275,6 +292,10 @@ impl EventLoop {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
                 if num_established.get() == 1 {
+                    if self.swarm.connected_peers().count() == 1 {
+                        // The first peer: look for the rest of the mesh now.
+                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    }
                     self.emit(Event::Connected(peer_id)).await;
                 }
             }

@@ -208,6 +208,15 @@ impl Client {
         self.ask(|reply| Command::Peers { reply }).await
     }
 
+    /// Refuses (or again allows) every connection with a peer: an operator's
+    /// ban, and how tests cut links between in-process nodes.
+    pub async fn set_blocked(&self, peer: PeerId, blocked: bool) -> Result<(), NetError> {
+        self.tx
+            .send(Command::Block { peer, blocked })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
         self.ask(|reply| Command::ListenAddrs { reply }).await
     }

@@ -163,3 +163,55 @@ fn nodes_join_by_bootstrap_and_share_policies() {
         "a restart supersedes, never duplicates"
     );
 }
+
+#[test]
+fn twenty_in_process_nodes_converge_partition_heal_and_restart() {
+    use tarn::LocalMesh;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut mesh = LocalMesh::start(20, dir.path()).await.unwrap();
+        // Node 0 announces 4 services, the others 2 each.
+        let at_start = 4 + 19 * 2;
+        mesh.wait_converged(at_start, Duration::from_secs(60))
+            .await
+            .unwrap();
+
+        let side_a: Vec<usize> = (0..10).collect();
+        let side_b: Vec<usize> = (10..20).collect();
+        mesh.partition(&side_a, &side_b).await.unwrap();
+        async fn publish(mesh: &LocalMesh, i: usize, body: &str) {
+            let m = mesh.node(i).unwrap().shared().mesh.clone();
+            let p = tarn_ledger::policy::Policy::parse(body).unwrap();
+            m.publish(&p, None).await.unwrap();
+        }
+        publish(&mesh, 3, r#"{"site": {"name": "west"}}"#).await;
+        publish(&mesh, 15, r#"{"site": {"name": "east"}}"#).await;
+        assert!(
+            !mesh.converged(at_start + 2),
+            "a partition cannot have converged"
+        );
+        mesh.heal().await.unwrap();
+        mesh.wait_converged(at_start + 2, Duration::from_secs(60))
+            .await
+            .unwrap();
+        for (_, n) in mesh.running() {
+            let view = n.shared().mesh.view();
+            let mut names: Vec<String> = view
+                .of_kind("site")
+                .map(|p| p.policy["site"]["name"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["east", "west"]);
+        }
+
+        // A node restarted from its redb file rejoins with what it had, and catches up.
+        mesh.stop(7).await.unwrap();
+        publish(&mesh, 12, r#"{"site": {"name": "while-7-was-down"}}"#).await;
+        mesh.restart(7).await.unwrap();
+        mesh.wait_converged(at_start + 3, Duration::from_secs(60))
+            .await
+            .unwrap();
+        mesh.shutdown().await.unwrap();
+    });
+}
