@@ -90,9 +90,22 @@ pub struct PeerState {
     pub addrs: Vec<Multiaddr>,
 }
 
+/// Traffic counters (message bodies, not transport overhead).
+#[derive(Debug, Default)]
+pub struct MeshStats {
+    pub gossip_in_msgs: std::sync::atomic::AtomicU64,
+    pub gossip_in_bytes: std::sync::atomic::AtomicU64,
+    pub rpc_in_msgs: std::sync::atomic::AtomicU64,
+    pub rpc_in_bytes: std::sync::atomic::AtomicU64,
+}
+
 /// The mesh side of a node.
 pub struct Mesh {
     pub net: tarn_net::Client,
+    pub stats: MeshStats,
+    /// Peers an anti-entropy run is in progress with: one at a time each,
+    /// or syncs triggered by gaps and answers would multiply.
+    syncing: Mutex<std::collections::HashSet<PeerId>>,
     pub ledger: Arc<Mutex<Ledger>>,
     key: SigningKey,
     pub peers: Mutex<HashMap<PeerId, PeerState>>,
@@ -168,7 +181,16 @@ impl Mesh {
     }
 
     /// Anti-entropy with one peer: exchange heads, fetch what is missing.
+    /// Returns at once if a run with that peer is already going on.
     pub async fn sync_with(self: &Arc<Self>, peer: PeerId) {
+        if !self.syncing.lock().expect("lock poisoned").insert(peer) {
+            return;
+        }
+        self.sync_once(peer).await;
+        self.syncing.lock().expect("lock poisoned").remove(&peer);
+    }
+
+    async fn sync_once(self: &Arc<Self>, peer: PeerId) {
         let heads = self
             .ledger
             .lock()
@@ -246,8 +268,9 @@ impl Mesh {
                     let l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
                     (l.heads(), l.wants(&theirs))
                 };
-                // They have what we lack: pull it too.
-                if !wants.is_empty() {
+                // They have what we lack: pull it too (unless already pulling).
+                if !wants.is_empty() && !self.syncing.lock().expect("lock poisoned").contains(&from)
+                {
                     let me = self.clone();
                     tokio::spawn(async move { me.sync_with(from).await });
                 }
@@ -341,6 +364,8 @@ pub async fn start(
         key: SigningKey::from_bytes(&secret),
         peers: Mutex::new(HashMap::new()),
         listen: Mutex::new(Vec::new()),
+        stats: MeshStats::default(),
+        syncing: Mutex::new(std::collections::HashSet::new()),
     });
     tokio::spawn(run(mesh.clone(), events, stop));
     Ok(mesh)
@@ -388,6 +413,9 @@ async fn run(
                         }
                     }
                     Event::Gossip { from, topic, data } if topic == LEDGER_TOPIC && !data.is_empty() => {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        mesh.stats.gossip_in_msgs.fetch_add(1, Relaxed);
+                        mesh.stats.gossip_in_bytes.fetch_add(data.len() as u64, Relaxed);
                         if let Some(p) = from
                             && let Some(s) = mesh.peers.lock().expect("lock poisoned").get_mut(&p)
                         {
@@ -398,6 +426,9 @@ async fn run(
                     }
                     Event::Gossip { .. } => {}
                     Event::Request { from, id, data } => {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        mesh.stats.rpc_in_msgs.fetch_add(1, Relaxed);
+                        mesh.stats.rpc_in_bytes.fetch_add(data.len() as u64, Relaxed);
                         let m = mesh.clone();
                         spawn(Box::pin(async move { m.answer(from, id, data).await })).await;
                     }
