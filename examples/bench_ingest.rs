@@ -160,6 +160,8 @@ fn main() -> anyhow::Result<()> {
         data_dir: dir.join("node"),
         rest: "127.0.0.1:0".parse()?,
         durability: args.durability,
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        mdns: false,
         ..Default::default()
     };
     let node = rt.block_on(tarn::Node::start(cfg))?;
