@@ -65,6 +65,34 @@ impl Shared {
     }
 }
 
+/// Runs blocking `work` every `period` until `stop` changes. Ticks are
+/// never queued up: a slow run delays the next one.
+fn every(
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+    span: tracing::Span,
+    work: impl Fn() + Send + Sync + 'static,
+) -> JoinHandle<()> {
+    let work = Arc::new(work);
+    tokio::spawn(
+        async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    _ = tick.tick() => {
+                        let w = work.clone();
+                        let _ = tokio::task::spawn_blocking(move || w()).await;
+                    }
+                }
+            }
+        }
+        .instrument(span),
+    )
+}
+
 /// A started node. Dropping it without [`Node::shutdown`] stops nothing
 /// gracefully; call `shutdown` to flush buffers.
 pub struct Node {
@@ -142,66 +170,25 @@ impl Node {
 
         let streams = shared.streams.clone();
         let period = Duration::from_millis((shared.cfg.streaming.threshold_ms / 4).clamp(10, 250));
-        let mut rx = stopped.clone();
-        tasks.push(tokio::spawn(
-            async move {
-                let mut tick = tokio::time::interval(period);
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = rx.changed() => break,
-                        _ = tick.tick() => {
-                            let s = streams.clone();
-                            let _ = tokio::task::spawn_blocking(move || s.tick()).await;
-                        }
-                    }
-                }
-            }
-            .instrument(span.clone()),
-        ));
+        tasks.push(every(period, stopped.clone(), span.clone(), move || {
+            streams.tick()
+        }));
 
         let storage = shared.storage.clone();
-        let mut rx = stopped.clone();
-        tasks.push(tokio::spawn(
-            async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(200));
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = rx.changed() => break,
-                        _ = tick.tick() => {
-                            let s = storage.clone();
-                            let _ = tokio::task::spawn_blocking(move || s.checkpoint()).await;
-                        }
-                    }
-                }
-            }
-            .instrument(span.clone()),
-        ));
+        let period = Duration::from_millis(200);
+        tasks.push(every(period, stopped.clone(), span.clone(), move || {
+            storage.checkpoint()
+        }));
 
         if shared.cfg.has(Service::Operator) && shared.cfg.watch.enabled {
             let dir = shared.cfg.watch_dir();
             let watcher = Watcher::new(shared.storage.clone(), &shared.cfg.watch, dir.clone())?;
-            let watcher = Arc::new(std::sync::Mutex::new(watcher));
+            let watcher = std::sync::Mutex::new(watcher);
             let period = Duration::from_millis(shared.cfg.watch.poll_ms);
-            let mut rx = stopped.clone();
             tracing::info!(parent: &span, "watching {} for data files", dir.display());
-            tasks.push(tokio::spawn(
-                async move {
-                    let mut tick = tokio::time::interval(period);
-                    loop {
-                        tokio::select! {
-                            biased;
-                            _ = rx.changed() => break,
-                            _ = tick.tick() => {
-                                let w = watcher.clone();
-                                let _ = tokio::task::spawn_blocking(move || w.lock().unwrap_or_else(|p| p.into_inner()).scan()).await;
-                            }
-                        }
-                    }
-                }
-                .instrument(span.clone()),
-            ));
+            tasks.push(every(period, stopped.clone(), span.clone(), move || {
+                watcher.lock().unwrap_or_else(|p| p.into_inner()).scan()
+            }));
         }
         // Wait (briefly) for the swarm's listen addresses, so that the start
         // line can print them.
