@@ -124,16 +124,18 @@ impl Streams {
         n
     }
 
-    /// Rows waiting in buffers, per `db.table`.
-    pub fn pending(&self) -> Vec<(String, String, usize)> {
-        let buffers: Vec<_> = self
-            .buffers
-            .lock()
-            .expect("lock poisoned")
+    /// The buffers as they are now, so none is locked while another is.
+    fn snapshot(&self) -> Vec<(TableKey, Arc<Mutex<Buffer>>)> {
+        let buffers = self.buffers.lock().expect("lock poisoned");
+        buffers
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        buffers
+            .collect()
+    }
+
+    /// Rows waiting in buffers, per `db.table`.
+    pub fn pending(&self) -> Vec<(String, String, usize)> {
+        self.snapshot()
             .into_iter()
             .map(|((d, t), b)| {
                 (
@@ -147,14 +149,7 @@ impl Streams {
     }
 
     fn take_all(&self, due: impl Fn(&Buffer) -> bool) -> Vec<Taken> {
-        let buffers: Vec<_> = self
-            .buffers
-            .lock()
-            .expect("lock poisoned")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        buffers
+        self.snapshot()
             .into_iter()
             .filter_map(|((db, table), b)| {
                 let mut b = b.lock().unwrap_or_else(|p| p.into_inner());

@@ -47,6 +47,17 @@ fn anti_entropy(to: &mut Ledger, from: &Ledger) -> usize {
     moved
 }
 
+/// Ledger `a` to write and ledger `b` to read (`a != b`).
+fn pair(ledgers: &mut [Ledger], a: usize, b: usize) -> (&mut Ledger, &Ledger) {
+    if a < b {
+        let (l, r) = ledgers.split_at_mut(b);
+        (&mut l[a], &r[0])
+    } else {
+        let (l, r) = ledgers.split_at_mut(a);
+        (&mut r[0], &l[b])
+    }
+}
+
 fn run(seed: u64, nodes: usize, rounds: usize) {
     let mut rng = Rng(seed.max(1));
     let keys: Vec<SigningKey> = (0..nodes)
@@ -116,13 +127,7 @@ fn run(seed: u64, nodes: usize, rounds: usize) {
                 rng.below(nodes as u64) as usize,
             );
             if a != b && !(partitioned && a % 2 != b % 2) {
-                let (x, y) = if a < b {
-                    let (l, r) = ledgers.split_at_mut(b);
-                    (&mut l[a], &r[0])
-                } else {
-                    let (l, r) = ledgers.split_at_mut(a);
-                    (&mut r[0], &l[b])
-                };
+                let (x, y) = pair(&mut ledgers, a, b);
                 anti_entropy(x, y);
             }
         }
@@ -138,13 +143,7 @@ fn run(seed: u64, nodes: usize, rounds: usize) {
             if a == b {
                 continue;
             }
-            let (x, y) = if a < b {
-                let (l, r) = ledgers.split_at_mut(b);
-                (&mut l[a], &r[0])
-            } else {
-                let (l, r) = ledgers.split_at_mut(a);
-                (&mut r[0], &l[b])
-            };
+            let (x, y) = pair(&mut ledgers, a, b);
             moved += anti_entropy(x, y);
         }
         if moved == 0 {
