@@ -19,8 +19,10 @@ use crate::error::ApiError;
 
 /// The gossip topic of ledger entries.
 pub const LEDGER_TOPIC: &str = "tarn/ledger/1";
-/// Largest RPC message accepted.
+/// Largest RPC message accepted: a batch of entries
+/// ([`tarn_ledger::MAX_BATCH_BYTES`] plus one entry) with room to spare.
 const MAX_RPC: usize = 8 << 20;
+const _: () = assert!(tarn_ledger::MAX_BATCH_BYTES + tarn_ledger::entry::MAX_ENTRY_BYTES < MAX_RPC);
 /// How often each node compares heads with a few peers.
 const SYNC_EVERY: Duration = Duration::from_secs(3);
 
@@ -294,8 +296,13 @@ impl Mesh {
             }
             Ok(_) => Rpc::Error("not a request".into()),
         };
-        let bytes = tarn_net::codec::encode(&reply, MAX_RPC).unwrap_or_default();
-        let _ = self.net.respond(id, bytes).await;
+        let bytes = tarn_net::codec::encode(&reply, MAX_RPC).or_else(|e| {
+            tracing::warn!("an answer to {from} did not fit: {e}");
+            tarn_net::codec::encode(&Rpc::Error("the answer is too large".into()), MAX_RPC)
+        });
+        if let Ok(bytes) = bytes {
+            let _ = self.net.respond(id, bytes).await;
+        }
     }
 
     /// The policies currently in force.

@@ -278,17 +278,7 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(n: u8) -> SigningKey {
-        SigningKey::from_bytes(&[n; 32])
-    }
-
-    fn put(p: &str) -> Op {
-        Op::Put {
-            policy: String::from_utf8(Policy::parse(p).unwrap().canonical()).unwrap(),
-            supersedes: None,
-        }
-    }
+    use crate::testing::{key, put};
 
     #[test]
     fn signed_entries_verify_and_round_trip() {

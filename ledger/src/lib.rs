@@ -32,9 +32,30 @@ mod schema;
 mod store;
 mod view;
 
+pub use entry::{Author, Entry, Op, VerifiedEntry, VerifyError};
+pub use store::{AppendError, Applied, Ledger, MAX_BATCH, MAX_BATCH_BYTES, StoreError};
+pub use view::{PolicyRecord, View};
+
 #[cfg(test)]
 mod sim;
 
-pub use entry::{Author, Entry, Op, VerifiedEntry, VerifyError};
-pub use store::{AppendError, Applied, Ledger, MAX_BATCH, StoreError};
-pub use view::{PolicyRecord, View};
+#[cfg(test)]
+mod testing {
+    use ed25519_dalek::SigningKey;
+
+    use crate::Op;
+    use crate::policy::Policy;
+
+    /// A deterministic key.
+    pub fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    /// A `Put` of `p` in canonical form.
+    pub fn put(p: &str) -> Op {
+        Op::Put {
+            policy: String::from_utf8(Policy::parse(p).unwrap().canonical()).unwrap(),
+            supersedes: None,
+        }
+    }
+}

@@ -12,6 +12,9 @@ use crate::entry::{Author, Entry, Hash, Op, VerifiedEntry, VerifyError};
 use crate::schema::{ENTRIES, HEADS, entry_key, head_value, parse_head};
 use crate::view::View;
 
+/// Most bytes of entries one [`Ledger::entries_from`] call returns (one
+/// entry more at most), so a batch always fits in one message.
+pub const MAX_BATCH_BYTES: usize = 2 << 20;
 /// Most entries one [`Ledger::entries_from`] call returns.
 pub const MAX_BATCH: usize = 512;
 
@@ -208,7 +211,8 @@ impl Ledger {
     }
 
     /// Up to `max` (capped at [`MAX_BATCH`]) encoded entries of `author`
-    /// from `from_seq` on, in order.
+    /// from `from_seq` on, in order, stopping once [`MAX_BATCH_BYTES`] are
+    /// reached (at least one entry is returned if there is one).
     pub fn entries_from(
         &self,
         author: &Author,
@@ -220,11 +224,13 @@ impl Ledger {
         let lo = entry_key(&author.0, from_seq.max(1));
         let hi = entry_key(&author.0, u64::MAX);
         let mut out = Vec::new();
+        let mut bytes = 0;
         for row in t.range(&lo[..]..=&hi[..]).map_err(storage)? {
-            if out.len() >= max.min(MAX_BATCH) {
+            if out.len() >= max.min(MAX_BATCH) || bytes >= MAX_BATCH_BYTES {
                 break;
             }
             let (_, v) = row.map_err(storage)?;
+            bytes += v.value().len();
             out.push(v.value().to_vec());
         }
         Ok(out)
@@ -253,17 +259,7 @@ impl Ledger {
 mod tests {
     use super::*;
     use crate::policy::Policy;
-
-    fn key(n: u8) -> SigningKey {
-        SigningKey::from_bytes(&[n; 32])
-    }
-
-    fn put(p: &str) -> Op {
-        Op::Put {
-            policy: String::from_utf8(Policy::parse(p).unwrap().canonical()).unwrap(),
-            supersedes: None,
-        }
-    }
+    use crate::testing::{key, put};
 
     #[test]
     fn chains_gaps_conflicts_and_replays() {
@@ -345,6 +341,33 @@ mod tests {
             .unwrap();
         assert!(l.view().get(&p1.id()).is_none());
         assert_eq!(l.view().of_kind("operator").count(), 1);
+    }
+
+    #[test]
+    fn batches_of_large_entries_stay_under_the_byte_cap() {
+        let mut l = Ledger::in_memory().unwrap();
+        let big = "x".repeat(60_000);
+        for i in 0..80 {
+            l.append_local(
+                &key(1),
+                put(&format!(r#"{{"blob": {{"i": {i}, "data": "{big}"}}}}"#)),
+                i,
+            )
+            .unwrap();
+        }
+        let author = Author(key(1).verifying_key().to_bytes());
+        let batch = l.entries_from(&author, 1, MAX_BATCH).unwrap();
+        let size: usize = batch.iter().map(Vec::len).sum();
+        assert!(
+            batch.len() < 80 && !batch.is_empty(),
+            "{} entries",
+            batch.len()
+        );
+        assert!(size < MAX_BATCH_BYTES + 100_000, "{size} bytes");
+        let rest = l
+            .entries_from(&author, 1 + batch.len() as u64, MAX_BATCH)
+            .unwrap();
+        assert!(!rest.is_empty());
     }
 
     #[test]
