@@ -26,10 +26,16 @@ use crate::Select;
 pub enum AggKind {
     CountStar,
     Count,
+    /// `count(DISTINCT x)`: the distinct values travel, not a number.
+    CountDistinct,
     Sum,
     Avg,
     Min,
     Max,
+    /// `variance`/`var_samp`/`var_pop`, and with `root` `stddev`/`stddev_samp`/`stddev_pop`
+    /// (which SQLite lacks): count, mean and squared deviations, merged by
+    /// Chan's formula.
+    Variance { population: bool, root: bool },
 }
 
 /// One aggregate call: its kind and which scan column feeds it.
@@ -72,8 +78,12 @@ impl GroupedAggregate {
         let SetExpr::Select(s) = q.body.as_ref() else {
             return None;
         };
-        if s.distinct.is_some()
-            || s.top.is_some()
+        let distinct = match &s.distinct {
+            None => false,
+            Some(sqlparser::ast::Distinct::Distinct) => true,
+            Some(_) => return None,
+        };
+        if s.top.is_some()
             || s.into.is_some()
             || s.from.len() != 1
             || !s.from[0].joins.is_empty()
@@ -98,7 +108,7 @@ impl GroupedAggregate {
         let GroupByExpr::Expressions(keys, modifiers) = &s.group_by else {
             return None;
         };
-        if keys.is_empty() || !modifiers.is_empty() {
+        if !modifiers.is_empty() {
             return None;
         }
         let aliases: Vec<String> = s
@@ -109,21 +119,44 @@ impl GroupedAggregate {
                 _ => None,
             })
             .collect();
-        // GROUP BY 1 or GROUP BY <alias>: leave to SQLite.
+        // GROUP BY 2 and GROUP BY <alias> name a projection's expression.
+        let mut resolved = Vec::with_capacity(keys.len());
         for k in keys {
-            match k {
-                Expr::Value(_) => return None,
-                Expr::Identifier(id) if aliases.contains(&id.value.to_ascii_lowercase()) => {
-                    return None;
+            resolved.push(match k {
+                Expr::Value(v) => {
+                    let sqlparser::ast::Value::Number(n, _) = &v.value else {
+                        return None;
+                    };
+                    let i: usize = n.parse().ok()?;
+                    match s.projection.get(i.checked_sub(1)?)? {
+                        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                            e.clone()
+                        }
+                        _ => return None,
+                    }
                 }
-                _ => {}
-            }
+                Expr::Identifier(id) if aliases.contains(&id.value.to_ascii_lowercase()) => {
+                    let name = id.value.to_ascii_lowercase();
+                    s.projection.iter().find_map(|p| match p {
+                        SelectItem::ExprWithAlias { expr, alias }
+                            if alias.value.to_ascii_lowercase() == name =>
+                        {
+                            Some(expr.clone())
+                        }
+                        _ => None,
+                    })?
+                }
+                other => other.clone(),
+            });
         }
+        if resolved.iter().any(contains_aggregate) {
+            return None;
+        }
+        let keys = &resolved;
         let mut sub = Substitute {
             keys: keys.clone(),
             args: Vec::new(),
             aggs: Vec::new(),
-            agg_exprs: Vec::new(),
             allowed: Vec::new(),
             ok: true,
         };
@@ -161,6 +194,9 @@ impl GroupedAggregate {
         }
         let mut scan_cols: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
         scan_cols.extend(sub.args.iter().map(|a| a.to_string()));
+        if scan_cols.is_empty() {
+            scan_cols.push("1".into());
+        }
         let filter = s
             .selection
             .as_ref()
@@ -172,7 +208,8 @@ impl GroupedAggregate {
             s.from[0].relation
         );
         let final_sql = format!(
-            "SELECT {} FROM system_query{having}{tail}",
+            "SELECT {}{} FROM system_query{having}{tail}",
+            if distinct { "DISTINCT " } else { "" },
             items.join(", ")
         );
         Some(GroupedAggregate {
@@ -203,9 +240,8 @@ struct Substitute {
     keys: Vec<Expr>,
     /// Distinct aggregate arguments, in scan order after the keys.
     args: Vec<Expr>,
+    /// What each `_a{i}` stands for; equal calls share one slot.
     aggs: Vec<Agg>,
-    /// The aggregate call each `_a{i}` stands for, to reuse equal calls.
-    agg_exprs: Vec<Expr>,
     /// Names that may stand bare (projection aliases, in HAVING and ORDER BY).
     allowed: Vec<String>,
     ok: bool,
@@ -224,6 +260,28 @@ const OTHER_AGGREGATES: [&str; 9] = [
 ];
 
 impl Substitute {
+    /// The slot of aggregate `kind` over `arg` (added if new).
+    fn slot(&mut self, kind: AggKind, arg: Option<&Expr>) -> Expr {
+        let arg = arg.map(|a| match self.args.iter().position(|x| x == a) {
+            Some(i) => self.keys.len() + i,
+            None => {
+                self.args.push(a.clone());
+                self.keys.len() + self.args.len() - 1
+            }
+        });
+        let agg = Agg { kind, arg };
+        let idx = match self.aggs.iter().position(|x| *x == agg) {
+            Some(i) => i,
+            None => {
+                self.aggs.push(agg);
+                self.aggs.len() - 1
+            }
+        };
+        Expr::Identifier(Ident::new(format!("_a{idx}")))
+    }
+
+    /// `Some(Some(slot expression))` for an aggregate tarn splits,
+    /// `Some(None)` for one it cannot, `None` for anything else.
     fn aggregate(&mut self, e: &Expr) -> Option<Option<Expr>> {
         let Expr::Function(f) = e else { return None };
         let name = match f.name.0.as_slice() {
@@ -231,20 +289,16 @@ impl Substitute {
             _ => return None,
         };
         let FunctionArguments::List(list) = &f.args else {
-            return matches!(name.as_str(), "count" | "sum" | "avg" | "min" | "max")
-                .then_some(None);
+            return is_aggregate_name(&name, 1).then_some(None);
         };
-        let kind = match (name.as_str(), list.args.len()) {
-            ("count", 1) => AggKind::Count,
-            ("sum", 1) => AggKind::Sum,
-            ("avg", 1) => AggKind::Avg,
-            ("min", 1) => AggKind::Min,
-            ("max", 1) => AggKind::Max,
-            ("count" | "sum" | "avg", _) => return Some(None),
-            (n, _) if OTHER_AGGREGATES.contains(&n) => return Some(None),
-            _ => return None,
+        if !is_aggregate_name(&name, list.args.len()) {
+            return None;
+        }
+        let distinct = match list.duplicate_treatment {
+            None | Some(sqlparser::ast::DuplicateTreatment::All) => false,
+            Some(sqlparser::ast::DuplicateTreatment::Distinct) => true,
         };
-        if list.duplicate_treatment.is_some()
+        if list.args.len() != 1
             || !list.clauses.is_empty()
             || f.filter.is_some()
             || f.over.is_some()
@@ -253,35 +307,59 @@ impl Substitute {
         {
             return Some(None);
         }
-        let (kind, arg) = match &list.args[0] {
-            FunctionArg::Unnamed(FunctionArgExpr::Wildcard) if kind == AggKind::Count => {
-                (AggKind::CountStar, None)
+        let arg = match &list.args[0] {
+            FunctionArg::Unnamed(FunctionArgExpr::Wildcard) if name == "count" && !distinct => {
+                return Some(Some(self.slot(AggKind::CountStar, None)));
             }
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(a)) => {
-                if contains_aggregate(a) {
-                    return Some(None);
-                }
-                let i = match self.args.iter().position(|x| x == a) {
-                    Some(i) => i,
-                    None => {
-                        self.args.push(a.clone());
-                        self.args.len() - 1
-                    }
-                };
-                (kind, Some(self.keys.len() + i))
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(a)) if !contains_aggregate(a) => a.clone(),
+            _ => return Some(None),
+        };
+        let variance = |population, root| AggKind::Variance { population, root };
+        let kind = match (name.as_str(), distinct) {
+            ("count", true) => AggKind::CountDistinct,
+            (_, true) => return Some(None),
+            ("count", _) => AggKind::Count,
+            ("sum", _) => AggKind::Sum,
+            ("avg", _) => AggKind::Avg,
+            ("min", _) => AggKind::Min,
+            ("max", _) => AggKind::Max,
+            ("variance" | "var_samp", _) => variance(false, false),
+            ("var_pop", _) => variance(true, false),
+            ("stddev" | "stddev_samp", _) => variance(false, true),
+            ("stddev_pop", _) => variance(true, true),
+            ("range", _) => {
+                // EdgeLake's range(x): max(x) - min(x).
+                let hi = self.slot(AggKind::Max, Some(&arg));
+                let lo = self.slot(AggKind::Min, Some(&arg));
+                return Some(Some(Expr::Nested(Box::new(Expr::BinaryOp {
+                    left: Box::new(hi),
+                    op: sqlparser::ast::BinaryOperator::Minus,
+                    right: Box::new(lo),
+                }))));
             }
             _ => return Some(None),
         };
-        let idx = match self.agg_exprs.iter().position(|x| x == e) {
-            Some(i) => i,
-            None => {
-                self.agg_exprs.push(e.clone());
-                self.aggs.push(Agg { kind, arg });
-                self.aggs.len() - 1
-            }
-        };
-        Some(Some(Expr::Identifier(Ident::new(format!("_a{idx}")))))
+        Some(Some(self.slot(kind, Some(&arg))))
     }
+}
+
+/// Whether a call of `name` with `args` arguments is an aggregate (SQLite's,
+/// or one tarn adds). `min`/`max` with two or more arguments are scalar.
+fn is_aggregate_name(name: &str, args: usize) -> bool {
+    matches!(
+        name,
+        "count"
+            | "sum"
+            | "avg"
+            | "range"
+            | "variance"
+            | "var_samp"
+            | "var_pop"
+            | "stddev"
+            | "stddev_samp"
+            | "stddev_pop"
+    ) || (matches!(name, "min" | "max") && args == 1)
+        || OTHER_AGGREGATES.contains(&name)
 }
 
 impl VisitorMut for Substitute {
@@ -332,21 +410,18 @@ fn is_slot(name: &str) -> bool {
     rest.is_some_and(|r| !r.is_empty() && r.bytes().all(|c| c.is_ascii_digit()))
 }
 
-fn contains_aggregate(e: &Expr) -> bool {
+/// Whether `e` calls an aggregate anywhere.
+pub(crate) fn contains_aggregate(e: &Expr) -> bool {
     let mut found = false;
     let _ = sqlparser::ast::visit_expressions(e, |x| {
         if let Expr::Function(f) = x
             && let [ObjectNamePart::Identifier(id)] = f.name.0.as_slice()
         {
-            let n = id.value.to_ascii_lowercase();
             let args = match &f.args {
                 FunctionArguments::List(l) => l.args.len(),
                 _ => 0,
             };
-            if (matches!(n.as_str(), "count" | "sum" | "avg")
-                || (matches!(n.as_str(), "min" | "max") && args == 1))
-                || OTHER_AGGREGATES.contains(&n.as_str())
-            {
+            if f.over.is_some() || is_aggregate_name(&id.value.to_ascii_lowercase(), args) {
                 found = true;
                 return ControlFlow::Break(());
             }
@@ -408,21 +483,55 @@ mod tests {
     #[test]
     fn leaves_the_rest_to_sqlite() {
         for sql in [
-            "SELECT count(*) FROM t",
-            "SELECT a, count(DISTINCT b) FROM t GROUP BY a",
+            "SELECT a FROM t",
+            "SELECT a, sum(DISTINCT b) FROM t GROUP BY a",
             "SELECT a, b, count(*) FROM t GROUP BY a",
             "SELECT a, count(*) FROM t JOIN u ON t.x = u.x GROUP BY a",
             "SELECT a, group_concat(b) FROM t GROUP BY a",
-            "SELECT a, count(*) FROM t GROUP BY 1",
-            "SELECT a AS x, count(*) FROM t GROUP BY x",
+            "SELECT a, count(*) FROM t GROUP BY 3",
+            "SELECT count(*) AS n FROM t GROUP BY n",
             "SELECT a, (SELECT max(b) FROM u) FROM t GROUP BY a",
             "SELECT * FROM t GROUP BY a",
             "SELECT a, sum(b) OVER () FROM t GROUP BY a",
-            "SELECT DISTINCT a, count(*) FROM t GROUP BY a",
+            "SELECT count(*) FILTER (WHERE a > 1) FROM t",
             "WITH x AS (SELECT * FROM t) SELECT a, count(*) FROM x GROUP BY a",
         ] {
             assert!(plan(sql).is_none(), "{sql} was planned");
         }
+    }
+
+    #[test]
+    fn global_distinct_positional_and_tarn_aggregates() {
+        let p = plan("SELECT count(*), range(v), stddev(v), count(DISTINCT d) FROM t").unwrap();
+        assert_eq!(p.keys, 0);
+        assert_eq!(p.scan_sql, "SELECT v, d FROM t WHERE row_id >= ?1 AND row_id < ?2");
+        let kinds: Vec<AggKind> = p.aggs.iter().map(|a| a.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                AggKind::CountStar,
+                AggKind::Max,
+                AggKind::Min,
+                AggKind::Variance {
+                    population: false,
+                    root: true
+                },
+                AggKind::CountDistinct
+            ]
+        );
+        assert_eq!(
+            p.final_sql,
+            "SELECT _a0 AS \"count(*)\", (_a1 - _a2) AS \"range(v)\", _a3 AS \"stddev(v)\", \
+             _a4 AS \"count(DISTINCT d)\" FROM system_query"
+        );
+        let p = plan("SELECT DISTINCT a % 2 AS odd, count(*) FROM t GROUP BY 1").unwrap();
+        assert_eq!(p.scan_sql, "SELECT a % 2 FROM t WHERE row_id >= ?1 AND row_id < ?2");
+        assert!(p.final_sql.starts_with("SELECT DISTINCT _k0 AS \"odd\""));
+        let p = plan("SELECT a % 2 AS odd, count(*) FROM t GROUP BY odd").unwrap();
+        assert_eq!(p.keys, 1);
+        assert_eq!(p.scan_sql, "SELECT a % 2 FROM t WHERE row_id >= ?1 AND row_id < ?2");
+        let p = plan("SELECT count(*) FROM t").unwrap();
+        assert_eq!(p.scan_sql, "SELECT 1 FROM t WHERE row_id >= ?1 AND row_id < ?2");
     }
 
     #[test]

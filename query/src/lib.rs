@@ -7,6 +7,8 @@
 //!
 //! - `select`: parsing, validation, timestamp-literal normalisation
 //! - `aggregate`: splitting a grouped aggregate into scan, accumulators and a final query
+//! - `plan`: splitting a query for the network ([`Prepared`] → [`Plan`]): time
+//!   functions, partial queries and the final step
 //! - `sum`: exact floating-point summation ([`ExactSum`])
 //! - [`time`]: parsing and formatting timestamps
 //!
@@ -19,10 +21,12 @@
 //! ```
 
 mod aggregate;
+mod plan;
 mod select;
 mod sum;
 pub mod time;
 
 pub use aggregate::{Agg, AggKind, GroupedAggregate};
+pub use plan::{Plan, PlanError, Prepared, Shape};
 pub use select::{MAX_SQL_LEN, Select, SqlError};
 pub use sum::ExactSum;
