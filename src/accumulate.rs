@@ -15,7 +15,7 @@ use crate::rows::Val;
 /// A group key value. Floats are keyed by their bits: `1` and `1.0` from one
 /// expression land in two groups, where SQLite would make one (typed tarn
 /// columns never mix them).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KeyVal {
     Null,
     Int(i64),
@@ -48,21 +48,58 @@ impl KeyVal {
 }
 
 /// One aggregate's running state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum State {
     Count(i64),
     Sum(SumState),
     Avg(SumState),
     Min(Option<Val>),
     Max(Option<Val>),
+    /// The distinct non-NULL values seen (`count(DISTINCT x)`).
+    Distinct(Vec<KeyVal>, #[serde(skip)] hashbrown::HashSet<GroupKey>),
+    Variance(VarState),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SumState {
     n: i64,
     ints: i128,
     ints_only: bool,
+    #[serde(with = "exact_wire")]
     exact: ExactSum,
+}
+
+/// Count, mean and sum of squared deviations (Welford), merged by Chan's
+/// formula; `population` and `root` choose the final value.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct VarState {
+    n: i64,
+    mean: f64,
+    m2: f64,
+    population: bool,
+    root: bool,
+}
+
+/// An exact sum travels as its partials (and the infinity or NaN, if any).
+mod exact_wire {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use tarn_query::ExactSum;
+
+    pub fn serialize<S: Serializer>(v: &ExactSum, s: S) -> Result<S::Ok, S::Error> {
+        (v.partials(), v.special()).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ExactSum, D::Error> {
+        let (parts, special): (Vec<f64>, Option<f64>) = Deserialize::deserialize(d)?;
+        if parts.len() > 64 || parts.iter().any(|p| !p.is_finite()) {
+            return Err(serde::de::Error::custom("not the partials of an exact sum"));
+        }
+        let mut e = ExactSum::from_partials(&parts);
+        if let Some(x) = special {
+            e.add(x);
+        }
+        Ok(e)
+    }
 }
 
 impl State {
@@ -79,7 +116,36 @@ impl State {
             }),
             AggKind::Min => State::Min(None),
             AggKind::Max => State::Max(None),
+            AggKind::CountDistinct => State::Distinct(Vec::new(), Default::default()),
+            AggKind::Variance { population, root } => State::Variance(VarState {
+                population,
+                root,
+                ..Default::default()
+            }),
         }
+    }
+
+    /// Rebuilds what the wire form leaves out (the distinct set's index).
+    /// Called on states that came from a peer.
+    pub fn restore(&mut self) {
+        if let State::Distinct(list, set) = self {
+            set.clear();
+            list.retain(|k| set.insert(GroupKey(vec![k.clone()])));
+        }
+    }
+
+    /// Whether this state has the same kind as a fresh state of `kind`:
+    /// states from a peer are checked against the plan before merging.
+    pub fn fits(&self, kind: AggKind) -> bool {
+        matches!(
+            (self, kind),
+            (State::Count(_), AggKind::CountStar | AggKind::Count)
+                | (State::Sum(_), AggKind::Sum)
+                | (State::Avg(_), AggKind::Avg)
+                | (State::Min(_), AggKind::Min)
+                | (State::Max(_), AggKind::Max)
+                | (State::Distinct(..), AggKind::CountDistinct)
+        ) || matches!((self, kind), (State::Variance(v), AggKind::Variance { population, root }) if v.population == population && v.root == root)
     }
 
     /// Adds one row's argument (`None` for `count(*)`).
@@ -90,7 +156,32 @@ impl State {
             (State::Sum(s) | State::Avg(s), Some(v)) => s.add(v),
             (State::Min(m), Some(v)) => keep(m, v, Ordering::Less),
             (State::Max(m), Some(v)) => keep(m, v, Ordering::Greater),
+            (State::Distinct(list, set), Some(v)) if v != ValueRef::Null => {
+                let key = [v];
+                let rk = RowKey(&key);
+                if !set.contains(&rk) {
+                    let k = rk.to_owned();
+                    list.push(k.0[0].clone());
+                    set.insert(k);
+                }
+            }
+            (State::Variance(s), Some(v)) => {
+                if let Some(x) = number(v) {
+                    s.n += 1;
+                    let d = x - s.mean;
+                    s.mean += d / s.n as f64;
+                    s.m2 += d * (x - s.mean);
+                }
+            }
             _ => {}
+        }
+    }
+
+    /// Distinct values held (to bound what a query keeps in memory).
+    pub fn distinct_len(&self) -> usize {
+        match self {
+            State::Distinct(list, _) => list.len(),
+            _ => 0,
         }
     }
 
@@ -105,6 +196,24 @@ impl State {
             }
             (State::Min(a), State::Min(Some(b))) => keep_val(a, b, Ordering::Less),
             (State::Max(a), State::Max(Some(b))) => keep_val(a, b, Ordering::Greater),
+            (State::Distinct(list, set), State::Distinct(other, _)) => {
+                for k in other {
+                    if set.insert(GroupKey(vec![k.clone()])) {
+                        list.push(k.clone());
+                    }
+                }
+            }
+            (State::Variance(a), State::Variance(b)) if b.n > 0 => {
+                if a.n == 0 {
+                    *a = b.clone();
+                } else {
+                    let n = a.n + b.n;
+                    let d = b.mean - a.mean;
+                    a.mean += d * b.n as f64 / n as f64;
+                    a.m2 += b.m2 + d * d * (a.n as f64 * b.n as f64 / n as f64);
+                    a.n = n;
+                }
+            }
             _ => {}
         }
     }
@@ -122,6 +231,16 @@ impl State {
             State::Avg(s) if s.ints_only => Val::Float(s.ints as f64 / s.n as f64),
             State::Avg(s) => Val::Float(s.exact.value() / s.n as f64),
             State::Min(v) | State::Max(v) => v.clone().unwrap_or(Val::Null),
+            State::Distinct(list, _) => Val::Int(list.len() as i64),
+            State::Variance(s) => {
+                let d = if s.population { s.n } else { s.n - 1 };
+                if d <= 0 {
+                    Val::Null
+                } else {
+                    let var = (s.m2 / d as f64).max(0.0);
+                    Val::Float(if s.root { var.sqrt() } else { var })
+                }
+            }
         })
     }
 }
@@ -148,6 +267,18 @@ impl SumState {
             None => self.ints_only = false,
         }
         self.exact.add(f);
+    }
+}
+
+/// A value read as a number, as SQLite's arithmetic does (NULL stays out).
+fn number(v: ValueRef<'_>) -> Option<f64> {
+    match v {
+        ValueRef::Null => None,
+        ValueRef::Integer(i) => Some(i as f64),
+        ValueRef::Real(f) => Some(f),
+        ValueRef::Text(t) | ValueRef::Blob(t) => {
+            Some(String::from_utf8_lossy(t).trim().parse::<f64>().unwrap_or(0.0))
+        }
     }
 }
 

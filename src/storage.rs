@@ -516,9 +516,64 @@ impl Storage {
     pub fn query(
         &self,
         db: &str,
-        mut select: tarn_query::Select,
+        select: tarn_query::Select,
         limits: QueryLimits,
     ) -> Result<QueryResult, ApiError> {
+        let (database, select) = self.prepare(db, select)?;
+        // A GROUP BY (or an aggregate SQLite lacks, or an exact sum) over a
+        // stored table: scan row_id ranges in parallel into hash aggregates
+        // instead of letting SQLite sort every row. A bare count stays with
+        // SQLite, which counts from the smallest index.
+        if let Some(plan) = tarn_query::GroupedAggregate::plan(&select)
+            && !Arc::ptr_eq(&database, &self.almgm)
+            && database.schema(&plan.table).is_some()
+            && (plan.keys > 0
+                || plan.aggs.iter().any(|a| {
+                    !matches!(
+                        a.kind,
+                        tarn_query::AggKind::CountStar | tarn_query::AggKind::Count
+                    )
+                }))
+        {
+            return grouped(&database, &plan, limits);
+        }
+        let sql = select.to_sql();
+        let mut conn = database
+            .reader()
+            .map_err(|e| ApiError::internal("opening a reader", e))?;
+        let result = run_query(&mut conn, &sql, limits);
+        database.give_back(conn);
+        result
+    }
+
+    /// This operator's share of a grouped aggregate (`select` must plan as
+    /// one): the partial state of every group, to be merged elsewhere.
+    pub fn partial_groups(
+        &self,
+        db: &str,
+        select: tarn_query::Select,
+        limits: QueryLimits,
+    ) -> Result<PartialGroups, ApiError> {
+        let (database, select) = self.prepare(db, select)?;
+        let plan = tarn_query::GroupedAggregate::plan(&select).ok_or_else(|| {
+            ApiError::bad_request("invalid_sql", "not an aggregate tarn can split")
+        })?;
+        if database.schema(&plan.table).is_none() {
+            return Err(ApiError::not_found(
+                "unknown_table",
+                format!("no table named {:?} in database {db:?}", plan.table),
+            ));
+        }
+        scan_parallel(&database, &plan, limits)
+    }
+
+    /// The database, and the statement with its timestamp literals in the
+    /// stored form of that database's timestamp columns.
+    fn prepare(
+        &self,
+        db: &str,
+        mut select: tarn_query::Select,
+    ) -> Result<(Arc<Database>, tarn_query::Select), ApiError> {
         let database = self.database(db)?;
         let ts_cols: Vec<String> = {
             let schemas = database.schemas.read().expect("lock poisoned");
@@ -533,21 +588,7 @@ impl Storage {
                 .collect()
         };
         select.normalize_timestamps(|c| ts_cols.iter().any(|t| t == c));
-        // A GROUP BY over a stored table: scan row_id ranges in parallel into
-        // hash aggregates instead of letting SQLite sort every row.
-        if let Some(plan) = tarn_query::GroupedAggregate::plan(&select)
-            && !Arc::ptr_eq(&database, &self.almgm)
-            && database.schema(&plan.table).is_some()
-        {
-            return grouped(&database, &plan, limits);
-        }
-        let sql = select.to_sql();
-        let mut conn = database
-            .reader()
-            .map_err(|e| ApiError::internal("opening a reader", e))?;
-        let result = run_query(&mut conn, &sql, limits);
-        database.give_back(conn);
-        result
+        Ok((database, select))
     }
 
     /// Checkpoints every database's WAL from a connection of its own, so the
@@ -881,14 +922,31 @@ fn load_schemas(conn: &Connection) -> rusqlite::Result<HashMap<String, Arc<Table
     Ok(out)
 }
 
+/// An operator's share of a grouped aggregate: the declared types of the
+/// key columns and the partial state of every group.
+#[derive(Debug, Default)]
+pub struct PartialGroups {
+    pub key_types: Vec<Option<String>>,
+    pub groups: crate::accumulate::Groups,
+}
+
 /// Runs a planned grouped aggregate: parallel scans of `row_id` ranges into
-/// hash tables, merged, then the final query over them in an in-memory
-/// SQLite table `system_query`.
+/// hash tables, merged, then the final query over them.
 fn grouped(
     database: &Database,
     plan: &tarn_query::GroupedAggregate,
     limits: QueryLimits,
 ) -> Result<QueryResult, ApiError> {
+    let part = scan_parallel(database, plan, limits)?;
+    finish_groups(plan, part, limits)
+}
+
+/// Scans the whole table in up to four `row_id` ranges at once.
+fn scan_parallel(
+    database: &Database,
+    plan: &tarn_query::GroupedAggregate,
+    limits: QueryLimits,
+) -> Result<PartialGroups, ApiError> {
     use crate::accumulate::{Groups, merge};
     let deadline = Instant::now() + limits.timeout;
     let first = database
@@ -909,9 +967,10 @@ fn grouped(
     } else {
         std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as i64
     };
-    let decls: Vec<Option<String>> = {
+    let key_types: Vec<Option<String>> = {
         let st = first.prepare(&plan.scan_sql).map_err(sql_error)?;
         st.columns()
+            .take(plan.keys)
             .map(|c| c.decl_type().map(str::to_owned))
             .collect()
     };
@@ -923,7 +982,7 @@ fn grouped(
                 .map_err(|e| ApiError::internal("opening a reader", e))?,
         );
     }
-    let results: Vec<Result<crate::accumulate::Groups, ApiError>> = std::thread::scope(|s| {
+    let results: Vec<Result<Groups, ApiError>> = std::thread::scope(|s| {
         let handles: Vec<_> = conns
             .iter_mut()
             .enumerate()
@@ -953,9 +1012,33 @@ fn grouped(
             return Err(too_many_rows(limits.max_rows));
         }
     }
+    Ok(PartialGroups { key_types, groups })
+}
+
+/// The final step of a grouped aggregate: every group's values, written to
+/// an in-memory SQLite table `system_query(_k0.., _a0..)`, and the plan's
+/// final query over it. A global aggregate over no rows still has its one
+/// row (`count(*)` is 0), as in SQLite.
+pub fn finish_groups(
+    plan: &tarn_query::GroupedAggregate,
+    part: PartialGroups,
+    limits: QueryLimits,
+) -> Result<QueryResult, ApiError> {
+    use crate::accumulate::{GroupKey, State};
+    let PartialGroups {
+        key_types,
+        mut groups,
+    } = part;
+    if plan.keys == 0 && groups.is_empty() {
+        groups.insert(
+            GroupKey(Vec::new()),
+            plan.aggs.iter().map(|a| State::new(a.kind)).collect(),
+        );
+    }
     let mut cols = Vec::new();
-    for (i, d) in decls.iter().take(plan.keys).enumerate() {
-        cols.push(format!("_k{i} {}", d.as_deref().unwrap_or("")));
+    for i in 0..plan.keys {
+        let d = key_types.get(i).cloned().flatten().unwrap_or_default();
+        cols.push(format!("_k{i} {}", sql_type_name(&d)));
     }
     // Aggregates carry no declared type, as in SQLite's own answer.
     for j in 0..plan.aggs.len() {
@@ -998,6 +1081,69 @@ fn grouped(
     run_query(&mut mem, &plan.final_sql, limits)
 }
 
+/// A declared type from a peer, kept only if it is one tarn writes (it is
+/// pasted into a CREATE TABLE).
+fn sql_type_name(decl: &str) -> &'static str {
+    ColType::from_sql(decl).map_or("", ColType::sql)
+}
+
+/// The final step of a query split into rows: the operators' rows, loaded
+/// into an in-memory table named like the queried one (columns are the
+/// union of theirs, by name), and the final query over it.
+pub fn finish_rows(
+    table: &str,
+    columns: &[(String, Option<String>)],
+    parts: &[(Vec<String>, Vec<Vec<Val>>)],
+    final_sql: &str,
+    limits: QueryLimits,
+) -> Result<QueryResult, ApiError> {
+    let mut mem =
+        Connection::open_in_memory().map_err(|e| ApiError::internal("opening system_query", e))?;
+    let fill = |mem: &mut Connection| -> rusqlite::Result<()> {
+        let tx = mem.transaction()?;
+        let defs: Vec<String> = columns
+            .iter()
+            .map(|(c, t)| {
+                format!(
+                    "\"{}\" {}",
+                    c.replace('"', "\"\""),
+                    sql_type_name(t.as_deref().unwrap_or(""))
+                )
+            })
+            .collect();
+        tx.execute_batch(&format!(
+            "CREATE TABLE \"{}\" ({})",
+            table.replace('"', "\"\""),
+            defs.join(", ")
+        ))?;
+        for (names, rows) in parts {
+            if rows.is_empty() {
+                continue;
+            }
+            let cols: Vec<String> = names
+                .iter()
+                .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+                .collect();
+            let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+            let mut ins = tx.prepare(&format!(
+                "INSERT INTO \"{}\" ({}) VALUES ({})",
+                table.replace('"', "\"\""),
+                cols.join(", "),
+                marks.join(", ")
+            ))?;
+            for row in rows {
+                for (i, v) in row.iter().enumerate().take(cols.len()) {
+                    ins.raw_bind_parameter(i + 1, v)?;
+                }
+                ins.raw_execute()?;
+            }
+        }
+        tx.commit()
+    };
+    fill(&mut mem).map_err(|e| ApiError::internal("filling the query table", e))?;
+    run_query(&mut mem, final_sql, limits)
+}
+
 fn scan_groups(
     conn: &mut Connection,
     plan: &tarn_query::GroupedAggregate,
@@ -1020,6 +1166,9 @@ fn scan_groups(
                     None => None,
                 };
                 s.update(arg);
+                if s.distinct_len() > max_groups {
+                    return Err(too_many_rows(max_groups));
+                }
             }
             Ok(())
         };

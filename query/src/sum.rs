@@ -57,6 +57,11 @@ impl ExactSum {
         &self.partials
     }
 
+    /// The infinity or NaN the sum holds, if any (ships beside the partials).
+    pub fn special(&self) -> Option<f64> {
+        self.special
+    }
+
     /// Rebuilds a sum from shipped partials.
     pub fn from_partials(parts: &[f64]) -> ExactSum {
         let mut s = ExactSum::new();
