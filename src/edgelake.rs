@@ -1,6 +1,7 @@
 //! EdgeLake's command language on the REST port (`GET /` and `POST /` with a
 //! `command`), answered in EdgeLake's shapes so its scripts work unchanged.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::ApiError;
@@ -45,7 +46,7 @@ impl Reply {
 
 /// Runs one command (EdgeLake's GET-only rule for `flush buffers` is not kept:
 /// tarn accepts read and write commands by either method).
-pub fn run(shared: &Shared, command: &str, destination: Option<&str>, body: &[u8]) -> Reply {
+pub fn run(shared: &Arc<Shared>, command: &str, destination: Option<&str>, body: &[u8]) -> Reply {
     let cmd = command.trim();
     let words: Vec<String> = cmd
         .split_whitespace()
@@ -246,7 +247,7 @@ impl SqlCommand {
     }
 }
 
-fn sql(shared: &Shared, rest: &str, destination: Option<&str>) -> Reply {
+fn sql(shared: &Arc<Shared>, rest: &str, destination: Option<&str>) -> Reply {
     let started = Instant::now();
     let cmd = match SqlCommand::parse(rest) {
         Ok(c) => c,
@@ -258,16 +259,25 @@ fn sql(shared: &Shared, rest: &str, destination: Option<&str>) -> Reply {
             "include= and extend= come with distributed queries and are not supported by this node yet",
         );
     }
-    // Until the mesh joins nodes, the network this node sees is itself.
-    let _ = destination;
-    let result = match shared.local_query(&cmd.dbms, &cmd.select, None) {
-        Ok(r) => r,
-        Err(e) => return Reply::from_api(e),
+    let network = destination.is_some_and(|d| d.trim().eq_ignore_ascii_case("network"));
+    let (result, nodes) = if network {
+        // Called on a blocking thread of the runtime: wait for the network here.
+        let opts = crate::scatter::Options::for_node(shared, None, false);
+        let run = crate::scatter::run(shared, &cmd.dbms, &cmd.select, opts);
+        match tokio::runtime::Handle::current().block_on(run) {
+            Ok(a) => (a.result, a.stats.replied),
+            Err(e) => return Reply::from_api(e),
+        }
+    } else {
+        match shared.local_query(&cmd.dbms, &cmd.select, None) {
+            Ok(r) => (r, 1),
+            Err(e) => return Reply::from_api(e),
+        }
     };
     let stats = cmd.stat.then(|| Stats {
         count: result.rows.len(),
         elapsed_secs: started.elapsed().as_secs(),
-        nodes: 1,
+        nodes,
     });
     let text = format::edgelake(&result, cmd.format, stats);
     match cmd.format {

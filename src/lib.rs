@@ -5,6 +5,7 @@
 //! - `config`: the typed configuration ([`Config`]) with defaults and validation
 //! - `node`: a running node ([`Node`]): storage, buffers, watcher, REST server
 //! - `storage`: SQLite per logical database, batches, de-duplication, queries
+//! - `scatter`: network queries: routing, partial queries in chunks, failover, the final step
 //! - `rows`: JSON bodies into typed rows; inference and coercion
 //! - `stream`: EdgeLake's streaming mode, journaled so acknowledged rows survive a crash
 //! - `watch`: the watched directory for file ingest
@@ -32,6 +33,7 @@ mod mesh;
 mod node;
 mod rest;
 mod rows;
+mod scatter;
 mod storage;
 mod stream;
 mod watch;

@@ -82,6 +82,31 @@ pub enum Rpc {
     },
     Entries(Vec<serde_bytes::ByteBuf>),
     Error(String),
+    /// Run a partial query (a groups scan or a rows query) on this operator;
+    /// answered with the first [`crate::scatter::Chunk`].
+    Partial {
+        db: String,
+        sql: String,
+        groups: bool,
+        timeout_ms: u64,
+    },
+    /// Run a whole network query for a client; answered like `Partial`.
+    Query {
+        db: String,
+        sql: String,
+        subset: bool,
+        timeout_ms: u64,
+    },
+    /// The next chunk of a query in progress.
+    Next {
+        cursor: u64,
+    },
+    Chunk(crate::scatter::Chunk),
+    /// A query failed, with a stable code (`sql_error`, `unknown_table`, ...).
+    Failed {
+        code: String,
+        message: String,
+    },
 }
 
 /// What the node knows about a peer's connection.
@@ -112,6 +137,9 @@ pub struct Mesh {
     key: SigningKey,
     pub peers: Mutex<HashMap<PeerId, PeerState>>,
     pub listen: Mutex<Vec<Multiaddr>>,
+    /// The node, for the messages that need more than the ledger (queries);
+    /// set once the node is built.
+    pub node: std::sync::OnceLock<std::sync::Weak<crate::node::Shared>>,
 }
 
 impl Mesh {
@@ -262,8 +290,26 @@ impl Mesh {
         }
     }
 
+    /// A request to a peer and its answer, or why there is none.
+    pub async fn rpc(&self, peer: PeerId, msg: &Rpc) -> Result<Rpc, String> {
+        let data = tarn_net::codec::encode(msg, MAX_RPC).map_err(|e| e.to_string())?;
+        let bytes = self
+            .net
+            .request(peer, data)
+            .await
+            .map_err(|e| e.to_string())?;
+        tarn_net::codec::decode::<Rpc>(&bytes, MAX_RPC)
+            .map_err(|e| format!("a malformed answer: {e}"))
+    }
+
     async fn answer(self: &Arc<Self>, from: PeerId, id: u64, data: Vec<u8>) {
         let reply = match tarn_net::codec::decode::<Rpc>(&data, MAX_RPC) {
+            Ok(
+                msg @ (Rpc::Partial { .. } | Rpc::Query { .. } | Rpc::Next { .. }),
+            ) => match self.node.get().and_then(std::sync::Weak::upgrade) {
+                Some(shared) => crate::scatter::serve(shared, from, msg).await,
+                None => Rpc::Error("the node is starting or stopping".into()),
+            },
             Err(e) => Rpc::Error(format!("malformed request: {e}")),
             Ok(Rpc::Heads(theirs)) => {
                 let (mine, wants) = {
@@ -373,6 +419,7 @@ pub async fn start(
         listen: Mutex::new(Vec::new()),
         stats: MeshStats::default(),
         syncing: Mutex::new(std::collections::HashSet::new()),
+        node: std::sync::OnceLock::new(),
     });
     tokio::spawn(run(mesh.clone(), events, stop));
     Ok(mesh)

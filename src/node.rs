@@ -27,6 +27,8 @@ pub struct Shared {
     /// Request bodies in memory, in KiB: bounded by `max_inflight_bytes`.
     pub inflight: Arc<tokio::sync::Semaphore>,
     pub mesh: Arc<crate::mesh::Mesh>,
+    /// Query results being pulled by peers.
+    pub cursors: crate::scatter::Cursors,
 }
 
 impl Shared {
@@ -151,7 +153,9 @@ impl Node {
             started: Instant::now(),
             inflight: Arc::new(tokio::sync::Semaphore::new(cfg_inflight_kib)),
             mesh,
+            cursors: Default::default(),
         });
+        let _ = shared.mesh.node.set(Arc::downgrade(&shared));
         let mut tasks = Vec::new();
 
         let app = crate::rest::router(shared.clone());

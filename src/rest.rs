@@ -184,21 +184,35 @@ async fn query(
             format!("expected {{\"db\", \"sql\", ...}}: {e}"),
         )
     })?;
-    match req.scope.as_deref() {
-        // The network this node reaches is itself until the mesh joins nodes.
-        None | Some("local") | Some("network") => {}
+    let network = match req.scope.as_deref() {
+        None => s.cfg.has(crate::Service::Query),
+        Some("network") => true,
+        Some("local") => false,
         Some(other) => {
             return Err(ApiError::bad_request(
                 "malformed_request",
                 format!("scope must be \"local\" or \"network\", not {other:?}"),
             ));
         }
-    }
-    let _ = req.subset;
+    };
     let started = Instant::now();
     let timeout = req.timeout_ms.map(Duration::from_millis);
-    let shared = s.clone();
-    let result = blocking(move || shared.local_query(&req.db, &req.sql, timeout)).await?;
+    let (result, stats, errors) = if network {
+        let opts = crate::scatter::Options::for_node(&s, timeout, req.subset.unwrap_or(false));
+        let a = crate::scatter::run(&s, &req.db, &req.sql, opts).await?;
+        let stats = serde_json::json!({
+            "nodes": a.stats.asked,
+            "replied": a.stats.replied,
+            "rows": a.stats.rows,
+            "ms": a.stats.ms,
+        });
+        (a.result, stats, serde_json::to_value(&a.errors).unwrap_or_default())
+    } else {
+        let shared = s.clone();
+        let r = blocking(move || shared.local_query(&req.db, &req.sql, timeout)).await?;
+        let stats = serde_json::json!({"nodes": 1, "replied": 1, "rows": r.rows.len(), "ms": started.elapsed().as_secs_f64() * 1000.0});
+        (r, stats, serde_json::json!([]))
+    };
     let rows: Vec<serde_json::Value> = result
         .rows
         .iter()
@@ -214,8 +228,8 @@ async fn query(
     Ok(axum::Json(serde_json::json!({
         "columns": result.columns,
         "rows": rows,
-        "stats": {"nodes": 1, "replied": 1, "rows": result.rows.len(), "ms": started.elapsed().as_secs_f64() * 1000.0},
-        "errors": [],
+        "stats": stats,
+        "errors": errors,
     }))
     .into_response())
 }

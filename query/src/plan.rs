@@ -39,6 +39,9 @@ pub enum PlanError {
     /// Valid SQL that tarn cannot split across operators exactly.
     #[error("cannot run over the network: {0}")]
     Unsupported(String),
+    /// The query reads no table (`SELECT 1`): any node can answer it alone.
+    #[error("the query reads no table")]
+    NoTable,
     /// A malformed EdgeLake time function.
     #[error("{0}")]
     TimeFunction(String),
@@ -430,7 +433,7 @@ fn single_table(select: &Select) -> Result<String, PlanError> {
         ));
     };
     if s.from.is_empty() {
-        return Err(PlanError::Unsupported("the query reads no table".into()));
+        return Err(PlanError::NoTable);
     }
     if s.from.len() != 1 || !s.from[0].joins.is_empty() {
         return Err(PlanError::Unsupported(
@@ -815,7 +818,6 @@ mod tests {
             "SELECT a FROM t UNION SELECT a FROM u",
             "SELECT * FROM t WHERE a IN (SELECT a FROM u)",
             "WITH x AS (SELECT 1) SELECT * FROM x",
-            "SELECT 1",
         ] {
             assert!(
                 matches!(plan(sql), Err(PlanError::Unsupported(_))),
@@ -823,6 +825,11 @@ mod tests {
                 plan(sql)
             );
         }
+    }
+
+    #[test]
+    fn constant_queries_need_no_table() {
+        assert_eq!(plan("SELECT 1").unwrap_err(), PlanError::NoTable);
     }
 
     #[test]
