@@ -1,0 +1,274 @@
+//! Distributed queries: the answer over many operators equals SQLite's
+//! answer over all the rows in one table.
+
+use std::time::Duration;
+
+use rusqlite::types::ValueRef;
+use serde_json::{Value, json};
+use tarn::LocalMesh;
+use tarn::client::Client;
+
+use crate::harness::{Rng, wait_for};
+
+const DEVICES: [&str; 5] = ["a", "b", "c", "dd", "e"];
+
+/// One random row: (stored-form time, device, v, n), v in quarters so that
+/// every sum is exact in both engines and the comparison can be exact.
+fn row(rng: &mut Rng) -> (String, String, Option<f64>, i64) {
+    let secs = rng.below(3 * 86_400) as i64;
+    let t = tarn_query::time::format_storage(1_704_067_200_000_000 + secs * 1_000_000);
+    let dev = DEVICES[rng.below(DEVICES.len() as u64) as usize].to_owned();
+    let v = (rng.below(10) > 0).then(|| (rng.below(800) as f64 - 400.0) / 4.0);
+    let n = rng.below(50) as i64 - 10;
+    (t, dev, v, n)
+}
+
+/// A random query over `t(ts, device, v, n)`: the SQL for tarn and the same
+/// question for SQLite (tarn's own aggregates spelled out), and whether the
+/// answer's order is fixed.
+fn query(rng: &mut Rng) -> (String, String, bool) {
+    let pick = |rng: &mut Rng, xs: &[&str]| xs[rng.below(xs.len() as u64) as usize].to_owned();
+    let wheres = [
+        "",
+        " WHERE v > 10",
+        " WHERE device IN ('a', 'dd')",
+        " WHERE ts >= '2024-01-02 00:00:00.000000'",
+        " WHERE n % 2 = 0 AND v IS NOT NULL",
+        " WHERE ts BETWEEN '2024-01-01 12:00:00.000000' AND '2024-01-02 12:00:00.000000'",
+    ];
+    let w = pick(rng, &wheres);
+    match rng.below(4) {
+        // Plain rows, ordered by every column, maybe limited.
+        0 => {
+            let limit = if rng.below(2) == 0 {
+                format!(" LIMIT {}", 1 + rng.below(20))
+            } else {
+                String::new()
+            };
+            let offset = if !limit.is_empty() && rng.below(2) == 0 {
+                format!(" OFFSET {}", rng.below(5))
+            } else {
+                String::new()
+            };
+            let dir = pick(rng, &["", " DESC"]);
+            let sql = format!(
+                "SELECT device, v, n, n * 2 AS twice FROM t{w} ORDER BY n{dir}, device, v, twice{limit}{offset}"
+            );
+            (sql.clone(), sql, true)
+        }
+        1 => {
+            let sql = format!("SELECT DISTINCT device FROM t{w} ORDER BY device");
+            (sql.clone(), sql, true)
+        }
+        // Aggregates, grouped or not.
+        _ => {
+            let aggs: [(&str, &str); 13] = [
+                ("count(*)", "count(*)"),
+                ("count(v)", "count(v)"),
+                ("count(DISTINCT device)", "count(DISTINCT device)"),
+                ("sum(v)", "sum(v)"),
+                ("avg(v)", "avg(v)"),
+                ("min(v)", "min(v)"),
+                ("max(v)", "max(v)"),
+                ("sum(n)", "sum(n)"),
+                ("min(ts)", "min(ts)"),
+                ("max(ts)", "max(ts)"),
+                ("range(v)", "(max(v) - min(v))"),
+                (
+                    "variance(v)",
+                    "CASE WHEN count(v) > 1 THEN (sum(v * v) - sum(v) * sum(v) / count(v)) / (count(v) - 1) END",
+                ),
+                ("avg(n) + max(v)", "avg(n) + max(v)"),
+            ];
+            let k = 1 + rng.below(3) as usize;
+            let mut mine = Vec::new();
+            let mut theirs = Vec::new();
+            for i in 0..k {
+                let (a, b) = aggs[rng.below(aggs.len() as u64) as usize];
+                mine.push(format!("{a} AS a{i}"));
+                theirs.push(format!("{b} AS a{i}"));
+            }
+            let groups: [&[&str]; 5] = [
+                &[],
+                &["device"],
+                &["substr(ts, 1, 10)"],
+                &["device", "n % 3"],
+                &["n > 5"],
+            ];
+            let g: &[&str] = groups[rng.below(groups.len() as u64) as usize];
+            if g.is_empty() {
+                let sql = |items: &[String]| format!("SELECT {} FROM t{w}", items.join(", "));
+                return (sql(&mine), sql(&theirs), true);
+            }
+            let keys: Vec<String> = g
+                .iter()
+                .enumerate()
+                .map(|(i, k)| format!("{k} AS k{i}"))
+                .collect();
+            let having = if rng.below(3) == 0 {
+                " HAVING count(*) > 3"
+            } else {
+                ""
+            };
+            let order: Vec<String> = (0..keys.len()).map(|i| format!("k{i}")).collect();
+            let limit = if rng.below(3) == 0 { " LIMIT 4" } else { "" };
+            let sql = |items: &[String]| {
+                format!(
+                    "SELECT {}, {} FROM t{w} GROUP BY {}{having} ORDER BY {}{limit}",
+                    keys.join(", "),
+                    items.join(", "),
+                    g.join(", "),
+                    order.join(", ")
+                )
+            };
+            (sql(&mine), sql(&theirs), true)
+        }
+    }
+}
+
+fn reference(conn: &rusqlite::Connection, sql: &str) -> Vec<Vec<Value>> {
+    let mut st = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let width = st.column_count();
+    let mut rows = st.query([]).unwrap();
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().unwrap() {
+        out.push(
+            (0..width)
+                .map(|i| match r.get_ref(i).unwrap() {
+                    ValueRef::Null => Value::Null,
+                    ValueRef::Integer(i) => json!(i),
+                    ValueRef::Real(f) => json!(f),
+                    // The native API prints stored times as ISO 8601.
+                    ValueRef::Text(t) => {
+                        let t = String::from_utf8_lossy(t);
+                        json!(tarn_query::time::storage_to_iso(&t).unwrap_or(t.into_owned()))
+                    }
+                    ValueRef::Blob(_) => unreachable!(),
+                })
+                .collect(),
+        );
+    }
+    out
+}
+
+fn same(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        // Variance goes through a different (but stable) formula in SQLite.
+        (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+        _ => a == b,
+    }
+}
+
+fn network(client: &Client, db: &str, sql: &str) -> anyhow::Result<(Vec<Vec<Value>>, Value)> {
+    let body = json!({"db": db, "sql": sql, "scope": "network"});
+    let v = client
+        .post(
+            "/v1/query",
+            &[("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        )?
+        .ok_json()?;
+    let rows = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().clone())
+        .collect();
+    Ok((rows, v["stats"].clone()))
+}
+
+#[test]
+fn distributed_answers_equal_sqlite_over_all_rows() {
+    let seed = std::env::var("TARN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x7a2a_2026u64);
+    eprintln!("differential test seed {seed} (set TARN_SEED to replay)");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = rt.block_on(LocalMesh::start(5, dir.path())).unwrap();
+    rt.block_on(mesh.wait_converged(4 + 4 * 2, Duration::from_secs(60)))
+        .unwrap();
+    let clients: Vec<Client> = (0..5)
+        .map(|i| Client::new(&format!("http://{}", mesh.node(i).unwrap().rest_addr())))
+        .collect();
+    let mut rng = Rng::new(seed);
+    let mut queries = 0;
+    for case in 0..24 {
+        let db = format!("diff{case}");
+        let ops = 1 + rng.below(5) as usize;
+        let n = rng.below(160) as usize;
+        let rows: Vec<_> = (0..n.max(1)).map(|_| row(&mut rng)).collect();
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (ts TIMESTAMP, device TEXT, v FLOAT, n INTEGER)")
+            .unwrap();
+        let mut split: Vec<Vec<Value>> = vec![Vec::new(); ops];
+        // The first operator gets the first row with every key, so the
+        // inferred types are the same everywhere.
+        for (i, (t, d, v, nn)) in rows.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO t VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![t, d, v, nn],
+            )
+            .unwrap();
+            let iso = format!("{}Z", t.replacen(' ', "T", 1));
+            let mut o = json!({"ts": iso, "device": d, "n": nn});
+            if let Some(v) = v {
+                o["v"] = json!(v);
+            }
+            let to = if i < ops { i } else { rng.below(ops as u64) as usize };
+            split[to].push(o);
+        }
+        for (i, part) in split.iter().enumerate() {
+            // Every batch leads with a row holding a float v.
+            let mut part = part.clone();
+            if part.is_empty() {
+                continue;
+            }
+            part.insert(0, json!({"ts": "2023-12-31T00:00:00Z", "device": "zz", "v": 0.5, "n": 0}));
+            let body = serde_json::to_vec(&part).unwrap();
+            clients[i].ingest(&db, "t", &body).unwrap().ok_json().unwrap();
+        }
+        // The marker rows are in the reference too: one per operator that got rows.
+        for part in split.iter().filter(|p| !p.is_empty()) {
+            let _ = part;
+            conn.execute(
+                "INSERT INTO t VALUES ('2023-12-31 00:00:00.000000', 'zz', 0.5, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let total: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        let asker = &clients[rng.below(5) as usize];
+        wait_for("every operator's table to be known", Duration::from_secs(30), || {
+            let (r, _) = network(asker, &db, "SELECT count(*) FROM t").ok()?;
+            (r[0][0] == json!(total)).then_some(())
+        });
+        for _ in 0..10 {
+            let (mine, theirs, ordered) = query(&mut rng);
+            let want = reference(&conn, &theirs);
+            let client = &clients[rng.below(5) as usize];
+            let (got, stats) = network(client, &db, &mine)
+                .unwrap_or_else(|e| panic!("seed {seed} case {case}: {mine}: {e}"));
+            let (mut got, mut want) = (got, want);
+            if !ordered {
+                got.sort_by_key(|r| format!("{r:?}"));
+                want.sort_by_key(|r| format!("{r:?}"));
+            }
+            let equal = got.len() == want.len()
+                && got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y)));
+            assert!(
+                equal,
+                "seed {seed} case {case} ({ops} operators): {mine}\n tarn:   {got:?}\n sqlite: {want:?}\n stats: {stats}"
+            );
+            queries += 1;
+        }
+    }
+    eprintln!("{queries} random queries agreed with SQLite");
+    rt.block_on(mesh.shutdown()).unwrap();
+}
