@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tarn::LocalMesh;
 use tarn::client::Client;
 
-use crate::harness::{Rng, wait_for};
+use crate::harness::{Rng, TestNode, wait_for};
 
 const DEVICES: [&str; 5] = ["a", "b", "c", "dd", "e"];
 
@@ -271,4 +271,124 @@ fn distributed_answers_equal_sqlite_over_all_rows() {
     }
     eprintln!("{queries} random queries agreed with SQLite");
     rt.block_on(mesh.shutdown()).unwrap();
+}
+
+fn post_query(node: &TestNode, db: &str, sql: &str, subset: bool) -> tarn::client::Answer {
+    let body = json!({"db": db, "sql": sql, "subset": subset});
+    node.client
+        .post(
+            "/v1/query",
+            &[("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .unwrap()
+}
+
+/// Separate processes: a query-only node, a cluster of two members holding
+/// the same rows, and an operator of its own. EdgeLake's time functions over
+/// a known data set; a killed member is replaced by the other; a cluster
+/// with no member left is an error naming it, or with `subset=true` the
+/// answer of the others.
+#[test]
+fn network_queries_across_processes_fail_over_and_subset() {
+    let q = TestNode::start(&["--services", "query,master"]);
+    let boot = q.p2p[0].clone();
+    let mut a1 = TestNode::start(&["--bootstrap", &boot, "--cluster", "c1"]);
+    let a2 = TestNode::start(&["--bootstrap", &boot, "--cluster", "c1"]);
+    let mut b = TestNode::start(&["--bootstrap", &boot]);
+    // Cluster c1: one row a minute for an hour, v = minute + 0.5. The same
+    // batch on both members (replication comes with the HA work).
+    let c1: Vec<Value> = (0..60)
+        .map(|m| json!({"ts": format!("2024-01-01T00:{m:02}:00Z"), "device": "a", "v": m as f64 + 0.5}))
+        .collect();
+    let c1 = serde_json::to_string(&c1).unwrap();
+    for n in [&a1, &a2] {
+        n.post("lab", "readings", &c1).ok_json().unwrap();
+    }
+    // b: every other minute at :30, v = 1.0.
+    let rows_b: Vec<Value> = (0..30)
+        .map(|m| json!({"ts": format!("2024-01-01T00:{:02}:30Z", 2 * m), "device": "b", "v": 1.0}))
+        .collect();
+    b.post("lab", "readings", &serde_json::to_string(&rows_b).unwrap())
+        .ok_json()
+        .unwrap();
+    let t = Duration::from_secs(30);
+    wait_for("the query node to see both clusters", t, || {
+        let v = post_query(&q, "lab", "SELECT count(*) FROM readings", false)
+            .ok_json()
+            .ok()?;
+        (v["rows"][0][0] == 90 && v["stats"]["replied"] == 2).then_some(())
+    });
+
+    // increments: 10-minute buckets; 10 rows of c1 and 5 of b in each.
+    let r = q
+        .client
+        .command(
+            "sql lab format=json \"select increments(minute, 10, ts), min(ts) as start, count(*) as n, avg(v) from readings\"",
+            Some("network"),
+        )
+        .unwrap()
+        .json()
+        .unwrap();
+    let got = r["Query"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(got.len(), 6, "{r}");
+    for (k, row) in got.iter().enumerate() {
+        assert_eq!(row["start"], format!("2024-01-01 00:{:02}:00.000000", 10 * k));
+        assert_eq!(row["n"], 15);
+        assert_eq!(row["avg(v)"], (100.0 * k as f64 + 55.0) / 15.0);
+    }
+    assert_eq!(r["Statistics"][0]["Nodes"], 2, "{r}");
+    // period: the window ends at the last time at or before the date.
+    let r = q
+        .client
+        .command(
+            "sql lab format=json and stat=false \"select count(*), max(ts) from readings where period(minute, 5, '2024-01-01 00:30:10', ts)\"",
+            Some("network"),
+        )
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        r,
+        json!({"Query": [{"count(*)": 7, "max(ts)": "2024-01-01 00:30:00.000000"}]})
+    );
+    // Plain rows stream through, ordered and limited on the query node.
+    let v = post_query(
+        &q,
+        "lab",
+        "SELECT device, v FROM readings WHERE v > 50 ORDER BY v DESC LIMIT 3",
+        false,
+    )
+    .ok_json()
+    .unwrap();
+    assert_eq!(v["rows"], json!([["a", 59.5], ["a", 58.5], ["a", 57.5]]));
+
+    // A member of c1 dies: the other answers for the cluster.
+    a1.kill();
+    let v = post_query(&q, "lab", "SELECT count(*), sum(v) FROM readings", false)
+        .ok_json()
+        .unwrap();
+    assert_eq!(v["rows"], json!([[90, 1800.0 + 30.0]]), "{v}");
+
+    // b dies: no member of its cluster is left.
+    b.kill();
+    let r = post_query(&q, "lab", "SELECT count(*) FROM readings", false);
+    assert_eq!(r.status, 502, "{}", r.body);
+    let e = r.json().unwrap();
+    assert_eq!(e["error"]["code"], "nodes_unavailable");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("node-{}", b.peer_id)),
+        "{e}"
+    );
+    let v = post_query(&q, "lab", "SELECT count(*) FROM readings", true)
+        .ok_json()
+        .unwrap();
+    assert_eq!(v["rows"], json!([[60]]));
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{v}");
+    assert_eq!(errors[0]["nodes"], json!([b.peer_id]));
+    drop(a2);
 }
