@@ -276,9 +276,12 @@ fn number(v: ValueRef<'_>) -> Option<f64> {
         ValueRef::Null => None,
         ValueRef::Integer(i) => Some(i as f64),
         ValueRef::Real(f) => Some(f),
-        ValueRef::Text(t) | ValueRef::Blob(t) => {
-            Some(String::from_utf8_lossy(t).trim().parse::<f64>().unwrap_or(0.0))
-        }
+        ValueRef::Text(t) | ValueRef::Blob(t) => Some(
+            String::from_utf8_lossy(t)
+                .trim()
+                .parse::<f64>()
+                .unwrap_or(0.0),
+        ),
     }
 }
 

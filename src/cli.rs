@@ -20,13 +20,27 @@ pub enum OutFormat {
 /// `tarn query`: runs a SELECT and prints the rows.
 pub fn query(
     node: &str,
+    peer: Option<&str>,
     db: &str,
     sql: &str,
     format: OutFormat,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let answer = Client::new(node).query(db, sql)?;
-    let v = answer.ok_json()?;
+    let v = match peer {
+        None => Client::new(node).query(db, sql)?.ok_json()?,
+        Some(addr) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(crate::p2p_client::query(
+                addr,
+                db,
+                sql,
+                false,
+                std::time::Duration::from_secs(60),
+            ))?
+        }
+    };
     let columns: Vec<String> = v["columns"]
         .as_array()
         .context("the answer has no columns")?

@@ -256,7 +256,7 @@ fn sql(shared: &Arc<Shared>, rest: &str, destination: Option<&str>) -> Reply {
     if cmd.include.is_some() || cmd.extend.is_some() {
         return Reply::err(
             code::NOT_SUPPORTED,
-            "include= and extend= come with distributed queries and are not supported by this node yet",
+            "include= and extend= are not supported by tarn yet",
         );
     }
     let network = destination.is_some_and(|d| d.trim().eq_ignore_ascii_case("network"));

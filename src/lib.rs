@@ -10,6 +10,7 @@
 //! - `stream`: EdgeLake's streaming mode, journaled so acknowledged rows survive a crash
 //! - `watch`: the watched directory for file ingest
 //! - `rest`, `edgelake`, `format`: the native `/v1` API and EdgeLake's protocol
+//! - `p2p_client`: a libp2p client (no node) that queries the mesh
 //! - `client`, `cli`: the REST client behind `tarn query`, `tarn ingest`, `tarn status`
 //!
 //! ```no_run
@@ -31,6 +32,7 @@ mod format;
 mod local_mesh;
 mod mesh;
 mod node;
+pub mod p2p_client;
 mod rest;
 mod rows;
 mod scatter;

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use crate::{Config, Node, Service};
 
+type Tweak = std::sync::Arc<dyn Fn(usize, &mut Config) + Send + Sync>;
+
 /// N in-process nodes.
 pub struct LocalMesh {
     base: PathBuf,
+    tweak: Tweak,
     nodes: Vec<Option<Node>>,
     bootstrap: Vec<String>,
     blocked: Vec<(usize, usize)>,
@@ -38,15 +41,32 @@ impl LocalMesh {
 
     /// Starts `n` nodes with data directories under `base`.
     pub async fn start(n: usize, base: &Path) -> anyhow::Result<LocalMesh> {
+        Self::start_with(n, base, |_, _| {}).await
+    }
+
+    /// Starts `n` nodes, each configuration changed by `tweak(i, cfg)` first
+    /// (services, cluster, limits); restarts apply it again.
+    pub async fn start_with(
+        n: usize,
+        base: &Path,
+        tweak: impl Fn(usize, &mut Config) + Send + Sync + 'static,
+    ) -> anyhow::Result<LocalMesh> {
         anyhow::ensure!(n >= 1, "a mesh needs at least one node");
-        let first = Node::start(Self::config(base, 0, &[])).await?;
+        let tweak: Tweak = std::sync::Arc::new(tweak);
+        let config = |i: usize, boot: &[String]| {
+            let mut c = Self::config(base, i, boot);
+            tweak(i, &mut c);
+            c
+        };
+        let first = Node::start(config(0, &[])).await?;
         let bootstrap: Vec<String> = first.p2p_addrs().into_iter().take(1).collect();
         let mut nodes = vec![Some(first)];
         for i in 1..n {
-            nodes.push(Some(Node::start(Self::config(base, i, &bootstrap)).await?));
+            nodes.push(Some(Node::start(config(i, &bootstrap)).await?));
         }
         Ok(LocalMesh {
             base: base.to_owned(),
+            tweak,
             nodes,
             bootstrap,
             blocked: Vec::new(),
@@ -169,7 +189,9 @@ impl LocalMesh {
         } else {
             self.bootstrap.clone()
         };
-        let node = Node::start(Self::config(&self.base, i, &boot)).await?;
+        let mut cfg = Self::config(&self.base, i, &boot);
+        (self.tweak)(i, &mut cfg);
+        let node = Node::start(cfg).await?;
         self.nodes[i] = Some(node);
         Ok(())
     }

@@ -29,6 +29,10 @@ enum Command {
         /// The node's REST address.
         #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
         node: String,
+        /// Query over libp2p instead of REST: a node's multiaddr ending in
+        /// /p2p/<peer-id> (as printed at its start). No node runs here.
+        #[arg(long, conflicts_with = "node")]
+        peer: Option<String>,
         /// The logical database.
         #[arg(long)]
         db: String,
@@ -226,10 +230,18 @@ fn main() -> ExitCode {
         Command::Node(args) => run_node(args),
         Command::Query {
             node,
+            peer,
             db,
             sql,
             format,
-        } => tarn::cli::query(&node, &db, &sql, format, &mut std::io::stdout()),
+        } => tarn::cli::query(
+            &node,
+            peer.as_deref(),
+            &db,
+            &sql,
+            format,
+            &mut std::io::stdout(),
+        ),
         Command::Ingest {
             node,
             db,

@@ -21,7 +21,7 @@ use crate::error::ApiError;
 pub const LEDGER_TOPIC: &str = "tarn/ledger/1";
 /// Largest RPC message accepted: a batch of entries
 /// ([`tarn_ledger::MAX_BATCH_BYTES`] plus one entry) with room to spare.
-const MAX_RPC: usize = 8 << 20;
+pub(crate) const MAX_RPC: usize = 8 << 20;
 const _: () = assert!(tarn_ledger::MAX_BATCH_BYTES + tarn_ledger::entry::MAX_ENTRY_BYTES < MAX_RPC);
 /// How often each node compares heads with a few peers.
 const SYNC_EVERY: Duration = Duration::from_secs(3);
@@ -304,12 +304,12 @@ impl Mesh {
 
     async fn answer(self: &Arc<Self>, from: PeerId, id: u64, data: Vec<u8>) {
         let reply = match tarn_net::codec::decode::<Rpc>(&data, MAX_RPC) {
-            Ok(
-                msg @ (Rpc::Partial { .. } | Rpc::Query { .. } | Rpc::Next { .. }),
-            ) => match self.node.get().and_then(std::sync::Weak::upgrade) {
-                Some(shared) => crate::scatter::serve(shared, from, msg).await,
-                None => Rpc::Error("the node is starting or stopping".into()),
-            },
+            Ok(msg @ (Rpc::Partial { .. } | Rpc::Query { .. } | Rpc::Next { .. })) => {
+                match self.node.get().and_then(std::sync::Weak::upgrade) {
+                    Some(shared) => crate::scatter::serve(shared, from, msg).await,
+                    None => Rpc::Error("the node is starting or stopping".into()),
+                }
+            }
             Err(e) => Rpc::Error(format!("malformed request: {e}")),
             Ok(Rpc::Heads(theirs)) => {
                 let (mine, wants) = {

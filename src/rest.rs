@@ -206,7 +206,11 @@ async fn query(
             "rows": a.stats.rows,
             "ms": a.stats.ms,
         });
-        (a.result, stats, serde_json::to_value(&a.errors).unwrap_or_default())
+        (
+            a.result,
+            stats,
+            serde_json::to_value(&a.errors).unwrap_or_default(),
+        )
     } else {
         let shared = s.clone();
         let r = blocking(move || shared.local_query(&req.db, &req.sql, timeout)).await?;

@@ -24,7 +24,7 @@ use crate::accumulate::{GroupKey, KeyVal, State};
 use crate::error::ApiError;
 use crate::mesh::Rpc;
 use crate::node::Shared;
-use crate::rows::{ColType, Val};
+use crate::rows::Val;
 use crate::storage::{PartialGroups, QueryLimits, QueryResult};
 
 /// How long an operator holds a pull before answering an empty chunk.
@@ -157,7 +157,12 @@ impl Cursors {
                     c.touched = Instant::now();
                     c.rx.clone()
                 }
-                _ => return failed("no_cursor", "no such query in progress (it may have expired)"),
+                _ => {
+                    return failed(
+                        "no_cursor",
+                        "no such query in progress (it may have expired)",
+                    );
+                }
             }
         };
         let got = {
@@ -413,11 +418,10 @@ pub async fn run(
         );
     if own {
         let (sh, db, sql) = (shared.clone(), db.to_owned(), sql.to_owned());
-        let result = tokio::task::spawn_blocking(move || {
-            sh.local_query(&db, &sql, Some(opts.timeout))
-        })
-        .await
-        .map_err(|e| ApiError::internal("a local query", e))??;
+        let result =
+            tokio::task::spawn_blocking(move || sh.local_query(&db, &sql, Some(opts.timeout)))
+                .await
+                .map_err(|e| ApiError::internal("a local query", e))??;
         return Ok(Answer {
             stats: Stats {
                 asked: 1,
@@ -594,8 +598,12 @@ fn route(shared: &Shared, db: &str, table: &str) -> Result<Vec<Target>, ApiError
     let mut clusters = BTreeSet::new();
     for p in view.of_kind("table") {
         let t = &p.policy["table"];
-        if t["dbms"].as_str().is_some_and(|d| d.eq_ignore_ascii_case(db))
-            && t["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(table))
+        if t["dbms"]
+            .as_str()
+            .is_some_and(|d| d.eq_ignore_ascii_case(db))
+            && t["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(table))
             && let Some(c) = t["cluster"].as_str()
         {
             clusters.insert(c.to_owned());
@@ -603,8 +611,8 @@ fn route(shared: &Shared, db: &str, table: &str) -> Result<Vec<Target>, ApiError
     }
     // A table this operator holds counts even before its policy is out.
     let me = shared.mesh.peer_id();
-    let mine = shared.cfg.has(crate::Service::Operator)
-        && shared.storage.schema(db, table).is_some();
+    let mine =
+        shared.cfg.has(crate::Service::Operator) && shared.storage.schema(db, table).is_some();
     if mine {
         clusters.insert(crate::mesh::cluster_of(shared));
     }
@@ -617,7 +625,10 @@ fn route(shared: &Shared, db: &str, table: &str) -> Result<Vec<Target>, ApiError
     let mut members: HashMap<String, Vec<PeerId>> = HashMap::new();
     for p in view.of_kind("operator") {
         let body = &p.policy["operator"];
-        let Some(peer) = body["peer_id"].as_str().and_then(|s| s.parse::<PeerId>().ok()) else {
+        let Some(peer) = body["peer_id"]
+            .as_str()
+            .and_then(|s| s.parse::<PeerId>().ok())
+        else {
             continue;
         };
         if crate::mesh::peer_of(&p.author) != Some(peer) {
@@ -683,7 +694,18 @@ async fn fetch(
     budget: &AtomicUsize,
 ) -> Result<Part, FetchError> {
     let max = shared.cfg.max_result_rows;
+    // Rows this attempt counted against the query's budget; given back if
+    // the attempt fails and another member is asked instead.
+    struct Held<'a>(&'a AtomicUsize, AtomicUsize);
+    impl Drop for Held<'_> {
+        fn drop(&mut self) {
+            self.0
+                .fetch_sub(self.1.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+    let held = Held(budget, AtomicUsize::new(0));
     let over = |n: usize| {
+        held.1.fetch_add(n, Ordering::Relaxed);
         if budget.fetch_add(n, Ordering::Relaxed) + n > max {
             Err(FetchError::Fatal(ApiError::new(
                 axum::http::StatusCode::UNPROCESSABLE_ENTITY,
@@ -708,7 +730,9 @@ async fn fetch(
             let select = tarn_query::Select::parse(&sql)
                 .map_err(|e| ApiError::bad_request("invalid_sql", e.to_string()))?;
             if groups {
-                sh.storage.partial_groups(&db, select, limits).map(Part::Groups)
+                sh.storage
+                    .partial_groups(&db, select, limits)
+                    .map(Part::Groups)
             } else {
                 let r = sh.storage.query(&db, select, limits)?;
                 Ok(Part::Rows {
@@ -730,6 +754,7 @@ async fn fetch(
                     Part::Rows { rows, .. } => rows.len(),
                     Part::Groups(g) => g.groups.len(),
                 })?;
+                held.1.store(0, Ordering::Relaxed);
                 Ok(p)
             }
             Err(e) if fatal_code(e.code) => Err(FetchError::Fatal(e)),
@@ -806,7 +831,9 @@ async fn fetch(
                     || states.len() != agg.aggs.len()
                     || !states.iter().zip(&agg.aggs).all(|(s, a)| s.fits(a.kind))
                 {
-                    return Err(FetchError::Retry("a group that does not fit the plan".into()));
+                    return Err(FetchError::Retry(
+                        "a group that does not fit the plan".into(),
+                    ));
                 }
                 states.iter_mut().for_each(State::restore);
                 let key = GroupKey(key);
@@ -825,6 +852,7 @@ async fn fetch(
             cursor: chunk.cursor,
         };
     }
+    held.1.store(0, Ordering::Relaxed);
     if groups {
         Ok(Part::Groups(part))
     } else {
@@ -844,12 +872,4 @@ fn plan_of(sql: &str) -> Shape {
             },
             Shape::Groups,
         )
-}
-
-/// Column types of a client answer, read back.
-pub fn types_of(columns: &[(String, Option<String>)]) -> Vec<Option<ColType>> {
-    columns
-        .iter()
-        .map(|(_, t)| t.as_deref().and_then(ColType::from_sql))
-        .collect()
 }

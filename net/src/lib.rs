@@ -25,7 +25,7 @@ use std::time::Duration;
 
 pub use libp2p::identity;
 pub use libp2p::identity::{Keypair, PublicKey};
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{Multiaddr, PeerId, multiaddr};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod codec;

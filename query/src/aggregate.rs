@@ -35,7 +35,10 @@ pub enum AggKind {
     /// `variance`/`var_samp`/`var_pop`, and with `root` `stddev`/`stddev_samp`/`stddev_pop`
     /// (which SQLite lacks): count, mean and squared deviations, merged by
     /// Chan's formula.
-    Variance { population: bool, root: bool },
+    Variance {
+        population: bool,
+        root: bool,
+    },
 }
 
 /// One aggregate call: its kind and which scan column feeds it.
@@ -504,7 +507,10 @@ mod tests {
     fn global_distinct_positional_and_tarn_aggregates() {
         let p = plan("SELECT count(*), range(v), stddev(v), count(DISTINCT d) FROM t").unwrap();
         assert_eq!(p.keys, 0);
-        assert_eq!(p.scan_sql, "SELECT v, d FROM t WHERE row_id >= ?1 AND row_id < ?2");
+        assert_eq!(
+            p.scan_sql,
+            "SELECT v, d FROM t WHERE row_id >= ?1 AND row_id < ?2"
+        );
         let kinds: Vec<AggKind> = p.aggs.iter().map(|a| a.kind).collect();
         assert_eq!(
             kinds,
@@ -525,13 +531,22 @@ mod tests {
              _a4 AS \"count(DISTINCT d)\" FROM system_query"
         );
         let p = plan("SELECT DISTINCT a % 2 AS odd, count(*) FROM t GROUP BY 1").unwrap();
-        assert_eq!(p.scan_sql, "SELECT a % 2 FROM t WHERE row_id >= ?1 AND row_id < ?2");
+        assert_eq!(
+            p.scan_sql,
+            "SELECT a % 2 FROM t WHERE row_id >= ?1 AND row_id < ?2"
+        );
         assert!(p.final_sql.starts_with("SELECT DISTINCT _k0 AS \"odd\""));
         let p = plan("SELECT a % 2 AS odd, count(*) FROM t GROUP BY odd").unwrap();
         assert_eq!(p.keys, 1);
-        assert_eq!(p.scan_sql, "SELECT a % 2 FROM t WHERE row_id >= ?1 AND row_id < ?2");
+        assert_eq!(
+            p.scan_sql,
+            "SELECT a % 2 FROM t WHERE row_id >= ?1 AND row_id < ?2"
+        );
         let p = plan("SELECT count(*) FROM t").unwrap();
-        assert_eq!(p.scan_sql, "SELECT 1 FROM t WHERE row_id >= ?1 AND row_id < ?2");
+        assert_eq!(
+            p.scan_sql,
+            "SELECT 1 FROM t WHERE row_id >= ?1 AND row_id < ?2"
+        );
     }
 
     #[test]

@@ -160,7 +160,11 @@ impl Prepared {
         let Some(p) = &self.period else {
             return Ok(None);
         };
-        let table = self.table_with(&format!("{}(1 = 1){}", &self.text[..p.span.0], &self.text[p.span.1..]))?;
+        let table = self.table_with(&format!(
+            "{}(1 = 1){}",
+            &self.text[..p.span.0],
+            &self.text[p.span.1..]
+        ))?;
         let filter = p
             .filter
             .as_ref()
@@ -202,7 +206,11 @@ impl Prepared {
                 )
             }
         };
-        let text = format!("{}{window}{}", &self.text[..p.span.0], &self.text[p.span.1..]);
+        let text = format!(
+            "{}{window}{}",
+            &self.text[..p.span.0],
+            &self.text[p.span.1..]
+        );
         Ok(Select::parse(&text)?)
     }
 }
@@ -308,9 +316,9 @@ fn substitute_now(sql: &str, now: Micros) -> Result<String, PlanError> {
                     PlanError::TimeFunction(format!("now() {sign} {digits}: too large"))
                 })?;
                 let n = if sign == '-' { n } else { -n };
-                t = unit
-                    .back(now, n)
-                    .ok_or_else(|| PlanError::TimeFunction("now() arithmetic out of range".into()))?;
+                t = unit.back(now, n).ok_or_else(|| {
+                    PlanError::TimeFunction("now() arithmetic out of range".into())
+                })?;
                 let consumed = rest.len() - word_part.len() + word.len();
                 end += consumed;
             }
@@ -371,10 +379,14 @@ fn find_period(text: &str) -> Result<Option<Period>, PlanError> {
     let Some((s, open)) = find_call(text, &mask, "period", 0) else {
         return Ok(None);
     };
-    let bad = |m: &str| PlanError::TimeFunction(format!("period(unit, N, 'date', column [, filter]): {m}"));
+    let bad = |m: &str| {
+        PlanError::TimeFunction(format!("period(unit, N, 'date', column [, filter]): {m}"))
+    };
     let end = close_paren(text, &mask, open).ok_or_else(|| bad("unclosed '('"))?;
     if find_call(text, &mask, "period", end).is_some() {
-        return Err(PlanError::Unsupported("more than one period() in a query".into()));
+        return Err(PlanError::Unsupported(
+            "more than one period() in a query".into(),
+        ));
     }
     let args = split_args(&text[open..end - 1]);
     if !(4..=5).contains(&args.len()) {
@@ -425,7 +437,9 @@ fn single_table(select: &Select) -> Result<String, PlanError> {
         return Err(PlanError::Unsupported("not a query".into()));
     };
     if q.with.is_some() {
-        return Err(PlanError::Unsupported("WITH (common table expressions)".into()));
+        return Err(PlanError::Unsupported(
+            "WITH (common table expressions)".into(),
+        ));
     }
     let SetExpr::Select(s) = q.body.as_ref() else {
         return Err(PlanError::Unsupported(
@@ -553,7 +567,8 @@ fn rewrite_increments(select: Select) -> Result<Select, PlanError> {
             },
             _ => String::new(),
         };
-        let unit = Unit::parse(&unit_text).ok_or_else(|| bad(&format!("unknown unit {}", args[0])))?;
+        let unit =
+            Unit::parse(&unit_text).ok_or_else(|| bad(&format!("unknown unit {}", args[0])))?;
         let n: i64 = match args[1] {
             Expr::Value(v) => match &v.value {
                 Value::Number(n, _) => n.parse().ok(),
@@ -604,15 +619,14 @@ fn rewrite_increments(select: Select) -> Result<Select, PlanError> {
     match &mut s.group_by {
         GroupByExpr::Expressions(list, _) => list.extend(key_exprs.iter().cloned()),
         GroupByExpr::All(_) => {
-            return Err(PlanError::Unsupported("GROUP BY ALL with increments()".into()));
+            return Err(PlanError::Unsupported(
+                "GROUP BY ALL with increments()".into(),
+            ));
         }
     }
     let q = query_mut(&mut stmt);
     if q.order_by.is_none() {
-        let text = format!(
-            "SELECT 1 FROM t ORDER BY {}",
-            keys.join(", ")
-        );
+        let text = format!("SELECT 1 FROM t ORDER BY {}", keys.join(", "));
         let parsed = Select::parse(&text)?;
         if let Statement::Query(pq) = parsed.statement() {
             q.order_by = pq.order_by.clone();
@@ -672,7 +686,9 @@ fn rows_shape(select: &Select) -> Result<Shape, PlanError> {
             }
             SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => wildcard = true,
             other => {
-                return Err(PlanError::Unsupported(format!("the projection item {other}")));
+                return Err(PlanError::Unsupported(format!(
+                    "the projection item {other}"
+                )));
             }
         }
     }
@@ -702,7 +718,10 @@ fn rows_shape(select: &Select) -> Result<Shape, PlanError> {
     } else if cols.is_empty() {
         "row_id".to_owned()
     } else {
-        cols.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+        cols.iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let filter = s
         .selection
@@ -722,7 +741,13 @@ fn rows_shape(select: &Select) -> Result<Shape, PlanError> {
             }
             _ => false,
         });
-    if plain && let Some(LimitClause::LimitOffset { limit: Some(limit), offset, .. }) = &q.limit_clause {
+    if plain
+        && let Some(LimitClause::LimitOffset {
+            limit: Some(limit),
+            offset,
+            ..
+        }) = &q.limit_clause
+    {
         let number = |e: &Expr| match e {
             Expr::Value(v) => match &v.value {
                 Value::Number(n, _) => n.parse::<u64>().ok(),
@@ -738,7 +763,8 @@ fn rows_shape(select: &Select) -> Result<Shape, PlanError> {
             !matches!(e, Expr::Value(_)) && {
                 let mut ids = Vec::new();
                 columns_of(e, &mut ids);
-                !ids.iter().any(|i| aliases.contains(&i.value.to_ascii_lowercase()))
+                !ids.iter()
+                    .any(|i| aliases.contains(&i.value.to_ascii_lowercase()))
                     && !contains_aggregate(e)
             }
         });
@@ -844,7 +870,11 @@ mod tests {
             "SELECT * FROM t WHERE ts > '2023-11-14 20:13:20.000000' AND ts < '2023-11-14 22:13:20.000000' AND note = 'now()'"
         );
         let p = Prepared::new("SELECT * FROM t WHERE ts > now() - 1 month", NOW).unwrap();
-        assert!(p.text.contains("'2023-10-14 22:13:20.000000'"), "{}", p.text);
+        assert!(
+            p.text.contains("'2023-10-14 22:13:20.000000'"),
+            "{}",
+            p.text
+        );
     }
 
     #[test]
@@ -863,17 +893,29 @@ mod tests {
             s.to_sql(),
             "SELECT count(*) FROM t WHERE (ts > '2024-01-01 00:04:00.000000' AND ts <= '2024-01-01 00:09:00.000000') AND v > 1"
         );
-        let p = Prepared::new("SELECT * FROM t WHERE period(month, 1, '2024-03-31', ts)", NOW).unwrap();
+        let p = Prepared::new(
+            "SELECT * FROM t WHERE period(month, 1, '2024-03-31', ts)",
+            NOW,
+        )
+        .unwrap();
         let s = p.finish(Some("2024-03-31 00:00:00.000000")).unwrap();
-        assert!(s.to_sql().contains("ts > '2024-02-29 00:00:00.000000'"), "{}", s.to_sql());
+        assert!(
+            s.to_sql().contains("ts > '2024-02-29 00:00:00.000000'"),
+            "{}",
+            s.to_sql()
+        );
         let p = Prepared::new("SELECT * FROM t WHERE period(day, 1, now(), ts)", NOW).unwrap();
-        assert_eq!(p.finish(None).unwrap().to_sql(), "SELECT * FROM t WHERE (1 = 0)");
+        assert_eq!(
+            p.finish(None).unwrap().to_sql(),
+            "SELECT * FROM t WHERE (1 = 0)"
+        );
         assert!(Prepared::new("SELECT * FROM t WHERE period(day, 1, 'x', ts)", NOW).is_err());
     }
 
     #[test]
     fn increments_group_by_buckets() {
-        let p = plan("SELECT increments(minute, 10, ts), max(ts), avg(v) FROM t WHERE v > 0").unwrap();
+        let p =
+            plan("SELECT increments(minute, 10, ts), max(ts), avg(v) FROM t WHERE v > 0").unwrap();
         assert_eq!(
             p.sql,
             "SELECT max(ts), avg(v) FROM t WHERE v > 0 GROUP BY SUBSTR(ts, 1, 13), CAST(SUBSTR(ts, 15, 2) AS INTEGER) / 10 \
@@ -881,8 +923,17 @@ mod tests {
         );
         let Shape::Groups(g) = p.shape else { panic!() };
         assert_eq!(g.keys, 2);
-        assert!(g.final_sql.ends_with("ORDER BY _k0, _k1"), "{}", g.final_sql);
+        assert!(
+            g.final_sql.ends_with("ORDER BY _k0, _k1"),
+            "{}",
+            g.final_sql
+        );
         let p = plan("SELECT increments(year, 2, ts), count(*) FROM t").unwrap();
-        assert!(p.sql.contains("GROUP BY CAST(SUBSTR(ts, 1, 4) AS INTEGER) / 2"), "{}", p.sql);
+        assert!(
+            p.sql
+                .contains("GROUP BY CAST(SUBSTR(ts, 1, 4) AS INTEGER) / 2"),
+            "{}",
+            p.sql
+        );
     }
 }

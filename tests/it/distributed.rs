@@ -216,7 +216,11 @@ fn distributed_answers_equal_sqlite_over_all_rows() {
             if let Some(v) = v {
                 o["v"] = json!(v);
             }
-            let to = if i < ops { i } else { rng.below(ops as u64) as usize };
+            let to = if i < ops {
+                i
+            } else {
+                rng.below(ops as u64) as usize
+            };
             split[to].push(o);
         }
         for (i, part) in split.iter().enumerate() {
@@ -225,9 +229,16 @@ fn distributed_answers_equal_sqlite_over_all_rows() {
             if part.is_empty() {
                 continue;
             }
-            part.insert(0, json!({"ts": "2023-12-31T00:00:00Z", "device": "zz", "v": 0.5, "n": 0}));
+            part.insert(
+                0,
+                json!({"ts": "2023-12-31T00:00:00Z", "device": "zz", "v": 0.5, "n": 0}),
+            );
             let body = serde_json::to_vec(&part).unwrap();
-            clients[i].ingest(&db, "t", &body).unwrap().ok_json().unwrap();
+            clients[i]
+                .ingest(&db, "t", &body)
+                .unwrap()
+                .ok_json()
+                .unwrap();
         }
         // The marker rows are in the reference too: one per operator that got rows.
         for part in split.iter().filter(|p| !p.is_empty()) {
@@ -242,10 +253,14 @@ fn distributed_answers_equal_sqlite_over_all_rows() {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         let asker = &clients[rng.below(5) as usize];
-        wait_for("every operator's table to be known", Duration::from_secs(30), || {
-            let (r, _) = network(asker, &db, "SELECT count(*) FROM t").ok()?;
-            (r[0][0] == json!(total)).then_some(())
-        });
+        wait_for(
+            "every operator's table to be known",
+            Duration::from_secs(30),
+            || {
+                let (r, _) = network(asker, &db, "SELECT count(*) FROM t").ok()?;
+                (r[0][0] == json!(total)).then_some(())
+            },
+        );
         for _ in 0..10 {
             let (mine, theirs, ordered) = query(&mut rng);
             let want = reference(&conn, &theirs);
@@ -333,7 +348,10 @@ fn network_queries_across_processes_fail_over_and_subset() {
     let got = r["Query"].as_array().unwrap_or_else(|| panic!("{r}"));
     assert_eq!(got.len(), 6, "{r}");
     for (k, row) in got.iter().enumerate() {
-        assert_eq!(row["start"], format!("2024-01-01 00:{:02}:00.000000", 10 * k));
+        assert_eq!(
+            row["start"],
+            format!("2024-01-01 00:{:02}:00.000000", 10 * k)
+        );
         assert_eq!(row["n"], 15);
         assert_eq!(row["avg(v)"], (100.0 * k as f64 + 55.0) / 15.0);
     }
@@ -362,6 +380,35 @@ fn network_queries_across_processes_fail_over_and_subset() {
     .ok_json()
     .unwrap();
     assert_eq!(v["rows"], json!([["a", 59.5], ["a", 58.5], ["a", 57.5]]));
+    // The same network, through libp2p from a client that runs no node.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args([
+            "query", "--peer", &q.p2p[0], "--db", "lab", "--format", "json",
+        ])
+        .arg("SELECT device, count(*) AS n FROM readings GROUP BY device ORDER BY device")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rows"], json!([["a", 60], ["b", 30]]), "{v}");
+    assert_eq!(v["stats"]["replied"], 2);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tarn"))
+        .args([
+            "query",
+            "--peer",
+            &q.p2p[0],
+            "--db",
+            "lab",
+            "DELETE FROM readings",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SELECT"));
 
     // A member of c1 dies: the other answers for the cluster.
     a1.kill();
