@@ -45,13 +45,34 @@ impl Shared {
                 "this node stores no data (it does not run the operator service)",
             ));
         }
-        let select = tarn_query::Select::parse(sql)
-            .map_err(|e| ApiError::bad_request("invalid_sql", e.to_string()))?;
+        let bad = |e: tarn_query::PlanError| ApiError::bad_request("invalid_sql", e.to_string());
         let limit = self.cfg.query_timeout();
         let limits = QueryLimits {
             max_rows: self.cfg.max_result_rows,
             timeout: timeout.map_or(limit, |t| t.min(limit)),
         };
+        // EdgeLake's time functions, as over the network: now() once,
+        // period()'s end first, increments() as grouping.
+        let prepared = tarn_query::Prepared::new(sql, crate::storage::now_micros()).map_err(bad)?;
+        let end = match prepared.probe() {
+            Ok(Some(probe)) => {
+                let probe = tarn_query::Select::parse(&probe)
+                    .map_err(|e| ApiError::bad_request("invalid_sql", e.to_string()))?;
+                match self
+                    .storage
+                    .query(db, probe, limits)?
+                    .rows
+                    .first()
+                    .and_then(|r| r.first())
+                {
+                    Some(crate::rows::Val::Text(t)) => Some(t.clone()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let select = prepared.finish(end.as_deref()).map_err(bad)?;
+        let select = tarn_query::rewrite_increments(select).map_err(bad)?;
         self.storage.query(db, select, limits)
     }
 

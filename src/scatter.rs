@@ -409,14 +409,32 @@ pub async fn run(
         other => ApiError::bad_request("invalid_sql", other.to_string()),
     };
     let prepared = Prepared::new(sql, crate::storage::now_micros()).map_err(plan_err)?;
+    let mut stats = Stats::default();
+    let mut errors = Vec::new();
     // Bookkeeping databases and queries of no table are this node's own.
-    let own = crate::storage::RESERVED_DBS.contains(&db.to_ascii_lowercase().as_str())
-        || matches!(prepared.probe(), Err(tarn_query::PlanError::NoTable))
-        || matches!(
-            prepared.clone().finish(None).map(Plan::new),
-            Ok(Err(tarn_query::PlanError::NoTable))
-        );
-    if own {
+    let reserved = crate::storage::RESERVED_DBS.contains(&db.to_ascii_lowercase().as_str());
+    let planned = match prepared.probe() {
+        _ if reserved => None,
+        Err(tarn_query::PlanError::NoTable) => None,
+        Err(e) => return Err(plan_err(e)),
+        Ok(None) => match Plan::new(prepared.finish(None).map_err(plan_err)?) {
+            Err(tarn_query::PlanError::NoTable) => None,
+            other => Some(other.map_err(plan_err)?),
+        },
+        Ok(Some(probe)) => {
+            // period(): its end over every operator first.
+            let select = tarn_query::Select::parse(&probe)
+                .map_err(|e| ApiError::bad_request("invalid_sql", e.to_string()))?;
+            let plan = Plan::new(select).map_err(plan_err)?;
+            let a = execute(shared, db, &plan, opts, deadline, &mut stats, &mut errors).await?;
+            let end = match a.rows.first().and_then(|r| r.first()) {
+                Some(Val::Text(t)) => Some(t.clone()),
+                _ => None,
+            };
+            Some(Plan::new(prepared.finish(end.as_deref()).map_err(plan_err)?).map_err(plan_err)?)
+        }
+    };
+    let Some(plan) = planned else {
         let (sh, db, sql) = (shared.clone(), db.to_owned(), sql.to_owned());
         let result =
             tokio::task::spawn_blocking(move || sh.local_query(&db, &sql, Some(opts.timeout)))
@@ -432,23 +450,8 @@ pub async fn run(
             result,
             errors: Vec::new(),
         });
-    }
-    let mut stats = Stats::default();
-    let mut errors = Vec::new();
-    let end = match prepared.probe().map_err(plan_err)? {
-        None => None,
-        Some(probe) => {
-            let select = tarn_query::Select::parse(&probe)
-                .map_err(|e| ApiError::bad_request("invalid_sql", e.to_string()))?;
-            let plan = Plan::new(select).map_err(plan_err)?;
-            let a = execute(shared, db, &plan, opts, deadline, &mut stats, &mut errors).await?;
-            match a.rows.first().and_then(|r| r.first()) {
-                Some(Val::Text(t)) => Some(t.clone()),
-                _ => None,
-            }
-        }
     };
-    let plan = Plan::new(prepared.finish(end.as_deref()).map_err(plan_err)?).map_err(plan_err)?;
+
     let result = execute(shared, db, &plan, opts, deadline, &mut stats, &mut errors).await?;
     stats.ms = started.elapsed().as_secs_f64() * 1000.0;
     Ok(Answer {
@@ -469,7 +472,11 @@ async fn execute(
 ) -> Result<QueryResult, ApiError> {
     let db = db.to_ascii_lowercase();
     let targets = route(shared, &db, &plan.table)?;
+    // One cluster holds every row: its operator answers the whole query,
+    // and the query node only passes the answer on.
+    let whole = targets.len() == 1;
     let (sql, groups) = match &plan.shape {
+        _ if whole => (plan.sql.clone(), false),
         Shape::Rows { partial_sql, .. } => (partial_sql.clone(), false),
         Shape::Groups(_) => (plan.sql.clone(), true),
     };
@@ -547,6 +554,20 @@ async fn execute(
         max_rows: shared.cfg.max_result_rows,
         timeout: deadline.saturating_duration_since(Instant::now()),
     };
+    if whole {
+        return Ok(match parts.pop() {
+            Some(Part::Rows { columns, rows }) => QueryResult {
+                types: columns
+                    .iter()
+                    .map(|(_, t)| t.as_deref().and_then(crate::rows::ColType::from_sql))
+                    .collect(),
+                columns: columns.into_iter().map(|(n, _)| n).collect(),
+                rows,
+            },
+            // Only with subset=true and the one cluster silent.
+            _ => QueryResult::default(),
+        });
+    }
     let plan = plan.clone();
     tokio::task::spawn_blocking(move || finish(&plan, parts, limits))
         .await

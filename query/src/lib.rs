@@ -27,6 +27,6 @@ mod sum;
 pub mod time;
 
 pub use aggregate::{Agg, AggKind, GroupedAggregate};
-pub use plan::{Plan, PlanError, Prepared, Shape};
+pub use plan::{Plan, PlanError, Prepared, Shape, rewrite_increments};
 pub use select::{MAX_SQL_LEN, Select, SqlError};
 pub use sum::ExactSum;

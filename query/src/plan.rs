@@ -524,7 +524,7 @@ fn query_mut(stmt: &mut Statement) -> &mut Query {
 /// the rows are grouped by (ts truncated to the next larger unit,
 /// `extract(unit) / N`), and ordered by them unless an ORDER BY is given.
 /// tarn stores times as `YYYY-MM-DD HH:MM:SS.ffffff`, so both are `substr`.
-fn rewrite_increments(select: Select) -> Result<Select, PlanError> {
+pub fn rewrite_increments(select: Select) -> Result<Select, PlanError> {
     let mut stmt = select.statement().clone();
     let s = select_mut(&mut stmt);
     let mut found = None;

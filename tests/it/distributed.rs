@@ -410,6 +410,12 @@ fn network_queries_across_processes_fail_over_and_subset() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SELECT"));
 
+    // The time functions work on one node's own data too.
+    let r = a1
+        .command("sql lab format=json and stat=false \"select increments(minute, 20, ts), count(*) as n from readings\"")
+        .json()
+        .unwrap();
+    assert_eq!(r, json!({"Query": [{"n": 20}, {"n": 20}, {"n": 20}]}));
     // A member of c1 dies: the other answers for the cluster.
     a1.kill();
     let v = post_query(&q, "lab", "SELECT count(*), sum(v) FROM readings", false)
