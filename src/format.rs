@@ -339,3 +339,116 @@ mod tests {
         );
     }
 }
+
+/// Python's `datetime.isoformat()` of a stored time (`sep` between date and
+/// time; the fraction only when it is not zero), or `None` for other text.
+fn py_time(s: &str, sep: char) -> Option<String> {
+    if !tarn_query::time::is_storage_form(s) {
+        return None;
+    }
+    let frac = &s[20..];
+    let mut out = format!("{}{sep}{}", &s[..10], &s[11..19]);
+    if frac.bytes().any(|b| b != b'0') {
+        out.push('.');
+        out.push_str(frac);
+    }
+    Some(out)
+}
+
+/// A number read from a value, as Python's `float()` would.
+fn as_f64(v: &Val) -> Option<f64> {
+    match v {
+        Val::Int(i) => Some(*i as f64),
+        Val::Float(f) => Some(*f),
+        Val::Bool(b) => Some(f64::from(u8::from(*b))),
+        Val::Text(t) => t.trim().parse().ok(),
+        Val::Null => None,
+    }
+}
+
+fn cast_val(v: &Val, cast: tarn_query::OutputCast) -> Val {
+    use tarn_query::OutputCast as C;
+    if *v == Val::Null {
+        return Val::Null;
+    }
+    match cast {
+        C::Float(places) => match as_f64(v) {
+            None => v.clone(),
+            Some(x) => Val::Float(match places {
+                // Python's round(x, n): the exact binary value, rounded once.
+                Some(n) if x.is_finite() => format!("{x:.*}", n as usize).parse().unwrap_or(x),
+                _ => x,
+            }),
+        },
+        C::Int => match v {
+            Val::Int(_) => v.clone(),
+            Val::Text(t) if t.trim().parse::<i64>().is_ok() => {
+                Val::Int(t.trim().parse().expect("checked just above"))
+            }
+            _ => as_f64(v)
+                .filter(|x| x.is_finite())
+                .map_or_else(|| v.clone(), |x| Val::Int(x.trunc() as i64)),
+        },
+        C::Str => Val::Text(match v {
+            Val::Text(t) => py_time(t, ' ').unwrap_or_else(|| t.clone()),
+            other => edgelake_text_value(other),
+        }),
+        C::Ljust(n) | C::Rjust(n) => {
+            let text = match v {
+                Val::Text(t) => py_time(t, 'T').unwrap_or_else(|| t.clone()),
+                other => edgelake_text_value(other),
+            };
+            let pad = " ".repeat(n.saturating_sub(text.chars().count()));
+            Val::Text(if matches!(cast, C::Ljust(_)) {
+                text + &pad
+            } else {
+                pad + &text
+            })
+        }
+    }
+}
+
+/// Applies EdgeLake's projection casts (taken off the query by
+/// [`tarn_query::Select::take_casts`]) to a final answer.
+pub fn apply_casts(r: &mut QueryResult, casts: &[Option<tarn_query::OutputCast>]) {
+    for (i, cast) in casts.iter().enumerate().take(r.columns.len()) {
+        let Some(cast) = cast else { continue };
+        r.types[i] = None;
+        for row in &mut r.rows {
+            if let Some(v) = row.get_mut(i) {
+                *v = cast_val(v, *cast);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod cast_tests {
+    use super::*;
+    use tarn_query::OutputCast as C;
+
+    #[test]
+    fn casts_as_edgelake_prints_them() {
+        let ts = Val::Text("2023-01-31 14:34:48.000000".into());
+        assert_eq!(
+            cast_val(&ts, C::Ljust(21)),
+            Val::Text("2023-01-31T14:34:48  ".into())
+        );
+        assert_eq!(
+            cast_val(&ts, C::Str),
+            Val::Text("2023-01-31 14:34:48".into())
+        );
+        assert_eq!(
+            cast_val(&Val::Float(2.675), C::Float(Some(2))),
+            Val::Float(2.67),
+            "2.675 is 2.67499999... in binary, as Python rounds it"
+        );
+        assert_eq!(cast_val(&Val::Float(-1.5), C::Int), Val::Int(-1));
+        assert_eq!(cast_val(&Val::Int(7), C::Float(Some(1))), Val::Float(7.0));
+        assert_eq!(
+            cast_val(&Val::Float(1.0), C::Rjust(5)),
+            Val::Text("  1.0".into())
+        );
+        assert_eq!(cast_val(&Val::Null, C::Str), Val::Null);
+    }
+}

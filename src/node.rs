@@ -71,9 +71,12 @@ impl Shared {
             }
             _ => None,
         };
-        let select = prepared.finish(end.as_deref()).map_err(bad)?;
+        let mut select = prepared.finish(end.as_deref()).map_err(bad)?;
+        let casts = select.take_casts();
         let select = tarn_query::rewrite_increments(select).map_err(bad)?;
-        self.storage.query(db, select, limits)
+        let mut result = self.storage.query(db, select, limits)?;
+        crate::format::apply_casts(&mut result, &casts);
+        Ok(result)
     }
 
     pub fn require_operator(&self) -> Result<(), ApiError> {

@@ -413,14 +413,19 @@ pub async fn run(
     let mut errors = Vec::new();
     // Bookkeeping databases and queries of no table are this node's own.
     let reserved = crate::storage::RESERVED_DBS.contains(&db.to_ascii_lowercase().as_str());
+    let mut casts = Vec::new();
     let planned = match prepared.probe() {
         _ if reserved => None,
         Err(tarn_query::PlanError::NoTable) => None,
         Err(e) => return Err(plan_err(e)),
-        Ok(None) => match Plan::new(prepared.finish(None).map_err(plan_err)?) {
-            Err(tarn_query::PlanError::NoTable) => None,
-            other => Some(other.map_err(plan_err)?),
-        },
+        Ok(None) => {
+            let mut select = prepared.finish(None).map_err(plan_err)?;
+            casts = select.take_casts();
+            match Plan::new(select) {
+                Err(tarn_query::PlanError::NoTable) => None,
+                other => Some(other.map_err(plan_err)?),
+            }
+        }
         Ok(Some(probe)) => {
             // period(): its end over every operator first.
             let select = tarn_query::Select::parse(&probe)
@@ -431,7 +436,9 @@ pub async fn run(
                 Some(Val::Text(t)) => Some(t.clone()),
                 _ => None,
             };
-            Some(Plan::new(prepared.finish(end.as_deref()).map_err(plan_err)?).map_err(plan_err)?)
+            let mut select = prepared.finish(end.as_deref()).map_err(plan_err)?;
+            casts = select.take_casts();
+            Some(Plan::new(select).map_err(plan_err)?)
         }
     };
     let Some(plan) = planned else {
@@ -452,7 +459,8 @@ pub async fn run(
         });
     };
 
-    let result = execute(shared, db, &plan, opts, deadline, &mut stats, &mut errors).await?;
+    let mut result = execute(shared, db, &plan, opts, deadline, &mut stats, &mut errors).await?;
+    crate::format::apply_casts(&mut result, &casts);
     stats.ms = started.elapsed().as_secs_f64() * 1000.0;
     Ok(Answer {
         result,

@@ -28,5 +28,5 @@ pub mod time;
 
 pub use aggregate::{Agg, AggKind, GroupedAggregate};
 pub use plan::{Plan, PlanError, Prepared, Shape, rewrite_increments};
-pub use select::{MAX_SQL_LEN, Select, SqlError};
+pub use select::{MAX_SQL_LEN, OutputCast, Select, SqlError};
 pub use sum::ExactSum;

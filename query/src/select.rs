@@ -3,8 +3,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr, InTarget, ObjectNamePart, Query, SetExpr, Statement, Value,
-    ValueWithSpan, Visit, Visitor, visit_expressions_mut, visit_relations,
+    BinaryOperator, CastKind, DataType, Expr, InTarget, ObjectNamePart, Query, SelectItem, SetExpr,
+    Statement, Value, ValueWithSpan, Visit, Visitor, visit_expressions_mut, visit_relations,
 };
 use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
@@ -32,6 +32,51 @@ pub enum SqlError {
     /// Longer than [`MAX_SQL_LEN`].
     #[error("SQL text is {0} bytes; the limit is {MAX_SQL_LEN}")]
     TooLong(usize),
+}
+
+/// An EdgeLake projection cast, applied on the query node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputCast {
+    /// Round to N decimals (`::float(N)`); `::float` alone reads as float.
+    Float(Option<u32>),
+    Int,
+    Str,
+    Ljust(usize),
+    Rjust(usize),
+}
+
+impl OutputCast {
+    fn of(t: &DataType) -> Option<OutputCast> {
+        let n = |args: &[sqlparser::ast::TypeModifier]| -> Option<usize> {
+            match args {
+                [sqlparser::ast::TypeModifier::Number(a, _)] => {
+                    a.trim().parse().ok().filter(|n| *n <= 4096)
+                }
+                _ => None,
+            }
+        };
+        Some(match t {
+            DataType::Float(info) => OutputCast::Float(match info {
+                sqlparser::ast::ExactNumberInfo::None => None,
+                sqlparser::ast::ExactNumberInfo::Precision(p)
+                | sqlparser::ast::ExactNumberInfo::PrecisionAndScale(p, _) => {
+                    Some((*p).min(17) as u32)
+                }
+            }),
+            DataType::Int(_) | DataType::Integer(_) => OutputCast::Int,
+            DataType::Custom(name, args) => {
+                let name = name.to_string().to_ascii_lowercase();
+                match name.as_str() {
+                    "str" => OutputCast::Str,
+                    "ljust" => OutputCast::Ljust(n(args)?),
+                    "rjust" => OutputCast::Rjust(n(args)?),
+                    "float" if args.is_empty() => OutputCast::Float(None),
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        })
+    }
 }
 
 /// A validated, read-only SELECT (possibly with CTEs or set operations).
@@ -115,6 +160,46 @@ impl Select {
             }
             ControlFlow::<()>::Continue(())
         });
+    }
+
+    /// Takes EdgeLake's projection casts (`x::float(2)`, `::int`, `::str`,
+    /// `::ljust(N)`, `::rjust(N)`) off the top level of the projection; they
+    /// are applied to the final answer, one entry per output column. Casts
+    /// tarn does not know stay, for SQLite to refuse or apply.
+    pub fn take_casts(&mut self) -> Vec<Option<OutputCast>> {
+        let Statement::Query(q) = &mut self.stmt else {
+            return Vec::new();
+        };
+        let SetExpr::Select(sel) = q.body.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(sel.projection.len());
+        for item in sel.projection.iter_mut() {
+            let expr = match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                _ => {
+                    out.push(None);
+                    continue;
+                }
+            };
+            let Expr::Cast {
+                kind: CastKind::DoubleColon,
+                expr: inner,
+                data_type,
+                ..
+            } = expr
+            else {
+                out.push(None);
+                continue;
+            };
+            let cast = OutputCast::of(data_type);
+            if cast.is_some() {
+                let inner = (**inner).clone();
+                *expr = inner;
+            }
+            out.push(cast);
+        }
+        out
     }
 
     /// The statement as SQL text for SQLite.
@@ -273,5 +358,29 @@ mod tests {
              AND ts BETWEEN '2024-01-01 00:00:00.000000' AND '2024-01-01 01:00:00.000000' \
              AND ts IN ('2024-01-01 00:00:00.000000')"
         );
+    }
+}
+
+#[cfg(test)]
+mod cast_tests {
+    use super::*;
+
+    #[test]
+    fn projection_casts_come_off() {
+        let mut s =
+            Select::parse("SELECT ts::ljust(19), v::float(3), max(v)::int AS m, d::str, n FROM t")
+                .unwrap();
+        let casts = s.take_casts();
+        assert_eq!(
+            casts,
+            vec![
+                Some(OutputCast::Ljust(19)),
+                Some(OutputCast::Float(Some(3))),
+                Some(OutputCast::Int),
+                Some(OutputCast::Str),
+                None
+            ]
+        );
+        assert_eq!(s.to_sql(), "SELECT ts, v, max(v) AS m, d, n FROM t");
     }
 }

@@ -410,6 +410,23 @@ fn network_queries_across_processes_fail_over_and_subset() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SELECT"));
 
+    // EdgeLake's projection casts apply to the final answer.
+    let r = q
+        .client
+        .command(
+            "sql lab format=json and stat=false \"select device, (avg(v) / 7)::float(3) as a, min(ts)::ljust(21) as t0 from readings group by device order by device\"",
+            Some("network"),
+        )
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        r,
+        json!({"Query": [
+            {"device": "a", "a": 4.286, "t0": "2024-01-01T00:00:00  "},
+            {"device": "b", "a": 0.143, "t0": "2024-01-01T00:00:30  "}
+        ]})
+    );
     // The time functions work on one node's own data too.
     let r = a1
         .command("sql lab format=json and stat=false \"select increments(minute, 20, ts), count(*) as n from readings\"")
