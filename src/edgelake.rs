@@ -15,7 +15,6 @@ pub mod code {
     pub const SQL: i64 = 19;
     pub const NOT_FOUND: i64 = 33;
     pub const INTERNAL: i64 = 99;
-    pub const NOT_SUPPORTED: i64 = 160;
 }
 
 /// A command's answer: JSON or text, or an EdgeLake error.
@@ -253,16 +252,36 @@ fn sql(shared: &Arc<Shared>, rest: &str, destination: Option<&str>) -> Reply {
         Ok(c) => c,
         Err(e) => return Reply::err(code::COMMAND, e),
     };
-    if cmd.include.is_some() || cmd.extend.is_some() {
-        return Reply::err(
-            code::NOT_SUPPORTED,
-            "include= and extend= are not supported by tarn yet",
-        );
+    let mut opts = crate::scatter::Options::for_node(shared, None, false);
+    if let Some(list) = &cmd.include {
+        for item in option_list(list) {
+            opts.include.push(match item.split_once('.') {
+                Some((d, t)) => (d.to_owned(), t.to_owned()),
+                None => (cmd.dbms.clone(), item.to_owned()),
+            });
+        }
     }
-    let network = destination.is_some_and(|d| d.trim().eq_ignore_ascii_case("network"));
+    if let Some(list) = &cmd.extend {
+        for item in option_list(list) {
+            let name = item.trim_start_matches(['@', '+']).to_ascii_lowercase();
+            if !crate::scatter::EXTEND_COLUMNS.contains(&name.as_str()) {
+                return Reply::err(
+                    code::COMMAND,
+                    format!(
+                        "extend={item} is not known; tarn adds {}",
+                        crate::scatter::EXTEND_COLUMNS.join(", ")
+                    ),
+                );
+            }
+            opts.extend.push(name);
+        }
+    }
+    // include= and extend= need the network path even for this node's data.
+    let network = destination.is_some_and(|d| d.trim().eq_ignore_ascii_case("network"))
+        || !opts.include.is_empty()
+        || !opts.extend.is_empty();
     let (result, nodes) = if network {
         // Called on a blocking thread of the runtime: wait for the network here.
-        let opts = crate::scatter::Options::for_node(shared, None, false);
         let run = crate::scatter::run(shared, &cmd.dbms, &cmd.select, opts);
         match tokio::runtime::Handle::current().block_on(run) {
             Ok(a) => (a.result, a.stats.replied),
@@ -284,6 +303,17 @@ fn sql(shared: &Arc<Shared>, rest: &str, destination: Option<&str>) -> Reply {
         Format::Table => Reply::Text(text),
         _ => Reply::Json(text),
     }
+}
+
+/// The items of an option value `(a, b.c)` (or a bare `a`).
+fn option_list(v: &str) -> Vec<&str> {
+    v.trim()
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn get_status(shared: &Shared, kv: Vec<(String, String)>) -> Reply {

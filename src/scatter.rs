@@ -88,12 +88,21 @@ pub struct Answer {
 }
 
 /// How a network query runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     pub timeout: Duration,
     /// Answer with what arrived when some clusters do not answer.
     pub subset: bool,
+    /// More tables whose rows join the queried one's (EdgeLake's
+    /// `include=`): (database, table).
+    pub include: Vec<(String, String)>,
+    /// Columns put first in every row (EdgeLake's `extend=`): any of
+    /// [`EXTEND_COLUMNS`].
+    pub extend: Vec<String>,
 }
+
+/// What `extend=` can add: where each row came from.
+pub const EXTEND_COLUMNS: [&str; 5] = ["table_name", "dbms_name", "node_name", "ip", "port"];
 
 impl Options {
     pub fn for_node(shared: &Shared, timeout: Option<Duration>, subset: bool) -> Options {
@@ -101,6 +110,7 @@ impl Options {
         Options {
             timeout: timeout.map_or(limit, |t| t.min(limit)),
             subset,
+            ..Default::default()
         }
     }
 }
@@ -431,7 +441,21 @@ pub async fn run(
             let select = tarn_query::Select::parse(&probe)
                 .map_err(|e| ApiError::bad_request("invalid_sql", e.to_string()))?;
             let plan = Plan::new(select).map_err(plan_err)?;
-            let a = execute(shared, db, &plan, opts, deadline, &mut stats, &mut errors).await?;
+            let probe_opts = Options {
+                include: Vec::new(),
+                extend: Vec::new(),
+                ..opts.clone()
+            };
+            let a = execute(
+                shared,
+                db,
+                &plan,
+                &probe_opts,
+                deadline,
+                &mut stats,
+                &mut errors,
+            )
+            .await?;
             let end = match a.rows.first().and_then(|r| r.first()) {
                 Some(Val::Text(t)) => Some(t.clone()),
                 _ => None,
@@ -459,7 +483,7 @@ pub async fn run(
         });
     };
 
-    let mut result = execute(shared, db, &plan, opts, deadline, &mut stats, &mut errors).await?;
+    let mut result = execute(shared, db, &plan, &opts, deadline, &mut stats, &mut errors).await?;
     crate::format::apply_casts(&mut result, &casts);
     stats.ms = started.elapsed().as_secs_f64() * 1000.0;
     Ok(Answer {
@@ -473,25 +497,55 @@ async fn execute(
     shared: &Arc<Shared>,
     db: &str,
     plan: &Plan,
-    opts: Options,
+    opts: &Options,
     deadline: Instant,
     stats: &mut Stats,
     errors: &mut Vec<NodeError>,
 ) -> Result<QueryResult, ApiError> {
     let db = db.to_ascii_lowercase();
-    let targets = route(shared, &db, &plan.table)?;
+    let mut plan = plan.clone();
+    if !opts.extend.is_empty() {
+        plan.lead_with(&opts.extend)
+            .map_err(|e| ApiError::bad_request("unsupported_query", e.to_string()))?;
+    }
+    let mut sources = vec![(db.clone(), plan.table.clone())];
+    for (d, t) in &opts.include {
+        let src = (d.to_ascii_lowercase(), t.to_ascii_lowercase());
+        if !sources.contains(&src) {
+            sources.push(src);
+        }
+    }
+    let mut targets = Vec::new();
+    for (d, t) in &sources {
+        for target in route(shared, d, t)? {
+            targets.push((d.clone(), t.clone(), target));
+        }
+    }
     // One cluster holds every row: its operator answers the whole query,
     // and the query node only passes the answer on.
-    let whole = targets.len() == 1;
+    let whole = targets.len() == 1 && opts.extend.is_empty();
     let (sql, groups) = match &plan.shape {
         _ if whole => (plan.sql.clone(), false),
         Shape::Rows { partial_sql, .. } => (partial_sql.clone(), false),
         Shape::Groups(_) => (plan.sql.clone(), true),
     };
+    let names = if opts.extend.is_empty() {
+        HashMap::new()
+    } else {
+        node_names(shared)
+    };
     let budget = Arc::new(AtomicUsize::new(0));
     let mut set = tokio::task::JoinSet::new();
-    for t in targets {
-        let (shared, db, sql, budget) = (shared.clone(), db.clone(), sql.clone(), budget.clone());
+    for (d, table, t) in targets {
+        let sql = if table == plan.table {
+            sql.clone()
+        } else {
+            Plan::retarget(&sql, &table)
+                .map_err(|e| ApiError::bad_request("invalid_sql", e.to_string()))?
+        };
+        let (shared, budget) = (shared.clone(), budget.clone());
+        let extend = opts.extend.clone();
+        let names = names.clone();
         set.spawn(async move {
             let mut tried = Vec::new();
             for peer in t.candidates.clone() {
@@ -499,8 +553,33 @@ async fn execute(
                     tried.push((peer, "the query's time ran out".to_owned()));
                     break;
                 }
-                match fetch(&shared, peer, &db, &sql, groups, deadline, &budget).await {
-                    Ok(part) => return (t, tried, Ok(Some((peer, part)))),
+                match fetch(&shared, peer, &d, &sql, groups, deadline, &budget).await {
+                    Ok(mut part) => {
+                        if let Part::Rows { columns, rows } = &mut part
+                            && !extend.is_empty()
+                        {
+                            let (name, rest) = names.get(&peer).cloned().unwrap_or_default();
+                            let (ip, port) = rest.rsplit_once(':').unwrap_or((&rest, ""));
+                            let vals: Vec<Val> = extend
+                                .iter()
+                                .map(|e| match e.as_str() {
+                                    "table_name" => Val::Text(table.clone()),
+                                    "dbms_name" => Val::Text(d.clone()),
+                                    "node_name" => Val::Text(name.clone()),
+                                    "ip" => Val::Text(ip.to_owned()),
+                                    _ => port.parse().map_or(Val::Null, Val::Int),
+                                })
+                                .collect();
+                            let mut cols: Vec<(String, Option<String>)> =
+                                extend.iter().map(|e| (e.clone(), None)).collect();
+                            cols.append(columns);
+                            *columns = cols;
+                            for r in rows.iter_mut() {
+                                r.splice(0..0, vals.iter().cloned());
+                            }
+                        }
+                        return (t, tried, Ok(Some((peer, part))));
+                    }
                     Err(FetchError::Fatal(e)) => return (t, tried, Err(e)),
                     Err(FetchError::Retry(msg)) => {
                         tracing::debug!("{peer} failed a partial query: {msg}");
@@ -576,7 +655,6 @@ async fn execute(
             _ => QueryResult::default(),
         });
     }
-    let plan = plan.clone();
     tokio::task::spawn_blocking(move || finish(&plan, parts, limits))
         .await
         .map_err(|e| ApiError::internal("the final step", e))?
@@ -617,6 +695,33 @@ fn finish(plan: &Plan, parts: Vec<Part>, limits: QueryLimits) -> Result<QueryRes
             crate::storage::finish_rows(&plan.table, &columns, &loaded, final_sql, limits)
         }
     }
+}
+
+/// Every node's name and REST address, by PeerId (from its own policies).
+fn node_names(shared: &Shared) -> HashMap<PeerId, (String, String)> {
+    let view = shared.mesh.view();
+    let mut out = HashMap::new();
+    for p in view.of_kind("operator") {
+        let body = &p.policy["operator"];
+        if let Some(peer) = body["peer_id"]
+            .as_str()
+            .and_then(|s| s.parse::<PeerId>().ok())
+            && crate::mesh::peer_of(&p.author) == Some(peer)
+        {
+            out.insert(
+                peer,
+                (
+                    body["name"].as_str().unwrap_or_default().to_owned(),
+                    body["rest"].as_str().unwrap_or_default().to_owned(),
+                ),
+            );
+        }
+    }
+    out.insert(
+        shared.mesh.peer_id(),
+        (shared.cfg.name.clone(), shared.rest_addr.to_string()),
+    );
+    out
 }
 
 /// Table → the clusters holding it (from `table` policies) → their

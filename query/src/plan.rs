@@ -482,6 +482,47 @@ impl Visitor for Nested {
 }
 
 impl Plan {
+    /// `sql` (one SELECT over one table, as in [`Plan::sql`] or a rows
+    /// partial) reading `table` instead: EdgeLake's `include=`.
+    pub fn retarget(sql: &str, table: &str) -> Result<String, PlanError> {
+        let select = Select::parse(sql)?;
+        single_table(&select)?;
+        let mut stmt = select.statement().clone();
+        let s = select_mut(&mut stmt);
+        if let TableFactor::Table { name, .. } = &mut s.from[0].relation {
+            *name = sqlparser::ast::ObjectName(vec![ObjectNamePart::Identifier(Ident::new(table))]);
+        }
+        Ok(stmt.to_string())
+    }
+
+    /// Puts columns `names` first in the answer of a rows plan (EdgeLake's
+    /// `extend=`): the query node adds them to every operator's rows. A
+    /// `SELECT *` shows them already.
+    pub fn lead_with(&mut self, names: &[String]) -> Result<(), PlanError> {
+        let Shape::Rows { final_sql, .. } = &mut self.shape else {
+            return Err(PlanError::Unsupported(
+                "extend= applies to queries that return rows, not to aggregates".into(),
+            ));
+        };
+        let select = Select::parse(final_sql)?;
+        let mut stmt = select.statement().clone();
+        let s = select_mut(&mut stmt);
+        if !s
+            .projection
+            .iter()
+            .any(|p| matches!(p, SelectItem::Wildcard(_)))
+        {
+            for (i, n) in names.iter().enumerate() {
+                s.projection.insert(
+                    i,
+                    SelectItem::UnnamedExpr(Expr::Identifier(Ident::with_quote('"', n))),
+                );
+            }
+        }
+        *final_sql = stmt.to_string();
+        Ok(())
+    }
+
     /// Splits a prepared statement.
     pub fn new(select: Select) -> Result<Plan, PlanError> {
         let table = single_table(&select)?;
@@ -828,6 +869,26 @@ mod tests {
             "SELECT a FROM t"
         );
         assert_eq!(rows("SELECT group_concat(a) FROM t").0, "SELECT a FROM t");
+    }
+
+    #[test]
+    fn include_and_extend_rewrite_the_statement() {
+        assert_eq!(
+            Plan::retarget("SELECT a FROM t WHERE a > 1", "u").unwrap(),
+            "SELECT a FROM u WHERE a > 1"
+        );
+        let mut p = plan("SELECT a FROM t WHERE a > 1 ORDER BY a").unwrap();
+        p.lead_with(&["table_name".into()]).unwrap();
+        let Shape::Rows { final_sql, .. } = &p.shape else {
+            panic!()
+        };
+        assert_eq!(final_sql, "SELECT \"table_name\", a FROM t ORDER BY a");
+        assert!(
+            plan("SELECT count(*) FROM t")
+                .unwrap()
+                .lead_with(&["x".into()])
+                .is_err()
+        );
     }
 
     #[test]

@@ -427,6 +427,47 @@ fn network_queries_across_processes_fail_over_and_subset() {
             {"device": "b", "a": 0.143, "t0": "2024-01-01T00:00:30  "}
         ]})
     );
+    // include= joins another table's rows; extend= says where each came from.
+    b.post(
+        "lab",
+        "more",
+        r#"[{"ts": "2024-01-02T00:00:00Z", "device": "x", "v": 101.0}, {"ts": "2024-01-02T00:00:01Z", "device": "x", "v": 100.0}]"#,
+    )
+    .ok_json()
+    .unwrap();
+    let sql = "sql lab format=json and stat=false and include=(more) and extend=(@table_name, +node_name) \"select device, v from readings where v > 58 order by v\"";
+    let r = wait_for("the included table to be known", t, || {
+        let r = q.client.command(sql, Some("network")).ok()?.json().ok()?;
+        (r["Query"].as_array()?.len() == 4).then_some(r)
+    });
+    let rows = r["Query"].as_array().unwrap();
+    let got: Vec<(String, f64)> = rows
+        .iter()
+        .map(|x| {
+            (
+                x["table_name"].as_str().unwrap().to_owned(),
+                x["v"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("readings".into(), 58.5),
+            ("readings".into(), 59.5),
+            ("more".into(), 100.0),
+            ("more".into(), 101.0)
+        ]
+    );
+    assert!(
+        rows.iter()
+            .all(|x| x["node_name"].as_str().is_some_and(|n| !n.is_empty())),
+        "{r}"
+    );
+    assert_eq!(
+        rows[0].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["table_name", "node_name", "device", "v"]
+    );
     // The time functions work on one node's own data too.
     let r = a1
         .command("sql lab format=json and stat=false \"select increments(minute, 20, ts), count(*) as n from readings\"")
