@@ -503,3 +503,58 @@ fn network_queries_across_processes_fail_over_and_subset() {
     assert_eq!(errors[0]["nodes"], json!([b.peer_id]));
     drop(a2);
 }
+
+/// An operator killed while it is working on a query: the query node moves
+/// to the other member of its cluster and the answer is whole.
+#[test]
+fn an_operator_killed_mid_query_is_replaced() {
+    let q = TestNode::start(&["--services", "query,master"]);
+    let boot = q.p2p[0].clone();
+    let mut members = vec![
+        TestNode::start(&["--bootstrap", &boot, "--cluster", "c1"]),
+        TestNode::start(&["--bootstrap", &boot, "--cluster", "c1"]),
+    ];
+    const ROWS: usize = 60_000;
+    for chunk in 0..6 {
+        let rows: Vec<Value> = (0..ROWS / 6)
+            .map(|i| json!({"k": chunk * (ROWS / 6) + i, "v": (i % 100) as f64}))
+            .collect();
+        let body = serde_json::to_string(&rows).unwrap();
+        for m in &members {
+            m.post("lab", "big", &body).ok_json().unwrap();
+        }
+    }
+    wait_for("the cluster to be known", Duration::from_secs(30), || {
+        let v = post_query(&q, "lab", "SELECT count(*) FROM big", false)
+            .ok_json()
+            .ok()?;
+        (v["rows"][0][0] == ROWS).then_some(())
+    });
+    // Seconds of CPU per member in a debug build: long enough to kill one mid-way.
+    let slow = "SELECT count(*), sum(v) FROM big WHERE length(replace(hex(randomblob(3000)), 'A', 'BB')) > 0";
+    let before: Vec<u64> = members.iter().map(TestNode::cpu_ticks).collect();
+    let answer = std::thread::scope(|s| {
+        let asked = s.spawn(|| post_query(&q, "lab", slow, false));
+        // The member whose CPU time climbs is the one answering.
+        let busy = wait_for(
+            "one member to start working",
+            Duration::from_secs(20),
+            || {
+                std::thread::sleep(Duration::from_millis(50));
+                let now: Vec<u64> = members.iter().map(TestNode::cpu_ticks).collect();
+                let used: Vec<u64> = now.iter().zip(&before).map(|(a, b)| a - b).collect();
+                (0..2).find(|&i| used[i] >= 20 && used[i] > 4 * used[1 - i].max(1))
+            },
+        );
+        members[busy].kill();
+        asked.join().unwrap()
+    });
+    let v = answer.ok_json().unwrap();
+    let sum: f64 = (0..ROWS).map(|i| ((i % (ROWS / 6)) % 100) as f64).sum();
+    assert_eq!(v["rows"], json!([[ROWS, sum]]), "{v}");
+    assert_eq!(
+        v["stats"]["nodes"], 2,
+        "asked the killed member, then the other: {v}"
+    );
+    assert_eq!(v["stats"]["replied"], 1, "{v}");
+}

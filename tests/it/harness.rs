@@ -41,6 +41,18 @@ impl TestNode {
         self.dir.path().join("data")
     }
 
+    /// CPU time the node's process has used so far (user + system, in
+    /// clock ticks), from /proc.
+    pub fn cpu_ticks(&self) -> u64 {
+        let Some(c) = &self.child else { return 0 };
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) in parentheses.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        n(11) + n(12)
+    }
+
     /// SIGKILL: no shutdown, no flushing.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
