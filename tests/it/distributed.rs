@@ -262,15 +262,18 @@ fn distributed_answers_equal_sqlite_over_all_rows() {
         let total: i64 = conn
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
-        let asker = &clients[rng.below(5) as usize];
-        wait_for(
-            "every operator's table to be known",
-            Duration::from_secs(30),
-            || {
-                let (r, _) = network(asker, &db, "SELECT count(*) FROM t").ok()?;
-                (r[0][0] == json!(total)).then_some(())
-            },
-        );
+        // Every query node must know every operator's table policy (they
+        // spread by gossip within milliseconds) before it can answer whole.
+        for asker in &clients {
+            wait_for(
+                "every operator's table to be known",
+                Duration::from_secs(30),
+                || {
+                    let (r, _) = network(asker, &db, "SELECT count(*) FROM t").ok()?;
+                    (r[0][0] == json!(total)).then_some(())
+                },
+            );
+        }
         for _ in 0..10 {
             let (mine, theirs, ordered) = query(&mut rng);
             let want = reference(&conn, &theirs);
@@ -591,4 +594,65 @@ fn an_operator_killed_mid_query_is_replaced() {
         "asked the killed member, then the other: {v}"
     );
     assert_eq!(v["stats"]["replied"], 1, "{v}");
+}
+
+/// A query node keeps at most `max_result_rows` partial rows in memory: more
+/// is a clear error, and LIMIT pushed down to the operators keeps a large
+/// table's query small.
+#[test]
+fn results_beyond_the_limit_are_refused_not_buffered() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = rt
+        .block_on(LocalMesh::start_with(3, dir.path(), |i, cfg| {
+            if i == 0 {
+                cfg.max_result_rows = 100;
+            }
+        }))
+        .unwrap();
+    rt.block_on(mesh.wait_converged(4 + 2 * 2, Duration::from_secs(60)))
+        .unwrap();
+    let clients: Vec<Client> = (0..3)
+        .map(|i| Client::new(&format!("http://{}", mesh.node(i).unwrap().rest_addr())))
+        .collect();
+    for (i, c) in clients.iter().enumerate().skip(1) {
+        let rows: Vec<Value> = (0..80).map(|k| json!({"k": k, "node": i})).collect();
+        c.ingest("lim", "t", serde_json::to_string(&rows).unwrap().as_bytes())
+            .unwrap()
+            .ok_json()
+            .unwrap();
+    }
+    wait_for("both operators' tables", Duration::from_secs(30), || {
+        let (r, _) = network(&clients[0], "lim", "SELECT count(*) FROM t").ok()?;
+        (r[0][0] == 160).then_some(())
+    });
+    let body = json!({"db": "lim", "sql": "SELECT * FROM t"}).to_string();
+    let r = clients[0]
+        .post(
+            "/v1/query",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json().unwrap()["error"]["code"], "result_too_large");
+    let (rows, stats) = network(
+        &clients[0],
+        "lim",
+        "SELECT k, node FROM t ORDER BY k DESC, node LIMIT 3",
+    )
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            vec![json!(79), json!(1)],
+            vec![json!(79), json!(2)],
+            vec![json!(78), json!(1)]
+        ]
+    );
+    assert_eq!(
+        stats["rows"], 6,
+        "each operator sent only its top 3: {stats}"
+    );
+    rt.block_on(mesh.shutdown()).unwrap();
 }
