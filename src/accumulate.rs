@@ -134,10 +134,17 @@ impl State {
         }
     }
 
-    /// Whether this state has the same kind as a fresh state of `kind`:
-    /// states from a peer are checked against the plan before merging.
+    /// Whether this state has the same kind as a fresh state of `kind` and
+    /// holds possible values: states from a peer are checked against the
+    /// plan before merging.
     pub fn fits(&self, kind: AggKind) -> bool {
-        matches!(
+        let sane = match self {
+            State::Count(n) => *n >= 0,
+            State::Sum(s) | State::Avg(s) => s.n >= 0,
+            State::Variance(v) => v.n >= 0 && v.mean.is_finite() && v.m2.is_finite() && v.m2 >= 0.0,
+            _ => true,
+        };
+        sane && matches!(
             (self, kind),
             (State::Count(_), AggKind::CountStar | AggKind::Count)
                 | (State::Sum(_), AggKind::Sum)
@@ -187,10 +194,11 @@ impl State {
 
     pub fn merge(&mut self, other: &State) {
         match (self, other) {
-            (State::Count(a), State::Count(b)) => *a += b,
+            // Saturating: states may come from peers, and no input may panic.
+            (State::Count(a), State::Count(b)) => *a = a.saturating_add(*b),
             (State::Sum(a), State::Sum(b)) | (State::Avg(a), State::Avg(b)) => {
-                a.n += b.n;
-                a.ints += b.ints;
+                a.n = a.n.saturating_add(b.n);
+                a.ints = a.ints.saturating_add(b.ints);
                 a.ints_only &= b.ints_only;
                 a.exact.merge(&b.exact);
             }
@@ -207,7 +215,7 @@ impl State {
                 if a.n == 0 {
                     *a = b.clone();
                 } else {
-                    let n = a.n + b.n;
+                    let n = a.n.saturating_add(b.n);
                     let d = b.mean - a.mean;
                     a.mean += d * b.n as f64 / n as f64;
                     a.m2 += b.m2 + d * d * (a.n as f64 * b.n as f64 / n as f64);
@@ -449,5 +457,61 @@ pub fn merge(a: &mut Groups, b: Groups) {
                 a.insert(k, states);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+
+    fn state(kind: AggKind, vals: &[ValueRef<'_>]) -> State {
+        let mut s = State::new(kind);
+        vals.iter().for_each(|v| s.update(Some(*v)));
+        s
+    }
+
+    #[test]
+    fn states_cross_the_wire_and_merge_like_one() {
+        let kinds = [
+            AggKind::Count,
+            AggKind::CountDistinct,
+            AggKind::Sum,
+            AggKind::Avg,
+            AggKind::Min,
+            AggKind::Max,
+            AggKind::Variance {
+                population: false,
+                root: true,
+            },
+        ];
+        let a = [
+            ValueRef::Real(0.1),
+            ValueRef::Real(1e16),
+            ValueRef::Integer(3),
+        ];
+        let b = [ValueRef::Real(-1e16), ValueRef::Real(0.1), ValueRef::Null];
+        let all: Vec<ValueRef<'_>> = a.iter().chain(&b).copied().collect();
+        for kind in kinds {
+            let mut left = state(kind, &a);
+            let wire = tarn_net::codec::encode(&state(kind, &b), 1 << 20).unwrap();
+            let mut right: State = tarn_net::codec::decode(&wire, 1 << 20).unwrap();
+            right.restore();
+            assert!(right.fits(kind), "{kind:?}");
+            left.merge(&right);
+            assert_eq!(
+                left.finish().map(|v| format!("{v:?}")),
+                state(kind, &all).finish().map(|v| format!("{v:?}")),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_states_are_refused_or_saturate() {
+        assert!(!State::Count(-1).fits(AggKind::Count));
+        assert!(!State::Count(1).fits(AggKind::Sum));
+        let mut c = State::Count(i64::MAX);
+        c.merge(&State::Count(i64::MAX));
+        assert_eq!(c.finish(), Ok(Val::Int(i64::MAX)));
     }
 }

@@ -951,7 +951,13 @@ async fn fetch(
         if !chunk.key_types.is_empty() && part.key_types.is_empty() {
             part.key_types = chunk.key_types;
         }
-        over(chunk.rows.len() + chunk.groups.len())?;
+        // Distinct values count too: a peer's sets are memory held here.
+        let distinct: usize = chunk
+            .groups
+            .iter()
+            .flat_map(|(_, states)| states.iter().map(State::distinct_len))
+            .sum();
+        over(chunk.rows.len() + chunk.groups.len() + distinct)?;
         if chunk.rows.iter().any(|r| r.len() != columns.len()) {
             return Err(FetchError::Retry("a row of the wrong width".into()));
         }
