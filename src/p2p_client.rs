@@ -35,6 +35,8 @@ pub async fn query(
     let mut cfg = tarn_net::Config::new(tarn_net::Keypair::generate_ed25519());
     cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")];
     cfg.mdns = false;
+    // The node answers the first chunk only once the whole query has run.
+    cfg.request_timeout = timeout + Duration::from_secs(5);
     let (net, mut events) = tarn_net::start(cfg).await?;
     net.dial(ma.clone()).await?;
     let connected = async {
