@@ -340,12 +340,34 @@ fn run_demo(n: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
             );
         }
         let url = format!("http://{}", mesh.node(0).expect("node 0 runs").rest_addr());
+        // One query over every operator, once each node's table is known.
+        let client = tarn::client::Client::new(&url);
+        let want = 100 * n as i64;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let c = client.clone();
+            let answer = tokio::task::spawn_blocking(move || {
+                c.query("demo", "SELECT count(*), count(DISTINCT device), avg(temp) FROM readings")
+            })
+            .await??
+            .ok_json()?;
+            if answer["rows"][0][0] == want || std::time::Instant::now() > deadline {
+                println!(
+                    "network query on node-0 over {} operators: count(*), count(DISTINCT device), avg(temp) = {}",
+                    answer["stats"]["replied"], answer["rows"][0]
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let p2p = mesh.node(0).expect("node 0 runs").p2p_addrs().into_iter().next().unwrap_or_default();
         println!();
         println!("try:");
         println!("  curl -s {url}/v1/nodes");
         println!("  curl -s {url}/ -H 'command: blockchain get table'");
-        println!("  curl -s {url}/ -H 'command: sql demo format=table \"select device, count(*), avg(temp) from readings group by device\"'");
-        println!("  tarn query --node {url} --db demo \"select count(*) from readings\"");
+        println!("  curl -s {url}/ -H 'destination: network' -H 'command: sql demo format=table \"select device, count(*), avg(temp) from readings group by device\"'");
+        println!("  tarn query --node {url} --db demo \"select increments(minute, 15, timestamp), min(timestamp), avg(temp) from readings\"");
+        println!("  tarn query --peer {p2p} --db demo \"select count(*) from readings\"");
         println!();
         println!("Ctrl-C stops the mesh.");
         shutdown_signal().await;
