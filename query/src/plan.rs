@@ -566,6 +566,12 @@ fn query_mut(stmt: &mut Statement) -> &mut Query {
 /// `extract(unit) / N`), and ordered by them unless an ORDER BY is given.
 /// tarn stores times as `YYYY-MM-DD HH:MM:SS.ffffff`, so both are `substr`.
 pub fn rewrite_increments(select: Select) -> Result<Select, PlanError> {
+    // Only a plain SELECT can hold increments() (a UNION, a CTE: left as is).
+    match select.statement() {
+        Statement::Query(q)
+            if q.with.is_none() && matches!(q.body.as_ref(), SetExpr::Select(_)) => {}
+        _ => return Ok(select),
+    }
     let mut stmt = select.statement().clone();
     let s = select_mut(&mut stmt);
     let mut found = None;
@@ -911,6 +917,42 @@ mod tests {
                 "{sql}: {:?}",
                 plan(sql)
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// Hostile text around the time functions is refused, never a panic.
+        #[test]
+        fn never_panics_on_time_function_soup(parts in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "SELECT ", "count(*)", " FROM t", " WHERE ", "period(", "increments(", "now()",
+                " - ", "1", " day", "'", "\"", "(", ")", ",", "ts", "minute", "'2024-01-01'",
+                " and ", "é", "::float(2)", "::ljust(", " GROUP BY ", "x", ";",
+            ]),
+            0..24,
+        )) {
+            let sql: String = parts.concat();
+            if let Ok(p) = Prepared::new(&sql, NOW) {
+                let _ = p.probe();
+                if let Ok(mut s) = p.finish(Some("2024-01-01 00:00:00.000000")) {
+                    let _ = s.take_casts();
+                    let _ = rewrite_increments(s.clone());
+                    let _ = Plan::new(s);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn increments_leave_other_statements_alone() {
+        for sql in [
+            "SELECT 1 UNION SELECT 2",
+            "WITH x AS (SELECT 1 AS a) SELECT a FROM x",
+            "SELECT a FROM t JOIN u ON t.k = u.k",
+            "VALUES (1)",
+        ] {
+            let Ok(s) = Select::parse(sql) else { continue };
+            assert_eq!(rewrite_increments(s.clone()).unwrap().to_sql(), s.to_sql());
         }
     }
 

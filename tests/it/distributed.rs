@@ -654,5 +654,21 @@ fn results_beyond_the_limit_are_refused_not_buffered() {
         stats["rows"], 6,
         "each operator sent only its top 3: {stats}"
     );
+    // What cannot be split is refused over the network, and runs locally.
+    let union = "SELECT k FROM t WHERE k < 2 UNION SELECT k FROM t WHERE k > 78 ORDER BY k";
+    let r = clients[1].query("lim", union).unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json().unwrap()["error"]["code"], "unsupported_query");
+    let body = json!({"db": "lim", "sql": union, "scope": "local"}).to_string();
+    let v = clients[1]
+        .post(
+            "/v1/query",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .unwrap()
+        .ok_json()
+        .unwrap();
+    assert_eq!(v["rows"], json!([[0], [1], [79]]));
     rt.block_on(mesh.shutdown()).unwrap();
 }
