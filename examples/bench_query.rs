@@ -66,13 +66,8 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn run_query(client: &Client, sql: &str, scope: &str) -> anyhow::Result<serde_json::Value> {
-    let body = json!({"db": "bench", "sql": sql, "scope": scope});
     client
-        .post(
-            "/v1/query",
-            &[("content-type", "application/json")],
-            body.to_string().as_bytes(),
-        )?
+        .query_with(&json!({"db": "bench", "sql": sql, "scope": scope}))?
         .ok_json()
 }
 

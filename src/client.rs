@@ -107,9 +107,13 @@ impl Client {
         self.finish(req.send(body))
     }
 
-    /// `POST /v1/query`.
+    /// `POST /v1/query` with the node's default scope.
     pub fn query(&self, db: &str, sql: &str) -> anyhow::Result<Answer> {
-        let body = serde_json::json!({"db": db, "sql": sql});
+        self.query_with(&serde_json::json!({"db": db, "sql": sql}))
+    }
+
+    /// `POST /v1/query` with a whole request body (`scope`, `subset`, ...).
+    pub fn query_with(&self, body: &serde_json::Value) -> anyhow::Result<Answer> {
         self.post(
             "/v1/query",
             &[("content-type", "application/json")],

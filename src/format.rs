@@ -24,6 +24,21 @@ pub fn native_value(v: &Val, ty: Option<ColType>) -> serde_json::Value {
     }
 }
 
+/// A result's rows in the native API's JSON form.
+pub fn native_rows(r: &QueryResult) -> Vec<serde_json::Value> {
+    r.rows
+        .iter()
+        .map(|row| {
+            serde_json::Value::Array(
+                row.iter()
+                    .zip(&r.types)
+                    .map(|(v, t)| native_value(v, *t))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
 /// Python's `repr(float)`: the shortest text that reads back as the same
 /// float, `.0` on whole numbers, exponent form outside 1e-4 ..= 1e16.
 pub fn py_float(f: f64) -> String {

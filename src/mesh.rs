@@ -351,7 +351,13 @@ impl Mesh {
         }
     }
 
-    /// The policies currently in force.
+    /// Reads the policies in force without copying them (the ledger stays
+    /// locked while `f` runs: keep it short).
+    pub fn with_view<R>(&self, f: impl FnOnce(&tarn_ledger::View) -> R) -> R {
+        f(self.ledger.lock().unwrap_or_else(|p| p.into_inner()).view())
+    }
+
+    /// The policies currently in force (a copy).
     pub fn view(&self) -> tarn_ledger::View {
         self.ledger
             .lock()

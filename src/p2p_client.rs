@@ -8,9 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tarn_net::{Event, Multiaddr, PeerId};
 
-use crate::format::native_value;
+use crate::format::native_rows;
 use crate::mesh::Rpc;
-use crate::rows::ColType;
 
 /// Runs `sql` over the network through the node at `addr` (a multiaddr
 /// ending in `/p2p/<peer-id>`). Answers like `POST /v1/query`:
@@ -75,24 +74,13 @@ pub async fn query(
             if columns.is_empty() {
                 columns = chunk.columns;
             }
-            let types: Vec<Option<ColType>> = columns
-                .iter()
-                .map(|(_, t)| t.as_deref().and_then(ColType::from_sql))
-                .collect();
-            for r in chunk.rows {
-                rows.push(serde_json::Value::Array(
-                    r.iter()
-                        .zip(&types)
-                        .map(|(v, t)| native_value(v, *t))
-                        .collect(),
-                ));
-            }
+            rows.extend(chunk.rows);
             if chunk.done {
-                let names: Vec<&String> = columns.iter().map(|(n, _)| n).collect();
+                let result = crate::scatter::result_of(columns, rows);
                 let stats = chunk.stats.unwrap_or_default();
                 return Ok(serde_json::json!({
-                    "columns": names,
-                    "rows": rows,
+                    "columns": result.columns,
+                    "rows": native_rows(&result),
                     "stats": {"nodes": stats.asked, "replied": stats.replied, "rows": stats.rows, "ms": stats.ms},
                     "errors": chunk.errors,
                 }));

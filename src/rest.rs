@@ -13,7 +13,6 @@ use serde::Deserialize;
 
 use crate::edgelake::{self, Reply};
 use crate::error::ApiError;
-use crate::format::native_value;
 use crate::node::Shared;
 use crate::rows::parse_body;
 use crate::storage::BatchMeta;
@@ -217,21 +216,9 @@ async fn query(
         let stats = serde_json::json!({"nodes": 1, "replied": 1, "rows": r.rows.len(), "ms": started.elapsed().as_secs_f64() * 1000.0});
         (r, stats, serde_json::json!([]))
     };
-    let rows: Vec<serde_json::Value> = result
-        .rows
-        .iter()
-        .map(|r| {
-            serde_json::Value::Array(
-                r.iter()
-                    .zip(&result.types)
-                    .map(|(v, t)| native_value(v, *t))
-                    .collect(),
-            )
-        })
-        .collect();
     Ok(axum::Json(serde_json::json!({
         "columns": result.columns,
-        "rows": rows,
+        "rows": crate::format::native_rows(&result),
         "stats": stats,
         "errors": errors,
     }))

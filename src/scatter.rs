@@ -254,13 +254,7 @@ pub async fn serve(shared: Arc<Shared>, from: PeerId, msg: Rpc) -> Rpc {
                     let _ = tx.blocking_send(Err(e));
                 }
                 Ok(a) => {
-                    let columns = a
-                        .result
-                        .columns
-                        .iter()
-                        .zip(&a.result.types)
-                        .map(|(c, t)| (c.clone(), t.map(|t| t.sql().to_owned())))
-                        .collect();
+                    let columns = header(&a.result);
                     send_rows(&tx, columns, a.result.rows, Some(a.stats), a.errors);
                 }
             });
@@ -268,6 +262,54 @@ pub async fn serve(shared: Arc<Shared>, from: PeerId, msg: Rpc) -> Rpc {
         }
         Rpc::Next { cursor } => shared.cursors.pull(cursor, from).await,
         _ => failed("bad_request", "not a query message"),
+    }
+}
+
+/// Runs one partial query on this operator's storage (blocking): group
+/// states for a groups partial, rows with their header otherwise.
+fn run_partial(
+    shared: &Shared,
+    db: &str,
+    sql: &str,
+    groups: bool,
+    limits: QueryLimits,
+) -> Result<Part, ApiError> {
+    let select = tarn_query::Select::parse(sql)
+        .map_err(|e| ApiError::bad_request("invalid_sql", e.to_string()))?;
+    if groups {
+        return shared
+            .storage
+            .partial_groups(db, select, limits)
+            .map(Part::Groups);
+    }
+    let r = shared.storage.query(db, select, limits)?;
+    Ok(Part::Rows {
+        columns: header(&r),
+        rows: r.rows,
+    })
+}
+
+/// Column names with their declared types, as chunks carry them.
+fn header(r: &QueryResult) -> Vec<(String, Option<String>)> {
+    r.columns
+        .iter()
+        .zip(&r.types)
+        .map(|(c, t)| (c.clone(), t.map(|t| t.sql().to_owned())))
+        .collect()
+}
+
+/// A result rebuilt from a header and rows (declared types read back).
+pub(crate) fn result_of(
+    columns: Vec<(String, Option<String>)>,
+    rows: Vec<Vec<Val>>,
+) -> QueryResult {
+    QueryResult {
+        types: columns
+            .iter()
+            .map(|(_, t)| t.as_deref().and_then(crate::rows::ColType::from_sql))
+            .collect(),
+        columns: columns.into_iter().map(|(n, _)| n).collect(),
+        rows,
     }
 }
 
@@ -285,35 +327,12 @@ fn produce(
         max_rows: shared.cfg.max_result_rows,
         timeout: timeout.min(shared.cfg.query_timeout()),
     };
-    let select = match tarn_query::Select::parse(sql) {
-        Ok(s) => s,
+    match run_partial(shared, db, sql, groups, limits) {
         Err(e) => {
-            let _ = tx.blocking_send(Err(ApiError::bad_request("invalid_sql", e.to_string())));
-            return;
+            let _ = tx.blocking_send(Err(e));
         }
-    };
-    if groups {
-        match shared.storage.partial_groups(db, select, limits) {
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-            }
-            Ok(p) => send_groups(tx, p),
-        }
-    } else {
-        match shared.storage.query(db, select, limits) {
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-            }
-            Ok(r) => {
-                let columns = r
-                    .columns
-                    .iter()
-                    .zip(&r.types)
-                    .map(|(c, t)| (c.clone(), t.map(|t| t.sql().to_owned())))
-                    .collect();
-                send_rows(tx, columns, r.rows, None, Vec::new());
-            }
-        }
+        Ok(Part::Groups(p)) => send_groups(tx, p),
+        Ok(Part::Rows { columns, rows }) => send_rows(tx, columns, rows, None, Vec::new()),
     }
 }
 
@@ -524,10 +543,11 @@ async fn execute(
     // One cluster holds every row: its operator answers the whole query,
     // and the query node only passes the answer on.
     let whole = targets.len() == 1 && opts.extend.is_empty();
-    let (sql, groups) = match &plan.shape {
-        _ if whole => (plan.sql.clone(), false),
-        Shape::Rows { partial_sql, .. } => (partial_sql.clone(), false),
-        Shape::Groups(_) => (plan.sql.clone(), true),
+    // The aggregate's plan travels with each fetch, to check peers' states.
+    let (sql, agg) = match &plan.shape {
+        _ if whole => (plan.sql.clone(), None),
+        Shape::Rows { partial_sql, .. } => (partial_sql.clone(), None),
+        Shape::Groups(g) => (plan.sql.clone(), Some(Arc::new(g.clone()))),
     };
     let names = if opts.extend.is_empty() {
         HashMap::new()
@@ -546,6 +566,7 @@ async fn execute(
         let (shared, budget) = (shared.clone(), budget.clone());
         let extend = opts.extend.clone();
         let names = names.clone();
+        let agg = agg.clone();
         set.spawn(async move {
             let mut tried = Vec::new();
             for peer in t.candidates.clone() {
@@ -553,7 +574,7 @@ async fn execute(
                     tried.push((peer, "the query's time ran out".to_owned()));
                     break;
                 }
-                match fetch(&shared, peer, &d, &sql, groups, deadline, &budget).await {
+                match fetch(&shared, peer, &d, &sql, agg.as_deref(), deadline, &budget).await {
                     Ok(mut part) => {
                         if let Part::Rows { columns, rows } = &mut part
                             && !extend.is_empty()
@@ -643,14 +664,7 @@ async fn execute(
     };
     if whole {
         return Ok(match parts.pop() {
-            Some(Part::Rows { columns, rows }) => QueryResult {
-                types: columns
-                    .iter()
-                    .map(|(_, t)| t.as_deref().and_then(crate::rows::ColType::from_sql))
-                    .collect(),
-                columns: columns.into_iter().map(|(n, _)| n).collect(),
-                rows,
-            },
+            Some(Part::Rows { columns, rows }) => result_of(columns, rows),
             // Only with subset=true and the one cluster silent.
             _ => QueryResult::default(),
         });
@@ -689,7 +703,7 @@ fn finish(plan: &Plan, parts: Vec<Part>, limits: QueryLimits) -> Result<QueryRes
                 }
             }
             if columns.is_empty() {
-                // Every cluster answered nothing: its shape is still needed.
+                // No part arrived (subset=true with every cluster silent).
                 return Ok(QueryResult::default());
             }
             crate::storage::finish_rows(&plan.table, &columns, &loaded, final_sql, limits)
@@ -698,25 +712,16 @@ fn finish(plan: &Plan, parts: Vec<Part>, limits: QueryLimits) -> Result<QueryRes
 }
 
 /// Every node's name and REST address, by PeerId (from its own policies).
+/// Every node's name and REST address, by PeerId (from its own policies).
 fn node_names(shared: &Shared) -> HashMap<PeerId, (String, String)> {
-    let view = shared.mesh.view();
-    let mut out = HashMap::new();
-    for p in view.of_kind("operator") {
-        let body = &p.policy["operator"];
-        if let Some(peer) = body["peer_id"]
-            .as_str()
-            .and_then(|s| s.parse::<PeerId>().ok())
-            && crate::mesh::peer_of(&p.author) == Some(peer)
-        {
-            out.insert(
-                peer,
-                (
-                    body["name"].as_str().unwrap_or_default().to_owned(),
-                    body["rest"].as_str().unwrap_or_default().to_owned(),
-                ),
-            );
-        }
-    }
+    let mut out: HashMap<PeerId, (String, String)> = shared.mesh.with_view(|view| {
+        operators(view)
+            .map(|(peer, body)| {
+                let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
+                (peer, (text("name"), text("rest")))
+            })
+            .collect()
+    });
     out.insert(
         shared.mesh.peer_id(),
         (shared.cfg.name.clone(), shared.rest_addr.to_string()),
@@ -724,27 +729,50 @@ fn node_names(shared: &Shared) -> HashMap<PeerId, (String, String)> {
     out
 }
 
+/// `operator` policies with the PeerId they describe, only those signed by
+/// that peer's own key.
+fn operators(view: &tarn_ledger::View) -> impl Iterator<Item = (PeerId, &serde_json::Value)> {
+    view.of_kind("operator").filter_map(|p| {
+        let body = &p.policy["operator"];
+        let peer = body["peer_id"].as_str()?.parse::<PeerId>().ok()?;
+        (crate::mesh::peer_of(&p.author) == Some(peer)).then_some((peer, body))
+    })
+}
+
 /// Table → the clusters holding it (from `table` policies) → their
 /// operators (from `operator` policies signed by their own key), live ones
 /// first, this node first of all.
 fn route(shared: &Shared, db: &str, table: &str) -> Result<Vec<Target>, ApiError> {
-    let view = shared.mesh.view();
-    let mut clusters = BTreeSet::new();
-    for p in view.of_kind("table") {
-        let t = &p.policy["table"];
-        if t["dbms"]
-            .as_str()
-            .is_some_and(|d| d.eq_ignore_ascii_case(db))
-            && t["name"]
-                .as_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(table))
-            && let Some(c) = t["cluster"].as_str()
-        {
-            clusters.insert(c.to_owned());
-        }
-    }
-    // A table this operator holds counts even before its policy is out.
     let me = shared.mesh.peer_id();
+    let (mut clusters, mut members) = shared.mesh.with_view(|view| {
+        let mut clusters = BTreeSet::new();
+        for p in view.of_kind("table") {
+            let t = &p.policy["table"];
+            if t["dbms"]
+                .as_str()
+                .is_some_and(|d| d.eq_ignore_ascii_case(db))
+                && t["name"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(table))
+                && let Some(c) = t["cluster"].as_str()
+            {
+                clusters.insert(c.to_owned());
+            }
+        }
+        let mut members: HashMap<String, Vec<PeerId>> = HashMap::new();
+        for (peer, body) in operators(view) {
+            let cluster = body["cluster"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("node-{peer}"));
+            let m = members.entry(cluster).or_default();
+            if !m.contains(&peer) && peer != me {
+                m.push(peer);
+            }
+        }
+        (clusters, members)
+    });
+    // A table this operator holds counts even before its policy is out.
     let mine =
         shared.cfg.has(crate::Service::Operator) && shared.storage.schema(db, table).is_some();
     if mine {
@@ -755,27 +783,6 @@ fn route(shared: &Shared, db: &str, table: &str) -> Result<Vec<Target>, ApiError
             "unknown_table",
             format!("no operator holds table {db}.{table} (no table policy names it)"),
         ));
-    }
-    let mut members: HashMap<String, Vec<PeerId>> = HashMap::new();
-    for p in view.of_kind("operator") {
-        let body = &p.policy["operator"];
-        let Some(peer) = body["peer_id"]
-            .as_str()
-            .and_then(|s| s.parse::<PeerId>().ok())
-        else {
-            continue;
-        };
-        if crate::mesh::peer_of(&p.author) != Some(peer) {
-            continue;
-        }
-        let cluster = body["cluster"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("node-{peer}"));
-        let m = members.entry(cluster).or_default();
-        if !m.contains(&peer) && peer != me {
-            m.push(peer);
-        }
     }
     if mine {
         members
@@ -823,10 +830,11 @@ async fn fetch(
     peer: PeerId,
     db: &str,
     sql: &str,
-    groups: bool,
+    agg: Option<&tarn_query::GroupedAggregate>,
     deadline: Instant,
     budget: &AtomicUsize,
 ) -> Result<Part, FetchError> {
+    let groups = agg.is_some();
     let max = shared.cfg.max_result_rows;
     // Rows this attempt counted against the query's budget; given back if
     // the attempt fails and another member is asked instead.
@@ -860,28 +868,9 @@ async fn fetch(
             max_rows: max,
             timeout: remaining,
         };
-        let r = tokio::task::spawn_blocking(move || -> Result<Part, ApiError> {
-            let select = tarn_query::Select::parse(&sql)
-                .map_err(|e| ApiError::bad_request("invalid_sql", e.to_string()))?;
-            if groups {
-                sh.storage
-                    .partial_groups(&db, select, limits)
-                    .map(Part::Groups)
-            } else {
-                let r = sh.storage.query(&db, select, limits)?;
-                Ok(Part::Rows {
-                    columns: r
-                        .columns
-                        .iter()
-                        .zip(&r.types)
-                        .map(|(c, t)| (c.clone(), t.map(|t| t.sql().to_owned())))
-                        .collect(),
-                    rows: r.rows,
-                })
-            }
-        })
-        .await
-        .map_err(|e| FetchError::Retry(e.to_string()))?;
+        let r = tokio::task::spawn_blocking(move || run_partial(&sh, &db, &sql, groups, limits))
+            .await
+            .map_err(|e| FetchError::Retry(e.to_string()))?;
         return match r {
             Ok(p) => {
                 over(match &p {
@@ -905,16 +894,6 @@ async fn fetch(
     let mut rows: Vec<Vec<Val>> = Vec::new();
     let mut part = PartialGroups::default();
     let mut first = true;
-    let agg = match (groups, plan_of(sql)) {
-        (false, _) => None,
-        (true, Shape::Groups(a)) => Some(a),
-        (true, _) => {
-            return Err(FetchError::Fatal(ApiError::bad_request(
-                "invalid_sql",
-                "not an aggregate tarn can split",
-            )));
-        }
-    };
     loop {
         let wait = IDLE_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
         let reply = match tokio::time::timeout(wait, shared.mesh.rpc(peer, &msg)).await {
@@ -963,7 +942,7 @@ async fn fetch(
         }
         rows.extend(chunk.rows);
         if !chunk.groups.is_empty() {
-            let Some(agg) = &agg else {
+            let Some(agg) = agg else {
                 return Err(FetchError::Retry("groups for a rows query".into()));
             };
             for (key, mut states) in chunk.groups {
@@ -998,18 +977,4 @@ async fn fetch(
     } else {
         Ok(Part::Rows { columns, rows })
     }
-}
-
-/// The aggregate plan of a groups partial (to check peers' states against).
-fn plan_of(sql: &str) -> Shape {
-    tarn_query::Select::parse(sql)
-        .ok()
-        .and_then(|s| tarn_query::GroupedAggregate::plan(&s))
-        .map_or(
-            Shape::Rows {
-                partial_sql: String::new(),
-                final_sql: String::new(),
-            },
-            Shape::Groups,
-        )
 }

@@ -114,14 +114,7 @@ impl GroupedAggregate {
         if !modifiers.is_empty() {
             return None;
         }
-        let aliases: Vec<String> = s
-            .projection
-            .iter()
-            .filter_map(|p| match p {
-                SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.to_ascii_lowercase()),
-                _ => None,
-            })
-            .collect();
+        let aliases = projection_aliases(s);
         // GROUP BY 2 and GROUP BY <alias> name a projection's expression.
         let mut resolved = Vec::with_capacity(keys.len());
         for k in keys {
@@ -223,6 +216,17 @@ impl GroupedAggregate {
             final_sql,
         })
     }
+}
+
+/// The projection's aliases, in lower case.
+pub(crate) fn projection_aliases(s: &sqlparser::ast::Select) -> Vec<String> {
+    s.projection
+        .iter()
+        .filter_map(|p| match p {
+            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// SQLite's name for an unaliased result column: a column's own name, or

@@ -26,7 +26,7 @@ use sqlparser::ast::{
     Visitor,
 };
 
-use crate::aggregate::contains_aggregate;
+use crate::aggregate::{contains_aggregate, projection_aliases};
 use crate::time::{self, Micros};
 use crate::{GroupedAggregate, Select, SqlError};
 
@@ -714,14 +714,7 @@ fn rows_shape(select: &Select) -> Result<Shape, PlanError> {
     let mut stmt = select.statement().clone();
     let q = query_mut(&mut stmt).clone();
     let s = select_mut(&mut stmt);
-    let aliases: Vec<String> = s
-        .projection
-        .iter()
-        .filter_map(|p| match p {
-            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.to_ascii_lowercase()),
-            _ => None,
-        })
-        .collect();
+    let aliases = projection_aliases(s);
     // Columns the final step reads: the projection's always; GROUP BY,
     // HAVING and ORDER BY's unless they name a projection alias.
     let mut wildcard = false;

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tarn::LocalMesh;
 use tarn::client::Client;
 
-use crate::harness::{Rng, TestNode, wait_for};
+use crate::harness::{Rng, TestNode, rows_of, wait_for};
 
 const DEVICES: [&str; 5] = ["a", "b", "c", "dd", "e"];
 
@@ -170,21 +170,10 @@ fn same(a: &Value, b: &Value) -> bool {
 }
 
 fn network(client: &Client, db: &str, sql: &str) -> anyhow::Result<(Vec<Vec<Value>>, Value)> {
-    let body = json!({"db": db, "sql": sql, "scope": "network"});
     let v = client
-        .post(
-            "/v1/query",
-            &[("content-type", "application/json")],
-            body.to_string().as_bytes(),
-        )?
+        .query_with(&json!({"db": db, "sql": sql, "scope": "network"}))?
         .ok_json()?;
-    let rows = v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_array().unwrap().clone())
-        .collect();
-    Ok((rows, v["stats"].clone()))
+    Ok((rows_of(&v), v["stats"].clone()))
 }
 
 #[test]
@@ -326,13 +315,8 @@ fn distributed_answers_equal_sqlite_over_all_rows() {
 }
 
 fn post_query(node: &TestNode, db: &str, sql: &str, subset: bool) -> tarn::client::Answer {
-    let body = json!({"db": db, "sql": sql, "subset": subset});
     node.client
-        .post(
-            "/v1/query",
-            &[("content-type", "application/json")],
-            body.to_string().as_bytes(),
-        )
+        .query_with(&json!({"db": db, "sql": sql, "subset": subset}))
         .unwrap()
 }
 
@@ -626,14 +610,7 @@ fn results_beyond_the_limit_are_refused_not_buffered() {
         let (r, _) = network(&clients[0], "lim", "SELECT count(*) FROM t").ok()?;
         (r[0][0] == 160).then_some(())
     });
-    let body = json!({"db": "lim", "sql": "SELECT * FROM t"}).to_string();
-    let r = clients[0]
-        .post(
-            "/v1/query",
-            &[("content-type", "application/json")],
-            body.as_bytes(),
-        )
-        .unwrap();
+    let r = clients[0].query("lim", "SELECT * FROM t").unwrap();
     assert_eq!(r.status, 422, "{}", r.body);
     assert_eq!(r.json().unwrap()["error"]["code"], "result_too_large");
     let (rows, stats) = network(
@@ -659,13 +636,8 @@ fn results_beyond_the_limit_are_refused_not_buffered() {
     let r = clients[1].query("lim", union).unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.json().unwrap()["error"]["code"], "unsupported_query");
-    let body = json!({"db": "lim", "sql": union, "scope": "local"}).to_string();
     let v = clients[1]
-        .post(
-            "/v1/query",
-            &[("content-type", "application/json")],
-            body.as_bytes(),
-        )
+        .query_with(&json!({"db": "lim", "sql": union, "scope": "local"}))
         .unwrap()
         .ok_json()
         .unwrap();

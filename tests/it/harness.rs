@@ -98,13 +98,7 @@ impl TestNode {
             .iter()
             .map(|c| c.as_str().unwrap().to_owned())
             .collect();
-        let rows = v["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.as_array().unwrap().clone())
-            .collect();
-        (cols, rows)
+        (cols, rows_of(&v))
     }
 
     /// `select count(*)` of a table, 0 when the table or database is missing.
@@ -172,6 +166,16 @@ fn spawn(dir: &Path, args: &[String]) -> (Child, Client, String, Vec<String>) {
 }
 
 /// Waits until `f` returns `Some`, or panics naming `what` after `limit`.
+/// The `rows` of a `/v1/query` answer.
+pub fn rows_of(v: &serde_json::Value) -> Vec<Vec<serde_json::Value>> {
+    v["rows"]
+        .as_array()
+        .expect("an answer with rows")
+        .iter()
+        .map(|r| r.as_array().expect("a row is an array").clone())
+        .collect()
+}
+
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
