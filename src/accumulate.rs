@@ -293,7 +293,7 @@ fn number(v: ValueRef<'_>) -> Option<f64> {
     }
 }
 
-fn to_val(v: ValueRef<'_>) -> Val {
+pub(crate) fn to_val(v: ValueRef<'_>) -> Val {
     match v {
         ValueRef::Null => Val::Null,
         ValueRef::Integer(i) => Val::Int(i),

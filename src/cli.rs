@@ -140,17 +140,30 @@ pub fn status(node: &str, out: &mut impl Write) -> anyhow::Result<()> {
 /// `tarn ingest`: sends a file (a JSON array, or one object per line) in
 /// batches of `batch_rows`, with a progress bar on large inputs. Each batch
 /// is idempotent on the node, so an interrupted ingest can simply be re-run.
+///
+/// With several nodes (members of one cluster), a batch whose node cannot be
+/// reached goes to the next one; `consistency` is `local` or `cluster`.
 pub fn ingest(
-    node: &str,
+    nodes: &[String],
     db: &str,
     table: &str,
     file: Option<&str>,
     batch_rows: usize,
+    consistency: &str,
 ) -> anyhow::Result<()> {
     if batch_rows == 0 {
         bail!("--batch-rows must be at least 1");
     }
-    let client = Client::new(node);
+    if nodes.is_empty() {
+        bail!("give at least one --node");
+    }
+    if consistency != "local" && consistency != "cluster" {
+        bail!("--consistency must be local or cluster, not {consistency:?}");
+    }
+    let clients: Vec<Client> = nodes.iter().map(|n| Client::new(n)).collect();
+    let mut current = 0;
+    let path = format!("/v1/data/{db}/{table}?consistency={consistency}");
+    let mut unconfirmed = 0usize;
     let (reader, total): (Box<dyn Read>, Option<u64>) = match file {
         None | Some("-") => (Box::new(std::io::stdin()), None),
         Some(path) => {
@@ -176,10 +189,28 @@ pub fn ingest(
     let started = Instant::now();
     let (mut rows, mut batches, mut dups) = (0usize, 0usize, 0usize);
     let mut send = |body: &[u8], n: usize, bytes: usize| -> anyhow::Result<()> {
-        let v = client
-            .ingest(db, table, body)?
+        // A node that cannot be reached: the next one takes the batch (the
+        // batch's hash makes a re-send after a lost answer harmless).
+        let mut tried = 0;
+        let answer = loop {
+            let c = &clients[current];
+            match c.post(&path, &[("content-type", "application/json")], body) {
+                Ok(a) => break a,
+                Err(e) if tried + 1 < clients.len() => {
+                    tried += 1;
+                    let next = (current + 1) % clients.len();
+                    eprintln!("tarn: {} failed ({e:#}); moving to {}", c.base(), clients[next].base());
+                    current = next;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let v = answer
             .ok_json()
             .with_context(|| format!("batch {} refused", batches + 1))?;
+        if consistency == "cluster" && v["replicas"]["confirmed"].as_array().is_none_or(|c| c.is_empty()) {
+            unconfirmed += 1;
+        }
         batches += 1;
         if v["duplicate"].as_bool() == Some(true) {
             dups += 1;
@@ -246,6 +277,9 @@ pub fn ingest(
         b.finish_and_clear();
     }
     let secs = started.elapsed().as_secs_f64();
+    if unconfirmed > 0 {
+        eprintln!("tarn: {unconfirmed} batches were stored on one node only (no other member confirmed them)");
+    }
     eprintln!(
         "ingested {rows} rows into {db}.{table} in {batches} batches{} ({:.0} rows/s)",
         if dups > 0 {
@@ -255,6 +289,55 @@ pub fn ingest(
         },
         rows as f64 / secs.max(1e-9)
     );
+    Ok(())
+}
+
+/// `tarn cluster status` / `tarn cluster verify`: members, liveness,
+/// batches and lag; `verify` fails (non-zero exit) on any difference.
+pub fn cluster(node: &str, verify: bool, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    let path = if verify { "/v1/clusters?verify=true" } else { "/v1/clusters" };
+    let v = Client::new(node).get(path, &[])?.ok_json()?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        for c in v["clusters"].as_array().into_iter().flatten() {
+            let name = c["cluster"].as_str().unwrap_or("");
+            match c["consistent"].as_bool() {
+                Some(true) => writeln!(out, "cluster {name}: consistent")?,
+                Some(false) => writeln!(out, "cluster {name}: DIFFERENCES")?,
+                None => writeln!(out, "cluster {name}")?,
+            }
+            writeln!(
+                out,
+                "  {:<20} {:<6} {:>9} {:>12} {:>9} {:>11}  peer_id",
+                "member", "alive", "batches", "rows", "produced", "lag_batches"
+            )?;
+            for m in c["members"].as_array().into_iter().flatten() {
+                let num = |k: &str| m[k].as_i64().map_or("-".to_owned(), |n| n.to_string());
+                writeln!(
+                    out,
+                    "  {:<20} {:<6} {:>9} {:>12} {:>9} {:>11}  {}{}",
+                    m["name"].as_str().unwrap_or(""),
+                    if m["alive"] == true { "yes" } else { "no" },
+                    num("batches"),
+                    num("rows"),
+                    num("produced"),
+                    num("lag_batches"),
+                    m["peer_id"].as_str().unwrap_or(""),
+                    m["error"].as_str().map(|e| format!("  ({e})")).unwrap_or_default(),
+                )?;
+            }
+            for d in c["differences"].as_array().into_iter().flatten() {
+                writeln!(out, "  difference: {}", d.as_str().unwrap_or(""))?;
+            }
+            for d in c["not_compared"].as_array().into_iter().flatten() {
+                writeln!(out, "  not compared (unreachable): {}", d.as_str().unwrap_or(""))?;
+            }
+        }
+    }
+    if verify && v["consistent"] != true {
+        bail!("the members of a cluster differ (see above)");
+    }
     Ok(())
 }
 

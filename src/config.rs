@@ -75,6 +75,56 @@ pub struct Config {
     pub cluster: Option<String>,
     /// Find peers on the local network by mDNS.
     pub mdns: bool,
+    pub replication: ReplicationConfig,
+    pub publisher: PublisherConfig,
+}
+
+/// Copies between the operators of one cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// How often members compare batch inventories (ms).
+    pub sync_ms: u64,
+    /// How long a `consistency=cluster` write waits for each member (ms).
+    pub ack_timeout_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            sync_ms: 1_000,
+            ack_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// How a publisher picks the cluster of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// By a hash of the batch's source (device): one source, one cluster.
+    #[default]
+    Hash,
+    /// Each batch to the next cluster.
+    RoundRobin,
+}
+
+/// The publisher service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublisherConfig {
+    pub route: Route,
+    /// Most bytes of batches waiting on disk for an operator (more: 507).
+    pub max_queue_bytes: u64,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        PublisherConfig {
+            route: Route::Hash,
+            max_queue_bytes: 1 << 30,
+        }
+    }
 }
 
 /// Buffering of rows PUT in EdgeLake's streaming mode.
@@ -123,6 +173,8 @@ impl Default for Config {
             bootstrap: Vec::new(),
             cluster: None,
             mdns: true,
+            replication: ReplicationConfig::default(),
+            publisher: PublisherConfig::default(),
         }
     }
 }
@@ -202,6 +254,12 @@ impl Config {
         }
         if self.watch.poll_ms == 0 {
             return Err("watch.poll_ms must be positive".into());
+        }
+        if self.replication.sync_ms == 0 || self.replication.ack_timeout_ms == 0 {
+            return Err("replication.sync_ms and replication.ack_timeout_ms must be positive".into());
+        }
+        if self.publisher.max_queue_bytes == 0 {
+            return Err("publisher.max_queue_bytes must be positive".into());
         }
         Ok(())
     }

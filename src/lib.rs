@@ -5,6 +5,8 @@
 //! - `config`: the typed configuration ([`Config`]) with defaults and validation
 //! - `node`: a running node ([`Node`]): storage, buffers, watcher, REST server
 //! - `storage`: SQLite per logical database, batches, de-duplication, queries
+//! - `replicate`: copies of every batch on every member of a cluster (push and anti-entropy)
+//! - `publish`: the publisher: routes batches to operators, queues them on disk meanwhile
 //! - `scatter`: network queries: routing, partial queries in chunks, failover, the final step
 //! - `rows`: JSON bodies into typed rows; inference and coercion
 //! - `stream`: EdgeLake's streaming mode, journaled so acknowledged rows survive a crash
@@ -33,6 +35,8 @@ mod local_mesh;
 mod mesh;
 mod node;
 pub mod p2p_client;
+mod publish;
+mod replicate;
 mod rest;
 mod rows;
 mod scatter;
@@ -40,7 +44,9 @@ mod storage;
 mod stream;
 mod watch;
 
-pub use config::{Config, Service, StreamingConfig, WatchConfig};
+pub use config::{
+    Config, PublisherConfig, ReplicationConfig, Route, Service, StreamingConfig, WatchConfig,
+};
 pub use error::ApiError;
 pub use local_mesh::LocalMesh;
 pub use node::Node;

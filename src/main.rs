@@ -21,6 +21,25 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum ClusterAction {
+    /// Members of every cluster, alive or not, their batches and lag.
+    Status {
+        #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare the members' batch inventories and row counts; exits
+    /// non-zero on any difference.
+    Verify {
+        #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run a node (operator, query, master, publisher services).
     Node(NodeArgs),
@@ -43,8 +62,14 @@ enum Command {
     },
     /// Send JSON rows (an array or one object per line) from a file or stdin.
     Ingest {
-        #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
-        node: String,
+        /// The node to send to; repeat it with the other members of the
+        /// cluster to move on when one cannot be reached.
+        #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE, value_delimiter = ',')]
+        node: Vec<String>,
+        /// `local`: acknowledged once the node committed it; `cluster`: once
+        /// every live member of its cluster did.
+        #[arg(long, default_value = "local")]
+        consistency: String,
         #[arg(long)]
         db: String,
         #[arg(long)]
@@ -59,6 +84,11 @@ enum Command {
     Status {
         #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
         node: String,
+    },
+    /// Clusters: members, liveness, batches and lag; `verify` compares them.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
     },
     /// List the nodes of the network, by PeerId, with liveness.
     Nodes {
@@ -244,11 +274,19 @@ fn main() -> ExitCode {
         ),
         Command::Ingest {
             node,
+            consistency,
             db,
             table,
             file,
             batch_rows,
-        } => tarn::cli::ingest(&node, &db, &table, file.as_deref(), batch_rows),
+        } => tarn::cli::ingest(&node, &db, &table, file.as_deref(), batch_rows, &consistency),
+        Command::Cluster { action } => {
+            let (node, verify, json) = match action {
+                ClusterAction::Status { node, json } => (node, false, json),
+                ClusterAction::Verify { node, json } => (node, true, json),
+            };
+            tarn::cli::cluster(&node, verify, json, &mut std::io::stdout())
+        }
         Command::Status { node } => tarn::cli::status(&node, &mut std::io::stdout()),
         Command::Demo { nodes, dir } => run_demo(nodes, dir),
         Command::Nodes { node, json } => tarn::cli::nodes(&node, json, &mut std::io::stdout()),

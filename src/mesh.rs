@@ -107,6 +107,40 @@ pub enum Rpc {
         code: String,
         message: String,
     },
+    /// Batches a member of this node's cluster produced; answered with
+    /// `Replicated` (per batch: `None` once held here, or why not).
+    Replicate(Vec<crate::storage::ReplBatch>),
+    Replicated(Vec<Option<String>>),
+    /// What batches this node holds, per origin (and rows per table when
+    /// `tables`); answered with `Holdings`.
+    Inventory {
+        tables: bool,
+    },
+    Holdings {
+        holdings: Vec<crate::storage::Holding>,
+        tables: Vec<(String, String, i64)>,
+    },
+    /// The batches of `origin` this node holds beyond `have`; answered with
+    /// `Batches` (empty: nothing more).
+    Missing {
+        origin: String,
+        have: crate::storage::Ranges,
+    },
+    Batches(Vec<crate::storage::ReplBatch>),
+    /// Store a batch (from a publisher or a libp2p client); answered with
+    /// `Ingested` or `Failed`.
+    Ingest {
+        db: String,
+        table: String,
+        source: String,
+        hash: String,
+        body: serde_bytes::ByteBuf,
+    },
+    Ingested {
+        rows: u64,
+        batch: i64,
+        duplicate: bool,
+    },
 }
 
 /// What the node knows about a peer's connection.
@@ -310,6 +344,18 @@ impl Mesh {
                     None => Rpc::Error("the node is starting or stopping".into()),
                 }
             }
+            Ok(
+                msg @ (Rpc::Replicate(_)
+                | Rpc::Inventory { .. }
+                | Rpc::Missing { .. }
+                | Rpc::Ingest { .. }),
+            ) => match self.node.get().and_then(std::sync::Weak::upgrade) {
+                Some(shared) if matches!(msg, Rpc::Ingest { .. }) => {
+                    crate::publish::serve_ingest(shared, msg).await
+                }
+                Some(shared) => crate::replicate::serve(shared, from, msg).await,
+                None => Rpc::Error("the node is starting or stopping".into()),
+            },
             Err(e) => Rpc::Error(format!("malformed request: {e}")),
             Ok(Rpc::Heads(theirs)) => {
                 let (mine, wants) = {
@@ -547,6 +593,17 @@ pub async fn publish_self(shared: &crate::node::Shared) -> anyhow::Result<()> {
             mesh.append(Op::Revoke { id: old.clone() })
                 .await
                 .map_err(|e| anyhow::anyhow!("revoking an old node policy: {}", e.message))?;
+        }
+    }
+    // The cluster itself: every member writes the same body, so it is one
+    // policy; its members are the operators whose policies name it.
+    if let (true, Some(c)) = (shared.cfg.has(crate::Service::Operator), &shared.cfg.cluster) {
+        let policy = Policy::from_value(serde_json::json!({"cluster": {"name": c}}))
+            .map_err(|e| anyhow::anyhow!("building the cluster policy: {e}"))?;
+        if view.get(&policy.id()).is_none() {
+            mesh.publish(&policy, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("publishing the cluster policy: {}", e.message))?;
         }
     }
     Ok(())

@@ -29,6 +29,8 @@ pub struct Shared {
     pub mesh: Arc<crate::mesh::Mesh>,
     /// Query results being pulled by peers.
     pub cursors: crate::scatter::Cursors,
+    /// The publisher's queue (publisher service only).
+    pub publisher: Option<Arc<crate::publish::Publisher>>,
 }
 
 impl Shared {
@@ -144,21 +146,36 @@ impl Node {
             );
         }
         let span = tracing::info_span!("node", name = %cfg.name);
-        let (storage, streams) = {
+        let (secret, keypair) = crate::mesh::identity(&cfg.data_dir)?;
+        let peer_id = keypair.public().to_peer_id().to_string();
+        let (storage, streams, publisher) = {
             let cfg = cfg.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let storage = Arc::new(Storage::open(&cfg.data_dir, &cfg.name, cfg.durability)?);
+                let publisher = if cfg.has(Service::Publisher) {
+                    Some(Arc::new(crate::publish::Publisher::open(
+                        &cfg.data_dir,
+                        cfg.durability,
+                        &cfg.publisher,
+                    )?))
+                } else {
+                    None
+                };
+                let storage = Arc::new(Storage::open(
+                    &cfg.data_dir,
+                    &cfg.name,
+                    &peer_id,
+                    cfg.durability,
+                )?);
                 let streams = Arc::new(Streams::open(
                     storage.clone(),
                     &cfg.data_dir,
                     cfg.streaming.clone(),
                 )?);
-                Ok((storage, streams))
+                Ok((storage, streams, publisher))
             })
             .await??
         };
         let (stop, stopped) = watch::channel(false);
-        let (secret, keypair) = crate::mesh::identity(&cfg.data_dir)?;
         let mut net_cfg = tarn_net::Config::new(keypair);
         (net_cfg.listen, net_cfg.bootstrap) = cfg.multiaddrs();
         net_cfg.mdns = cfg.mdns;
@@ -178,6 +195,7 @@ impl Node {
             inflight: Arc::new(tokio::sync::Semaphore::new(cfg_inflight_kib)),
             mesh,
             cursors: Default::default(),
+            publisher,
         });
         let _ = shared.mesh.node.set(Arc::downgrade(&shared));
         let mut tasks = Vec::new();
@@ -217,6 +235,13 @@ impl Node {
             tasks.push(every(period, stopped.clone(), span.clone(), move || {
                 watcher.lock().unwrap_or_else(|p| p.into_inner()).scan()
             }));
+        }
+        tasks.extend(crate::replicate::spawn(&shared, stopped.clone(), span.clone()));
+        if let Some(p) = &shared.publisher {
+            tasks.push(tokio::spawn(
+                crate::publish::send_loop(shared.clone(), p.clone(), stopped.clone())
+                    .instrument(span.clone()),
+            ));
         }
         // Wait (briefly) for the swarm's listen addresses, so that the start
         // line can print them.

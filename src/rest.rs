@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,6 +26,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/query", post(query))
         .route("/v1/tables", get(tables))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/clusters", get(clusters))
         .route("/v1/policies", get(policies).post(add_policy))
         .route("/", get(command_get).post(command_post).put(put_data))
         .fallback(|| async {
@@ -123,6 +124,10 @@ async fn status(State(s): State<AppState>) -> Response {
         "listen": s.mesh.full_listen_addrs(),
         "peers": s.mesh.peers.lock().expect("lock poisoned").values().filter(|p| p.connected).count(),
         "cluster": s.cfg.cluster,
+        "publisher_queue": s.publisher.as_ref().map(|p| {
+            let (batches, bytes) = p.pending();
+            serde_json::json!({"batches": batches, "bytes": bytes})
+        }),
     }))
     .into_response()
 }
@@ -130,32 +135,57 @@ async fn status(State(s): State<AppState>) -> Response {
 async fn post_data(
     State(s): State<AppState>,
     Path((db, table)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    s.require_operator()?;
-    let body = read_body(&s, &headers, body).await?;
+    let cluster = crate::replicate::wants_cluster(param(q.as_deref(), "consistency")?.as_deref())?;
     let source = headers
         .get("x-tarn-source")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("rest")
         .to_owned();
+    if let Some(p) = publisher_only(&s) {
+        let body = read_body(&s, &headers, body).await?;
+        let a = blocking(move || p.accept(&db, &table, &source, &body)).await?;
+        return Ok(axum::Json(serde_json::json!({
+            "rows": a.rows,
+            "queued": a.seq,
+            "hash": a.hash,
+        }))
+        .into_response());
+    }
+    s.require_operator()?;
+    let body = read_body(&s, &headers, body).await?;
+    let sh = s.clone();
+    let db2 = db.clone();
     let w = blocking(move || {
         let rows = parse_body(&body)?;
         let meta = BatchMeta {
             source,
-            hash: batch_hash(&db, &table, &body),
+            hash: batch_hash(&db2, &table, &body),
             instructions: String::new(),
         };
-        s.storage.write(&db, &table, rows, &meta)
+        sh.storage.write(&db2, &table, rows, &meta)
     })
     .await?;
-    Ok(axum::Json(serde_json::json!({
+    let mut out = serde_json::json!({
         "rows": w.rows,
         "batch": w.tsd_id.to_string(),
         "duplicate": w.duplicate,
-    }))
-    .into_response())
+    });
+    if cluster {
+        out["replicas"] = crate::replicate::confirm(&s, &db, &w).await?;
+    }
+    Ok(axum::Json(out).into_response())
+}
+
+/// The publisher's queue, when this node publishes and stores nothing itself.
+fn publisher_only(s: &AppState) -> Option<Arc<crate::publish::Publisher>> {
+    if s.cfg.has(crate::Service::Operator) {
+        return None;
+    }
+    s.publisher.clone()
 }
 
 #[derive(Deserialize)]
@@ -356,7 +386,10 @@ async fn put_data(State(s): State<AppState>, headers: HeaderMap, body: Body) -> 
 }
 
 async fn put_inner(s: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    s.require_operator()?;
+    let publisher = publisher_only(&s);
+    if publisher.is_none() {
+        s.require_operator()?;
+    }
     let need = |name: &str| {
         header_str(&headers, name)
             .filter(|v| !v.is_empty())
@@ -377,41 +410,81 @@ async fn put_inner(s: AppState, headers: HeaderMap, body: Body) -> Result<Respon
     let mode = header_str(&headers, "mode")
         .unwrap_or("streaming")
         .to_ascii_lowercase();
+    let cluster = crate::replicate::wants_cluster(header_str(&headers, "consistency"))?;
     let source = header_str(&headers, "source").unwrap_or("rest").to_owned();
     let instructions = header_str(&headers, "instructions")
         .unwrap_or("")
         .to_owned();
+    if mode != "streaming" && mode != "file" {
+        return Err(ApiError::bad_request(
+            "bad_mode",
+            format!("mode {mode:?} is not supported; use streaming or file"),
+        ));
+    }
     let body = read_body(&s, &headers, body).await?;
-    let hash = match mode.as_str() {
-        "streaming" => {
-            blocking(move || s.streams.put(&db, &table, &body)).await?;
-            "0".to_owned()
-        }
-        "file" => {
-            blocking(move || {
-                let rows = parse_body(&body)?;
-                let hash = batch_hash(&db, &table, &body);
-                let meta = BatchMeta {
-                    source,
-                    hash: hash.clone(),
-                    instructions,
-                };
-                s.storage.write(&db, &table, rows, &meta)?;
-                Ok(hash)
-            })
-            .await?
-        }
-        other => {
+    let success = |hash: &str| {
+        axum::Json(serde_json::json!({"AnyLog.status": "Success", "AnyLog.hash": hash}))
+    };
+    if let Some(p) = publisher {
+        let a = blocking(move || p.accept(&db, &table, &source, &body)).await?;
+        return Ok(success(&a.hash).into_response());
+    }
+    // Streaming rows are acknowledged once journaled here; a write that
+    // must reach the cluster first is written as a batch at once.
+    if mode == "streaming" && !cluster {
+        blocking(move || s.streams.put(&db, &table, &body)).await?;
+        return Ok(success("0").into_response());
+    }
+    let sh = s.clone();
+    let db2 = db.clone();
+    let (hash, w) = blocking(move || {
+        let rows = parse_body(&body)?;
+        let hash = batch_hash(&db2, &table, &body);
+        let meta = BatchMeta {
+            source,
+            hash: hash.clone(),
+            instructions,
+        };
+        let w = sh.storage.write(&db2, &table, rows, &meta)?;
+        Ok((hash, w))
+    })
+    .await?;
+    let mut out = success(&hash).0;
+    if cluster {
+        out["replicas"] = crate::replicate::confirm(&s, &db, &w).await?;
+    }
+    Ok(axum::Json(out).into_response())
+}
+
+/// `GET /v1/clusters[?verify=true]`: members, liveness, batches, lag.
+async fn clusters(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let verify = match param(q.as_deref(), "verify")?.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
             return Err(ApiError::bad_request(
-                "bad_mode",
-                format!("mode {other:?} is not supported; use streaming or file"),
+                "malformed_request",
+                format!("verify must be true or false, not {v:?}"),
             ));
         }
     };
-    Ok(
-        axum::Json(serde_json::json!({"AnyLog.status": "Success", "AnyLog.hash": hash}))
-            .into_response(),
-    )
+    Ok(axum::Json(crate::replicate::report(&s, verify).await).into_response())
+}
+
+/// One parameter of a query string; unknown parameters are refused.
+fn param(query: Option<&str>, name: &str) -> Result<Option<String>, ApiError> {
+    let mut found = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != name {
+            return Err(ApiError::bad_request(
+                "malformed_request",
+                format!("unknown parameter {k:?}; this endpoint takes {name:?}"),
+            ));
+        }
+        found = Some(v.to_owned());
+    }
+    Ok(found)
 }
 
 /// `GET /v1/nodes`: every node the ledger knows, by PeerId, with liveness.

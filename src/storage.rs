@@ -21,6 +21,9 @@ use axum::http::StatusCode;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, TransactionBehavior, params};
 
+mod inventory;
+pub use inventory::{Holding, Ranges, approx_size};
+
 use crate::error::ApiError;
 use crate::rows::{ColType, Rows, SYSTEM_COLUMNS, Val, coerce, ident, infer};
 
@@ -54,13 +57,27 @@ impl TableSchema {
     /// columns the batch adds. Nothing is written; an error means the batch
     /// must be refused whole.
     pub fn plan(&self, rows: &mut Rows) -> Result<Vec<(String, ColType)>, ApiError> {
+        self.plan_hinted(rows, &[])
+    }
+
+    /// [`TableSchema::plan`], taking a new column's type from `hints` when
+    /// it is there (a replicated batch says what its columns are).
+    pub fn plan_hinted(
+        &self,
+        rows: &mut Rows,
+        hints: &[(String, ColType)],
+    ) -> Result<Vec<(String, ColType)>, ApiError> {
         let mut new = Vec::new();
         let mut types = Vec::with_capacity(rows.columns.len());
         for (i, c) in rows.columns.iter().enumerate() {
             let ty = match self.get(c) {
                 Some(t) => t,
                 None => {
-                    let t = infer(c, rows.rows.iter().map(|r| r[i].kind()))?;
+                    let hinted = hints.iter().find(|(h, _)| h == c).map(|(_, t)| *t);
+                    let t = match hinted {
+                        Some(t) => t,
+                        None => infer(c, rows.rows.iter().map(|r| r[i].kind()))?,
+                    };
                     new.push((c.clone(), t));
                     t
                 }
@@ -93,11 +110,187 @@ pub struct BatchMeta {
     pub instructions: String,
 }
 
+/// Which member produced a batch, and under which id: a batch's identity
+/// across its cluster. Its rows carry `tsd_name = name`, `tsd_id = id` on
+/// every member that holds them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
+    /// The producer's PeerId.
+    pub peer: String,
+    /// The producer's node name.
+    pub name: String,
+    pub id: i64,
+}
+
+/// One batch as `tarn_batches` and `almgm` record it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecord {
+    pub origin: Origin,
+    pub table: String,
+    pub source: String,
+    pub hash: String,
+    pub instructions: String,
+    pub rows: i64,
+    /// When it was stored here.
+    pub time: String,
+    /// The peer it came from; empty if it was written here.
+    pub from: String,
+    /// Whether its rows are stored under it (false: the same rows were
+    /// already held under another batch with the same hash).
+    pub stored: bool,
+    /// The row id of its first row (rows are one run of ids).
+    pub first_row: Option<i64>,
+}
+
+const BATCH_COLUMNS: &str = "origin, origin_name, origin_id, table_name, source, hash, \
+     instructions, rows, file_time, received_from, first_row";
+
+impl BatchRecord {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRecord> {
+        let first_row: Option<i64> = r.get(10)?;
+        Ok(BatchRecord {
+            origin: Origin {
+                peer: r.get(0)?,
+                name: r.get(1)?,
+                id: r.get(2)?,
+            },
+            table: r.get(3)?,
+            source: r.get(4)?,
+            hash: r.get(5)?,
+            instructions: r.get(6)?,
+            rows: r.get(7)?,
+            time: r.get(8)?,
+            from: r.get(9)?,
+            stored: first_row.is_some(),
+            first_row,
+        })
+    }
+}
+
+fn insert_batch(tx: &rusqlite::Transaction<'_>, rec: &BatchRecord) -> rusqlite::Result<()> {
+    tx.prepare_cached(&format!(
+        "INSERT INTO tarn_batches ({BATCH_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    ))?
+    .execute(params![
+        rec.origin.peer,
+        rec.origin.name,
+        rec.origin.id,
+        rec.table,
+        rec.source,
+        rec.hash,
+        rec.instructions,
+        rec.rows,
+        rec.time,
+        rec.from,
+        rec.first_row
+    ])?;
+    Ok(())
+}
+
+/// The `almgm` table of the batches another member produced.
+pub fn member_table(peer: &str) -> String {
+    format!("tsd_{peer}")
+}
+
+const MEMBER_COLUMNS: [(&str, ColType); 11] = [
+    ("file_id", ColType::Integer),
+    ("dbms_name", ColType::Text),
+    ("table_name", ColType::Text),
+    ("source", ColType::Text),
+    ("file_hash", ColType::Text),
+    ("instructions", ColType::Text),
+    ("rows", ColType::Integer),
+    ("file_time", ColType::Timestamp),
+    ("member_name", ColType::Text),
+    ("received_from", ColType::Text),
+    ("stored", ColType::Boolean),
+];
+
+/// A batch this node produced and committed (for the replicator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub db: String,
+    pub id: i64,
+}
+
+/// A batch with its rows, as it travels between members of a cluster.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReplBatch {
+    pub db: String,
+    pub table: String,
+    pub origin: Origin,
+    pub source: String,
+    pub hash: String,
+    pub instructions: String,
+    /// Column names and declared types (`INTEGER`, `FLOAT`, ...).
+    pub columns: Vec<(String, String)>,
+    pub rows: Vec<Vec<Val>>,
+}
+
+/// Most columns a replicated batch may carry (SQLite's default limit).
+const MAX_BATCH_COLUMNS: usize = 2000;
+
+fn bad_batch(what: &str) -> ApiError {
+    ApiError::bad_request("invalid_batch", format!("a replicated batch has an invalid {what}"))
+}
+
+impl ReplBatch {
+    /// Checks what a peer sent before any of it is used.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        user_db(&self.db)?;
+        ident("table", &self.table)?;
+        let o = &self.origin;
+        if o.peer.is_empty()
+            || o.peer.len() > 128
+            || !o.peer.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(bad_batch("origin"));
+        }
+        if o.id < 1 || o.name.len() > 256 || self.hash.is_empty() || self.hash.len() > 256 {
+            return Err(bad_batch("identity"));
+        }
+        if self.source.len() > 4096 || self.instructions.len() > 4096 {
+            return Err(bad_batch("source"));
+        }
+        if self.columns.is_empty() || self.columns.len() > MAX_BATCH_COLUMNS || self.rows.is_empty()
+        {
+            return Err(bad_batch("shape"));
+        }
+        for (c, t) in &self.columns {
+            ident("column", c)?;
+            if SYSTEM_COLUMNS.contains(&c.as_str()) || ColType::from_sql(t).is_none() {
+                return Err(bad_batch("column"));
+            }
+        }
+        let mut names: Vec<&str> = self.columns.iter().map(|(c, _)| c.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err(bad_batch("column list (a name twice)"));
+        }
+        if self.rows.iter().any(|r| r.len() != self.columns.len()) {
+            return Err(bad_batch("row width"));
+        }
+        Ok(())
+    }
+}
+
+/// What [`Storage::write_one`] did with one batch.
+struct Stored {
+    written: Written,
+    new_columns: NewColumns,
+    /// The batch's record for `almgm`, if there is a new one.
+    record: Option<BatchRecord>,
+}
+
 /// What a write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
     /// The batch's id (`tsd_id`); for a duplicate, the id it was stored under.
     pub tsd_id: i64,
+    /// The PeerId of the member that produced it (with `tsd_id`, the
+    /// batch's identity in its cluster).
+    pub origin: String,
     pub rows: usize,
     pub duplicate: bool,
 }
@@ -121,12 +314,16 @@ pub struct QueryResult {
 pub struct Storage {
     dir: PathBuf,
     tsd_name: String,
+    /// This node's PeerId: the origin of the batches written here.
+    origin: String,
     durability: Durability,
     dbs: RwLock<HashMap<String, Arc<Database>>>,
     almgm: Arc<Database>,
     next_tsd: AtomicI64,
     /// Woken when a table is created, so the node can announce it.
     pub tables_changed: Arc<tokio::sync::Notify>,
+    /// Told of every batch this node produces (set by the replicator).
+    committed: std::sync::OnceLock<tokio::sync::mpsc::Sender<Committed>>,
 }
 
 /// Columns a batch adds to its table.
@@ -136,6 +333,13 @@ type NewColumns = Vec<(String, ColType)>;
 struct Job {
     table: String,
     meta: BatchMeta,
+    /// Set for a batch another member produced (replication).
+    origin: Option<Origin>,
+    /// The peer a replicated batch came from; empty for a batch written here.
+    from: String,
+    /// Declared types of the columns (a replicated batch), used for columns
+    /// this node does not have yet instead of inferring them.
+    hints: Vec<(String, ColType)>,
     /// The rows, the schema they were planned against, and the columns they add.
     work: Mutex<Option<(Rows, TableSchema, NewColumns)>>,
     result: Mutex<Option<Result<Written, ApiError>>>,
@@ -173,6 +377,7 @@ impl Storage {
     pub fn open(
         data_dir: &Path,
         tsd_name: &str,
+        origin: &str,
         durability: Durability,
     ) -> anyhow::Result<Storage> {
         let dir = data_dir.join("dbms");
@@ -190,6 +395,8 @@ impl Storage {
                 file_time TIMESTAMP NOT NULL,
                 UNIQUE (dbms_name, table_name, file_hash));",
         )?;
+        let loaded = load_schemas(&almgm.writer())?;
+        *almgm.schemas.write().expect("lock poisoned") = loaded;
         let mut dbs = HashMap::new();
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
@@ -204,59 +411,129 @@ impl Storage {
         let storage = Storage {
             dir,
             tsd_name: tsd_name.to_owned(),
+            origin: origin.to_owned(),
             durability,
             dbs: RwLock::new(dbs),
             almgm,
             next_tsd: AtomicI64::new(1),
             tables_changed: Arc::new(tokio::sync::Notify::new()),
+            committed: std::sync::OnceLock::new(),
         };
         let max = storage.reconcile()?;
         storage.next_tsd.store(max + 1, Ordering::SeqCst);
         Ok(storage)
     }
 
-    /// Copies into `almgm.tsd_info` every batch a crash kept out of it, and
-    /// returns the highest batch id in use.
+    /// Copies into `almgm` every batch a crash kept out of it, and returns
+    /// the highest id this node gave its own batches.
     fn reconcile(&self) -> anyhow::Result<i64> {
-        let almgm = self.almgm.writer();
-        let mut max: i64 =
-            almgm.query_row("SELECT coalesce(max(file_id), 0) FROM tsd_info", [], |r| {
-                r.get(0)
-            })?;
-        for (name, db) in self.dbs.read().expect("lock poisoned").iter() {
-            let w = db.writer();
-            let mut stmt = w.prepare(
-                "SELECT tsd_id, table_name, source, hash, instructions, rows, file_time \
-                 FROM tarn_batches",
-            )?;
-            let mut rows = stmt.query([])?;
+        let mut almgm = self.almgm.writer();
+        let mut max: i64 = almgm.query_row(
+            "SELECT coalesce(max(file_id), 0) FROM tsd_info",
+            [],
+            |r| r.get(0),
+        )?;
+        for (name, db) in self.all_dbs() {
+            let records = {
+                let w = db.writer();
+                let mut stmt = w.prepare(&format!("SELECT {BATCH_COLUMNS} FROM tarn_batches"))?;
+                stmt.query_map([], BatchRecord::from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            let tx = almgm.transaction()?;
             let mut copied = 0;
-            while let Some(r) = rows.next()? {
-                let id: i64 = r.get(0)?;
-                max = max.max(id);
-                copied += almgm.execute(
-                    "INSERT OR IGNORE INTO tsd_info VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![
-                        id,
-                        name,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, String>(6)?
-                    ],
-                )?;
+            for rec in &records {
+                if rec.origin.peer == self.origin {
+                    max = max.max(rec.origin.id);
+                }
+                copied += self.record_one(&tx, &name, rec)?;
             }
+            tx.commit()?;
             if copied > 0 {
-                tracing::info!(db = %name, batches = copied, "restored batch records into almgm.tsd_info");
+                tracing::info!(db = %name, batches = copied, "restored batch records into almgm");
             }
         }
         Ok(max)
     }
 
+    /// Writes one batch's record into `almgm` (`tsd_info` for this node's
+    /// own batches, `tsd_<peer>` for another member's); returns 1 if it was
+    /// new there.
+    fn record_one(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        db: &str,
+        rec: &BatchRecord,
+    ) -> rusqlite::Result<usize> {
+        if rec.origin.peer == self.origin {
+            return tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO tsd_info VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    rec.origin.id,
+                    db,
+                    rec.table,
+                    rec.source,
+                    rec.hash,
+                    rec.instructions,
+                    rec.rows,
+                    rec.time
+                ]);
+        }
+        let table = member_table(&rec.origin.peer);
+        let insert = format!(
+            "INSERT OR IGNORE INTO \"{table}\" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        );
+        let mut st = match tx.prepare_cached(&insert) {
+            Ok(st) => st,
+            Err(_) => {
+                tx.execute_batch(&format!(
+                    "CREATE TABLE IF NOT EXISTS \"{table}\" (
+                        file_id INTEGER PRIMARY KEY,
+                        dbms_name TEXT NOT NULL,
+                        table_name TEXT NOT NULL,
+                        source TEXT NOT NULL,
+                        file_hash TEXT NOT NULL,
+                        instructions TEXT NOT NULL,
+                        rows INTEGER NOT NULL,
+                        file_time TIMESTAMP NOT NULL,
+                        member_name TEXT NOT NULL,
+                        received_from TEXT NOT NULL,
+                        stored BOOLEAN NOT NULL);"
+                ))?;
+                self.almgm
+                    .set_schema(&table, TableSchema { columns: MEMBER_COLUMNS.map(|(c, t)| (c.to_owned(), t)).to_vec() });
+                tx.prepare_cached(&insert)?
+            }
+        };
+        st.execute(params![
+            rec.origin.id,
+            db,
+            rec.table,
+            rec.source,
+            rec.hash,
+            rec.instructions,
+            rec.rows,
+            rec.time,
+            rec.origin.name,
+            rec.from,
+            rec.stored
+        ])
+    }
+
     pub fn tsd_name(&self) -> &str {
         &self.tsd_name
+    }
+
+    /// This node's PeerId, as its batches name their origin.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Sends every batch this node produces from now on to `tx` (once).
+    pub fn on_commit(&self, tx: tokio::sync::mpsc::Sender<Committed>) {
+        let _ = self.committed.set(tx);
     }
 
     pub fn durability(&self) -> Durability {
@@ -275,8 +552,44 @@ impl Storage {
         &self,
         db: &str,
         table: &str,
+        rows: Rows,
+        meta: &BatchMeta,
+    ) -> Result<Written, ApiError> {
+        self.enqueue(db, table, rows, meta, None, Vec::new())
+    }
+
+    /// Stores a batch another member of the cluster produced (or this node
+    /// produced and lost), received from `from`. A batch already held, under
+    /// its origin or under the same hash, is recorded and not stored again.
+    pub fn write_replica(&self, batch: ReplBatch, from: &str) -> Result<Written, ApiError> {
+        batch.validate()?;
+        let hints = batch
+            .columns
+            .iter()
+            .map(|(c, t)| Ok((c.clone(), ColType::from_sql(t).ok_or_else(|| bad_batch("a column type"))?)))
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let rows = Rows {
+            columns: batch.columns.into_iter().map(|(c, _)| c).collect(),
+            rows: batch.rows,
+        };
+        let meta = BatchMeta {
+            source: batch.source,
+            hash: batch.hash,
+            instructions: batch.instructions,
+        };
+        let origin = Origin { ..batch.origin };
+        let from = from.to_owned();
+        self.enqueue(&batch.db, &batch.table, rows, &meta, Some((origin, from)), hints)
+    }
+
+    fn enqueue(
+        &self,
+        db: &str,
+        table: &str,
         mut rows: Rows,
         meta: &BatchMeta,
+        origin: Option<(Origin, String)>,
+        hints: Vec<(String, ColType)>,
     ) -> Result<Written, ApiError> {
         let db_name = user_db(db)?;
         let table = ident("table", table)?;
@@ -284,10 +597,14 @@ impl Storage {
         // Coerce before queueing: parsing timestamps and numbers is the
         // costly part, and concurrent batches do it in parallel.
         let planned = database.schema(&table).unwrap_or_default();
-        let planned_cols = planned.plan(&mut rows)?;
+        let planned_cols = planned.plan_hinted(&mut rows, &hints)?;
+        let (origin, from) = origin.unzip();
         let job = Arc::new(Job {
             table,
             meta: meta.clone(),
+            origin,
+            from: from.unwrap_or_default(),
+            hints,
             work: Mutex::new(Some((rows, Arc::unwrap_or_clone(planned), planned_cols))),
             result: Mutex::new(None),
         });
@@ -305,18 +622,25 @@ impl Storage {
         let written = self.commit_group(&database, &mut conn, &jobs);
         drop(conn);
         self.record(&db_name, &written);
+        if let Some(tx) = self.committed.get() {
+            for rec in written.iter().filter(|r| r.from.is_empty()) {
+                // Full: the replicator is behind, and its inventory exchange
+                // finds this batch anyway.
+                let _ = tx.try_send(Committed { db: db_name.clone(), id: rec.origin.id });
+            }
+        }
         job.take_result()
             .expect("a group that took this job answered it")
     }
 
     /// Writes `jobs` in one transaction and answers each of them. Returns
-    /// the batches written (for `almgm.tsd_info`).
+    /// the records of the batches written (for `almgm`).
     fn commit_group(
         &self,
         database: &Database,
         conn: &mut Connection,
         jobs: &[Arc<Job>],
-    ) -> Vec<(Arc<Job>, Written, String)> {
+    ) -> Vec<BatchRecord> {
         let now = tarn_query::time::format_storage(now_micros());
         let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
@@ -329,6 +653,7 @@ impl Storage {
         // Schemas as this transaction changes them, published after commit.
         let mut schemas: HashMap<String, TableSchema> = HashMap::new();
         let mut answers: Vec<Result<Written, ApiError>> = Vec::with_capacity(jobs.len());
+        let mut records = Vec::new();
         for job in jobs {
             let Some((rows, planned, planned_cols)) =
                 job.work.lock().expect("lock poisoned").take()
@@ -342,7 +667,7 @@ impl Storage {
                     .map(|s| (*s).clone())
                     .unwrap_or_default()
             });
-            let r = (|| -> Result<Result<(Written, NewColumns), ApiError>, rusqlite::Error> {
+            let r = (|| -> Result<Result<Stored, ApiError>, rusqlite::Error> {
                 tx.execute_batch("SAVEPOINT batch")?;
                 let r = self.write_one(&tx, job, rows, &planned, planned_cols, schema, &now);
                 match &r {
@@ -352,11 +677,12 @@ impl Storage {
                 r
             })();
             match r {
-                Ok(Ok((w, new_cols))) => {
-                    if !new_cols.is_empty() {
-                        *schema = schema.extended(&new_cols);
+                Ok(Ok(stored)) => {
+                    if !stored.new_columns.is_empty() {
+                        *schema = schema.extended(&stored.new_columns);
                     }
-                    answers.push(Ok(w));
+                    records.extend(stored.record);
+                    answers.push(Ok(stored.written));
                 }
                 Ok(Err(api)) => answers.push(Err(api)),
                 Err(e) => answers.push(Err(ApiError::internal("writing a batch", e))),
@@ -376,16 +702,10 @@ impl Storage {
                 }
             }
         }
-        let mut written = Vec::new();
         for (job, answer) in jobs.iter().zip(answers) {
-            if let Ok(w) = &answer
-                && !w.duplicate
-            {
-                written.push((job.clone(), w.clone(), now.clone()));
-            }
             job.answer(answer);
         }
-        written
+        records
     }
 
     /// One batch inside the group's transaction. The outer error aborts the
@@ -400,28 +720,66 @@ impl Storage {
         planned_cols: Vec<(String, ColType)>,
         schema: &TableSchema,
         now: &str,
-    ) -> Result<Result<(Written, NewColumns), ApiError>, rusqlite::Error> {
+    ) -> Result<Result<Stored, ApiError>, rusqlite::Error> {
         let table = &job.table;
-        let existing: Option<i64> = tx
-            .prepare_cached("SELECT tsd_id FROM tarn_batches WHERE table_name = ?1 AND hash = ?2")?
-            .query_row(params![table, job.meta.hash], |r| r.get(0))
+        let n = rows.rows.len();
+        let duplicate = |origin: &str, id: i64, record: Option<BatchRecord>| Stored {
+            written: Written {
+                tsd_id: id,
+                origin: origin.to_owned(),
+                rows: 0,
+                duplicate: true,
+            },
+            new_columns: Vec::new(),
+            record,
+        };
+        if let Some(o) = &job.origin {
+            let held = tx
+                .prepare_cached("SELECT 1 FROM tarn_batches WHERE origin = ?1 AND origin_id = ?2")?
+                .exists(params![o.peer, o.id])?;
+            if held {
+                return Ok(Ok(duplicate(&o.peer, o.id, None)));
+            }
+        }
+        let existing: Option<(String, i64)> = tx
+            .prepare_cached(
+                "SELECT origin, origin_id FROM tarn_batches \
+                 WHERE table_name = ?1 AND hash = ?2 AND first_row IS NOT NULL",
+            )?
+            .query_row(params![table, job.meta.hash], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        if let Some(id) = existing {
-            return Ok(Ok((
-                Written {
-                    tsd_id: id,
-                    rows: 0,
-                    duplicate: true,
-                },
-                Vec::new(),
-            )));
+        let record = |origin: Origin, first_row: Option<i64>| BatchRecord {
+            origin,
+            table: table.clone(),
+            source: job.meta.source.clone(),
+            hash: job.meta.hash.clone(),
+            instructions: job.meta.instructions.clone(),
+            rows: n as i64,
+            time: now.to_owned(),
+            from: job.from.clone(),
+            stored: first_row.is_some(),
+            first_row,
+        };
+        if let Some((peer, id)) = existing {
+            // A replicated batch whose rows are already here under another
+            // origin (a client re-sent it to another member): remember that
+            // it is held, so that inventories agree, and store nothing.
+            let rec = match &job.origin {
+                Some(o) => {
+                    let rec = record(o.clone(), None);
+                    insert_batch(tx, &rec)?;
+                    Some(rec)
+                }
+                None => None,
+            };
+            return Ok(Ok(duplicate(&peer, id, rec)));
         }
         // Another batch may have changed the table since this one was
         // planned: plan again (coerced values coerce again unchanged).
         let new_cols = if schema == planned {
             planned_cols
         } else {
-            match schema.plan(&mut rows) {
+            match schema.plan_hinted(&mut rows, &job.hints) {
                 Ok(c) => c,
                 Err(e) => return Ok(Err(e)),
             }
@@ -439,7 +797,22 @@ impl Storage {
                 }
             }
         }
-        let tsd_id = self.next_tsd.fetch_add(1, Ordering::SeqCst);
+        let origin = match &job.origin {
+            Some(o) => {
+                if o.peer == self.origin {
+                    self.next_tsd.fetch_max(o.id + 1, Ordering::SeqCst);
+                }
+                o.clone()
+            }
+            None => Origin {
+                peer: self.origin.clone(),
+                name: self.tsd_name.clone(),
+                id: self.next_tsd.fetch_add(1, Ordering::SeqCst),
+            },
+        };
+        let before: i64 = tx
+            .prepare_cached(&format!("SELECT coalesce(max(row_id), 0) FROM \"{table}\""))?
+            .query_row([], |r| r.get(0))?;
         // Multi-row INSERTs: one statement step per chunk, not per row.
         let w = rows.columns.len();
         let chunk = (MAX_PARAMS / (w + 3)).clamp(1, ROWS_PER_INSERT);
@@ -448,8 +821,8 @@ impl Storage {
             let mut at = 1;
             for row in part {
                 stmt.raw_bind_parameter(at, now)?;
-                stmt.raw_bind_parameter(at + 1, &self.tsd_name)?;
-                stmt.raw_bind_parameter(at + 2, tsd_id)?;
+                stmt.raw_bind_parameter(at + 1, &origin.name)?;
+                stmt.raw_bind_parameter(at + 2, origin.id)?;
                 at += 3;
                 for v in row {
                     stmt.raw_bind_parameter(at, v)?;
@@ -458,57 +831,46 @@ impl Storage {
             }
             stmt.raw_execute()?;
         }
-        let n = rows.rows.len();
-        tx.prepare_cached("INSERT INTO tarn_batches VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
-            .execute(params![
-                tsd_id,
-                job.meta.hash,
-                table,
-                job.meta.source,
-                job.meta.instructions,
-                n as i64,
-                now
-            ])?;
-        Ok(Ok((
-            Written {
-                tsd_id,
+        // The batch's rows are one run of row ids (one writer, new ids are
+        // max + 1): replication reads them back by that range.
+        if tx.last_insert_rowid() != before + n as i64 {
+            return Ok(Err(ApiError::internal(
+                "writing a batch",
+                "its row ids are not one run",
+            )));
+        }
+        let id = origin.id;
+        let peer = origin.peer.clone();
+        let rec = record(origin, Some(before + 1));
+        insert_batch(tx, &rec)?;
+        Ok(Ok(Stored {
+            written: Written {
+                tsd_id: id,
+                origin: peer,
                 rows: n,
                 duplicate: false,
             },
-            new_cols,
-        )))
+            new_columns: new_cols,
+            record: Some(rec),
+        }))
     }
 
-    /// Records written batches in `almgm.tsd_info`. A failure loses nothing:
-    /// the batches are safe in their database and start-up copies them over.
-    fn record(&self, db: &str, written: &[(Arc<Job>, Written, String)]) {
+    /// Records written batches in `almgm`. A failure loses nothing: the
+    /// batches are safe in their database and start-up copies them over.
+    fn record(&self, db: &str, written: &[BatchRecord]) {
         if written.is_empty() {
             return;
         }
         let mut almgm = self.almgm.writer();
         let r = (|| -> rusqlite::Result<()> {
             let tx = almgm.transaction()?;
-            {
-                let mut st = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO tsd_info VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?;
-                for (job, w, now) in written {
-                    st.execute(params![
-                        w.tsd_id,
-                        db,
-                        job.table,
-                        job.meta.source,
-                        job.meta.hash,
-                        job.meta.instructions,
-                        w.rows as i64,
-                        now
-                    ])?;
-                }
+            for rec in written {
+                self.record_one(&tx, db, rec)?;
             }
             tx.commit()
         })();
         if let Err(e) = r {
-            tracing::warn!("recording batches in almgm.tsd_info: {e}");
+            tracing::warn!("recording batches in almgm: {e}");
         }
     }
 
@@ -659,9 +1021,6 @@ impl Storage {
     /// Tables of one database, in name order.
     pub fn tables(&self, db: &str) -> Result<Vec<String>, ApiError> {
         let database = self.database(db)?;
-        if db == "almgm" {
-            return Ok(vec!["tsd_info".into()]);
-        }
         let mut v: Vec<String> = database
             .schemas
             .read()
@@ -718,6 +1077,19 @@ impl Storage {
             .expect("lock poisoned")
             .get(db)
             .map(|d| d.path.clone())
+    }
+
+    /// The user databases, by name.
+    fn all_dbs(&self) -> Vec<(String, Arc<Database>)> {
+        let mut v: Vec<(String, Arc<Database>)> = self
+            .dbs
+            .read()
+            .expect("lock poisoned")
+            .iter()
+            .map(|(n, d)| (n.clone(), d.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     fn database(&self, db: &str) -> Result<Arc<Database>, ApiError> {
@@ -836,17 +1208,37 @@ impl Database {
              PRAGMA cache_size = -131072;
              PRAGMA temp_store = MEMORY;
              PRAGMA wal_autocheckpoint = 65536;
-             PRAGMA journal_size_limit = 268435456;
-             CREATE TABLE IF NOT EXISTS tarn_batches (
-                tsd_id INTEGER PRIMARY KEY,
-                hash TEXT NOT NULL,
+             PRAGMA journal_size_limit = 268435456;"
+        ))?;
+        let old_layout: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('tarn_batches') WHERE name = 'tsd_id'",
+            [],
+            |r| r.get(0),
+        )?;
+        if old_layout {
+            anyhow::bail!(
+                "{} was written by a tarn before cluster replication (its batch table has no \
+                 origin); load its data into a new data directory",
+                path.display()
+            );
+        }
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS tarn_batches (
+                origin TEXT NOT NULL,
+                origin_name TEXT NOT NULL,
+                origin_id INTEGER NOT NULL,
                 table_name TEXT NOT NULL,
                 source TEXT NOT NULL,
+                hash TEXT NOT NULL,
                 instructions TEXT NOT NULL,
                 rows INTEGER NOT NULL,
                 file_time TIMESTAMP NOT NULL,
-                UNIQUE (table_name, hash));"
-        ))?;
+                received_from TEXT NOT NULL,
+                first_row INTEGER,
+                PRIMARY KEY (origin, origin_id)) WITHOUT ROWID;
+             CREATE UNIQUE INDEX IF NOT EXISTS tarn_batches_by_hash
+                ON tarn_batches (table_name, hash) WHERE first_row IS NOT NULL;",
+        )?;
         conn.set_prepared_statement_cache_capacity(256);
         let schemas = load_schemas(&conn)?;
         Ok(Database {
@@ -1308,7 +1700,7 @@ mod tests {
 
     fn storage() -> (tempfile::TempDir, Storage) {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path(), "t", Durability::Normal).unwrap();
+        let s = Storage::open(dir.path(), "t", "12D3KooWTest", Durability::Normal).unwrap();
         (dir, s)
     }
 

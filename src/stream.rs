@@ -200,7 +200,9 @@ impl Streams {
     /// store refuses (a column's type changed under it) keeps its journal in
     /// `stream/error/` with the reason, so nothing acknowledged disappears.
     fn write(&self, t: Taken) {
-        let hash = format!("stream:{}", file_name(&t.journal));
+        // The journal's name is unique on this node; the origin makes it
+        // unique in the cluster, where replicas compare hashes.
+        let hash = format!("stream:{}:{}", self.storage.origin(), file_name(&t.journal));
         let meta = BatchMeta {
             source: "streaming".into(),
             hash,

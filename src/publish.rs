@@ -1,0 +1,334 @@
+//! The publisher service (DESIGN.md §1): takes data from devices and routes
+//! each batch to an operator of a cluster, keeping it on disk until one
+//! has committed it.
+//!
+//! A batch is validated and written to `<data-dir>/publisher.db` before the
+//! client is answered, so an accepted batch survives a crash. A sender
+//! drains the queue in order: the first time a batch is sent its cluster is
+//! chosen (by a hash of its source, or round-robin, over the clusters the
+//! ledger knows) and recorded, so a retry never lands in another cluster;
+//! within the cluster it goes to a live operator, moving to another member
+//! when one fails. Operators de-duplicate by the batch's hash, so a batch
+//! re-sent after a lost answer is stored once.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+use tokio::sync::{Notify, watch};
+
+use crate::config::Route;
+use crate::error::ApiError;
+use crate::mesh::Rpc;
+use crate::node::Shared;
+use crate::rows::parse_body;
+use crate::storage::{BatchMeta, Durability};
+
+/// The on-disk queue of batches waiting for an operator.
+pub struct Publisher {
+    db: Mutex<Connection>,
+    bytes: AtomicU64,
+    batches: AtomicU64,
+    max_bytes: u64,
+    route: Route,
+    next_cluster: AtomicUsize,
+    wake: Notify,
+}
+
+/// A batch in the queue.
+struct Queued {
+    seq: i64,
+    db: String,
+    table: String,
+    source: String,
+    hash: String,
+    body: Vec<u8>,
+    cluster: Option<String>,
+}
+
+/// What the publisher answers a client.
+pub struct Accepted {
+    pub rows: usize,
+    pub seq: i64,
+    pub hash: String,
+}
+
+impl Publisher {
+    pub fn open(data_dir: &Path, durability: Durability, cfg: &crate::PublisherConfig) -> anyhow::Result<Publisher> {
+        let conn = Connection::open(data_dir.join("publisher.db"))?;
+        let sync = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Fsync => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = {sync};
+             CREATE TABLE IF NOT EXISTS queue (
+                seq INTEGER PRIMARY KEY,
+                dbms TEXT NOT NULL,
+                table_name TEXT NOT NULL,
+                source TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                body BLOB NOT NULL,
+                cluster TEXT);
+             CREATE TABLE IF NOT EXISTS refused (
+                seq INTEGER PRIMARY KEY,
+                dbms TEXT NOT NULL,
+                table_name TEXT NOT NULL,
+                source TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                body BLOB NOT NULL,
+                cluster TEXT,
+                reason TEXT NOT NULL);"
+        ))?;
+        let (batches, bytes): (i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(length(body)), 0) FROM queue",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if batches > 0 {
+            tracing::info!("{batches} batches wait in the publisher queue");
+        }
+        Ok(Publisher {
+            db: Mutex::new(conn),
+            bytes: AtomicU64::new(bytes as u64),
+            batches: AtomicU64::new(batches as u64),
+            max_bytes: cfg.max_queue_bytes,
+            route: cfg.route,
+            next_cluster: AtomicUsize::new(0),
+            wake: Notify::new(),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Validates a body and queues it as one batch. Blocking.
+    pub fn accept(&self, db: &str, table: &str, source: &str, body: &[u8]) -> Result<Accepted, ApiError> {
+        let db = crate::storage::user_db(db)?;
+        let table = crate::rows::ident("table", table)?;
+        let rows = parse_body(body)?;
+        if self.bytes.load(Ordering::Relaxed) + body.len() as u64 > self.max_bytes {
+            return Err(ApiError::new(
+                axum::http::StatusCode::INSUFFICIENT_STORAGE,
+                "queue_full",
+                format!(
+                    "the publisher queue holds {} bytes waiting for operators (limit {})",
+                    self.bytes.load(Ordering::Relaxed),
+                    self.max_bytes
+                ),
+            ));
+        }
+        let hash = crate::batch_hash(&db, &table, body);
+        let seq = {
+            let conn = self.conn();
+            conn.prepare_cached(
+                "INSERT INTO queue (dbms, table_name, source, hash, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut st| st.execute(params![db, table, source, hash, body]))
+            .map_err(|e| ApiError::internal("queueing a batch", e))?;
+            conn.last_insert_rowid()
+        };
+        self.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_one();
+        Ok(Accepted {
+            rows: rows.rows.len(),
+            seq,
+            hash,
+        })
+    }
+
+    /// Batches and bytes waiting.
+    pub fn pending(&self) -> (u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn oldest(&self, after: i64) -> rusqlite::Result<Option<Queued>> {
+        self.conn()
+            .prepare_cached(
+                "SELECT seq, dbms, table_name, source, hash, body, cluster FROM queue \
+                 WHERE seq > ?1 ORDER BY seq LIMIT 1",
+            )?
+            .query_row([after], |r| {
+                Ok(Queued {
+                    seq: r.get(0)?,
+                    db: r.get(1)?,
+                    table: r.get(2)?,
+                    source: r.get(3)?,
+                    hash: r.get(4)?,
+                    body: r.get(5)?,
+                    cluster: r.get(6)?,
+                })
+            })
+            .optional()
+    }
+
+    fn done(&self, q: &Queued, refused: Option<&str>) {
+        let r = (|| -> rusqlite::Result<()> {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            if let Some(reason) = refused {
+                tx.execute(
+                    "INSERT OR IGNORE INTO refused SELECT seq, dbms, table_name, source, hash, body, cluster, ?2 \
+                     FROM queue WHERE seq = ?1",
+                    params![q.seq, reason],
+                )?;
+            }
+            tx.execute("DELETE FROM queue WHERE seq = ?1", [q.seq])?;
+            tx.commit()
+        })();
+        match r {
+            Ok(()) => {
+                self.bytes.fetch_sub(q.body.len() as u64, Ordering::Relaxed);
+                self.batches.fetch_sub(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!("removing a sent batch from the queue: {e}"),
+        }
+    }
+
+    /// Picks and records the cluster of a batch sent for the first time.
+    fn choose(&self, q: &mut Queued, clusters: &[String]) -> Option<String> {
+        if let Some(c) = &q.cluster {
+            return Some(c.clone());
+        }
+        if clusters.is_empty() {
+            return None;
+        }
+        let i = match self.route {
+            Route::Hash => {
+                let h = blake3::hash(q.source.as_bytes());
+                u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) as usize
+            }
+            Route::RoundRobin => self.next_cluster.fetch_add(1, Ordering::Relaxed),
+        } % clusters.len();
+        let c = clusters[i].clone();
+        if let Err(e) = self
+            .conn()
+            .execute("UPDATE queue SET cluster = ?2 WHERE seq = ?1", params![q.seq, c])
+        {
+            tracing::warn!("recording a batch's cluster: {e}");
+            return None;
+        }
+        q.cluster = Some(c.clone());
+        Some(c)
+    }
+}
+
+/// Drains the queue while the node runs.
+pub async fn send_loop(shared: Arc<Shared>, publisher: Arc<Publisher>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let sent_all = drain(&shared, &publisher).await;
+        let wait = if sent_all { Duration::from_secs(5) } else { Duration::from_millis(250) };
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            _ = publisher.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Sends every queued batch it can; returns whether the queue is empty.
+async fn drain(shared: &Arc<Shared>, publisher: &Arc<Publisher>) -> bool {
+    let mut after = 0;
+    loop {
+        let p = publisher.clone();
+        let next = tokio::task::spawn_blocking(move || p.oldest(after)).await;
+        let mut q = match next {
+            Ok(Ok(Some(q))) => q,
+            Ok(Ok(None)) => return after == 0,
+            Ok(Err(e)) => {
+                tracing::warn!("reading the publisher queue: {e}");
+                return false;
+            }
+            Err(_) => return false,
+        };
+        after = q.seq;
+        let clusters = crate::replicate::clusters(shared);
+        let names: Vec<String> = clusters.keys().cloned().collect();
+        let Some(cluster) = publisher.choose(&mut q, &names) else {
+            continue;
+        };
+        let members = clusters.get(&cluster).cloned().unwrap_or_default();
+        let mut live: Vec<_> = members.into_iter().filter(|m| shared.mesh.alive(&m.peer)).collect();
+        // Spread batches over the members, one batch one member.
+        let n = live.len().max(1);
+        live.rotate_left(q.seq as usize % n);
+        let msg = Rpc::Ingest {
+            db: q.db.clone(),
+            table: q.table.clone(),
+            source: q.source.clone(),
+            hash: q.hash.clone(),
+            body: serde_bytes::ByteBuf::from(std::mem::take(&mut q.body)),
+        };
+        let mut outcome = None;
+        for m in &live {
+            match shared.mesh.rpc(m.peer, &msg).await {
+                Ok(Rpc::Ingested { .. }) => {
+                    outcome = Some(None);
+                    break;
+                }
+                // The operator refuses the data itself: no member will take
+                // it. Kept aside with the reason, not dropped.
+                Ok(Rpc::Failed { code, message }) if code != "internal" && code != "no_operator" => {
+                    tracing::warn!("operator {} refused a queued batch: {message}", m.name);
+                    outcome = Some(Some(format!("{code}: {message}")));
+                    break;
+                }
+                Ok(other) => tracing::debug!("sending to {}: {:?}", m.name, std::mem::discriminant(&other)),
+                Err(e) => tracing::debug!("sending to {}: {e}", m.name),
+            }
+        }
+        if let Rpc::Ingest { body, .. } = msg {
+            q.body = body.into_vec();
+        }
+        if let Some(refused) = outcome {
+            let p = publisher.clone();
+            let _ = tokio::task::spawn_blocking(move || p.done(&q, refused.as_deref())).await;
+        }
+    }
+}
+
+/// An operator's side of `Ingest`: stores the batch like a REST write.
+pub async fn serve_ingest(shared: Arc<Shared>, msg: Rpc) -> Rpc {
+    let Rpc::Ingest { db, table, source, hash, body } = msg else {
+        return Rpc::Error("not an ingest request".into());
+    };
+    let r = tokio::task::spawn_blocking(move || {
+        shared.require_operator()?;
+        let rows = parse_body(&body)?;
+        if hash.is_empty() || hash.len() > 256 || source.len() > 4096 {
+            return Err(ApiError::bad_request("invalid_batch", "a batch needs a hash of at most 256 bytes"));
+        }
+        let meta = BatchMeta {
+            source,
+            hash,
+            instructions: String::new(),
+        };
+        shared.storage.write(&db, &table, rows, &meta)
+    })
+    .await;
+    match r {
+        Ok(Ok(w)) => Rpc::Ingested {
+            rows: w.rows as u64,
+            batch: w.tsd_id,
+            duplicate: w.duplicate,
+        },
+        Ok(Err(e)) => Rpc::Failed {
+            code: if e.status.is_server_error() { "internal".into() } else { e.code.to_string() },
+            message: e.message,
+        },
+        Err(e) => Rpc::Failed {
+            code: "internal".into(),
+            message: e.to_string(),
+        },
+    }
+}
