@@ -199,7 +199,11 @@ pub fn ingest(
                 Err(e) if tried + 1 < clients.len() => {
                     tried += 1;
                     let next = (current + 1) % clients.len();
-                    eprintln!("tarn: {} failed ({e:#}); moving to {}", c.base(), clients[next].base());
+                    eprintln!(
+                        "tarn: {} failed ({e:#}); moving to {}",
+                        c.base(),
+                        clients[next].base()
+                    );
                     current = next;
                 }
                 Err(e) => return Err(e),
@@ -208,7 +212,11 @@ pub fn ingest(
         let v = answer
             .ok_json()
             .with_context(|| format!("batch {} refused", batches + 1))?;
-        if consistency == "cluster" && v["replicas"]["confirmed"].as_array().is_none_or(|c| c.is_empty()) {
+        if consistency == "cluster"
+            && v["replicas"]["confirmed"]
+                .as_array()
+                .is_none_or(|c| c.is_empty())
+        {
             unconfirmed += 1;
         }
         batches += 1;
@@ -278,7 +286,9 @@ pub fn ingest(
     }
     let secs = started.elapsed().as_secs_f64();
     if unconfirmed > 0 {
-        eprintln!("tarn: {unconfirmed} batches were stored on one node only (no other member confirmed them)");
+        eprintln!(
+            "tarn: {unconfirmed} batches were stored on one node only (no other member confirmed them)"
+        );
     }
     eprintln!(
         "ingested {rows} rows into {db}.{table} in {batches} batches{} ({:.0} rows/s)",
@@ -295,7 +305,11 @@ pub fn ingest(
 /// `tarn cluster status` / `tarn cluster verify`: members, liveness,
 /// batches and lag; `verify` fails (non-zero exit) on any difference.
 pub fn cluster(node: &str, verify: bool, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
-    let path = if verify { "/v1/clusters?verify=true" } else { "/v1/clusters" };
+    let path = if verify {
+        "/v1/clusters?verify=true"
+    } else {
+        "/v1/clusters"
+    };
     let v = Client::new(node).get(path, &[])?.ok_json()?;
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
@@ -324,14 +338,21 @@ pub fn cluster(node: &str, verify: bool, json: bool, out: &mut impl Write) -> an
                     num("produced"),
                     num("lag_batches"),
                     m["peer_id"].as_str().unwrap_or(""),
-                    m["error"].as_str().map(|e| format!("  ({e})")).unwrap_or_default(),
+                    m["error"]
+                        .as_str()
+                        .map(|e| format!("  ({e})"))
+                        .unwrap_or_default(),
                 )?;
             }
             for d in c["differences"].as_array().into_iter().flatten() {
                 writeln!(out, "  difference: {}", d.as_str().unwrap_or(""))?;
             }
             for d in c["not_compared"].as_array().into_iter().flatten() {
-                writeln!(out, "  not compared (unreachable): {}", d.as_str().unwrap_or(""))?;
+                writeln!(
+                    out,
+                    "  not compared (unreachable): {}",
+                    d.as_str().unwrap_or("")
+                )?;
             }
         }
     }

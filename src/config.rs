@@ -256,7 +256,9 @@ impl Config {
             return Err("watch.poll_ms must be positive".into());
         }
         if self.replication.sync_ms == 0 || self.replication.ack_timeout_ms == 0 {
-            return Err("replication.sync_ms and replication.ack_timeout_ms must be positive".into());
+            return Err(
+                "replication.sync_ms and replication.ack_timeout_ms must be positive".into(),
+            );
         }
         if self.publisher.max_queue_bytes == 0 {
             return Err("publisher.max_queue_bytes must be positive".into());

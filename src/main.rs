@@ -279,7 +279,14 @@ fn main() -> ExitCode {
             table,
             file,
             batch_rows,
-        } => tarn::cli::ingest(&node, &db, &table, file.as_deref(), batch_rows, &consistency),
+        } => tarn::cli::ingest(
+            &node,
+            &db,
+            &table,
+            file.as_deref(),
+            batch_rows,
+            &consistency,
+        ),
         Command::Cluster { action } => {
             let (node, verify, json) = match action {
                 ClusterAction::Status { node, json } => (node, false, json),

@@ -597,7 +597,10 @@ pub async fn publish_self(shared: &crate::node::Shared) -> anyhow::Result<()> {
     }
     // The cluster itself: every member writes the same body, so it is one
     // policy; its members are the operators whose policies name it.
-    if let (true, Some(c)) = (shared.cfg.has(crate::Service::Operator), &shared.cfg.cluster) {
+    if let (true, Some(c)) = (
+        shared.cfg.has(crate::Service::Operator),
+        &shared.cfg.cluster,
+    ) {
         let policy = Policy::from_value(serde_json::json!({"cluster": {"name": c}}))
             .map_err(|e| anyhow::anyhow!("building the cluster policy: {e}"))?;
         if view.get(&policy.id()).is_none() {

@@ -236,7 +236,11 @@ impl Node {
                 watcher.lock().unwrap_or_else(|p| p.into_inner()).scan()
             }));
         }
-        tasks.extend(crate::replicate::spawn(&shared, stopped.clone(), span.clone()));
+        tasks.extend(crate::replicate::spawn(
+            &shared,
+            stopped.clone(),
+            span.clone(),
+        ));
         if let Some(p) = &shared.publisher {
             tasks.push(tokio::spawn(
                 crate::publish::send_loop(shared.clone(), p.clone(), stopped.clone())

@@ -13,8 +13,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
@@ -57,7 +57,11 @@ pub struct Accepted {
 }
 
 impl Publisher {
-    pub fn open(data_dir: &Path, durability: Durability, cfg: &crate::PublisherConfig) -> anyhow::Result<Publisher> {
+    pub fn open(
+        data_dir: &Path,
+        durability: Durability,
+        cfg: &crate::PublisherConfig,
+    ) -> anyhow::Result<Publisher> {
         let conn = Connection::open(data_dir.join("publisher.db"))?;
         let sync = match durability {
             Durability::Normal => "NORMAL",
@@ -108,7 +112,13 @@ impl Publisher {
     }
 
     /// Validates a body and queues it as one batch. Blocking.
-    pub fn accept(&self, db: &str, table: &str, source: &str, body: &[u8]) -> Result<Accepted, ApiError> {
+    pub fn accept(
+        &self,
+        db: &str,
+        table: &str,
+        source: &str,
+        body: &[u8],
+    ) -> Result<Accepted, ApiError> {
         let db = crate::storage::user_db(db)?;
         let table = crate::rows::ident("table", table)?;
         let rows = parse_body(body)?;
@@ -210,10 +220,10 @@ impl Publisher {
             Route::RoundRobin => self.next_cluster.fetch_add(1, Ordering::Relaxed),
         } % clusters.len();
         let c = clusters[i].clone();
-        if let Err(e) = self
-            .conn()
-            .execute("UPDATE queue SET cluster = ?2 WHERE seq = ?1", params![q.seq, c])
-        {
+        if let Err(e) = self.conn().execute(
+            "UPDATE queue SET cluster = ?2 WHERE seq = ?1",
+            params![q.seq, c],
+        ) {
             tracing::warn!("recording a batch's cluster: {e}");
             return None;
         }
@@ -223,10 +233,18 @@ impl Publisher {
 }
 
 /// Drains the queue while the node runs.
-pub async fn send_loop(shared: Arc<Shared>, publisher: Arc<Publisher>, mut stop: watch::Receiver<bool>) {
+pub async fn send_loop(
+    shared: Arc<Shared>,
+    publisher: Arc<Publisher>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let sent_all = drain(&shared, &publisher).await;
-        let wait = if sent_all { Duration::from_secs(5) } else { Duration::from_millis(250) };
+        let wait = if sent_all {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(250)
+        };
         tokio::select! {
             biased;
             _ = stop.changed() => break,
@@ -258,7 +276,10 @@ async fn drain(shared: &Arc<Shared>, publisher: &Arc<Publisher>) -> bool {
             continue;
         };
         let members = clusters.get(&cluster).cloned().unwrap_or_default();
-        let mut live: Vec<_> = members.into_iter().filter(|m| shared.mesh.alive(&m.peer)).collect();
+        let mut live: Vec<_> = members
+            .into_iter()
+            .filter(|m| shared.mesh.alive(&m.peer))
+            .collect();
         // Spread batches over the members, one batch one member.
         let n = live.len().max(1);
         live.rotate_left(q.seq as usize % n);
@@ -278,12 +299,18 @@ async fn drain(shared: &Arc<Shared>, publisher: &Arc<Publisher>) -> bool {
                 }
                 // The operator refuses the data itself: no member will take
                 // it. Kept aside with the reason, not dropped.
-                Ok(Rpc::Failed { code, message }) if code != "internal" && code != "no_operator" => {
+                Ok(Rpc::Failed { code, message })
+                    if code != "internal" && code != "no_operator" =>
+                {
                     tracing::warn!("operator {} refused a queued batch: {message}", m.name);
                     outcome = Some(Some(format!("{code}: {message}")));
                     break;
                 }
-                Ok(other) => tracing::debug!("sending to {}: {:?}", m.name, std::mem::discriminant(&other)),
+                Ok(other) => tracing::debug!(
+                    "sending to {}: {:?}",
+                    m.name,
+                    std::mem::discriminant(&other)
+                ),
                 Err(e) => tracing::debug!("sending to {}: {e}", m.name),
             }
         }
@@ -299,14 +326,24 @@ async fn drain(shared: &Arc<Shared>, publisher: &Arc<Publisher>) -> bool {
 
 /// An operator's side of `Ingest`: stores the batch like a REST write.
 pub async fn serve_ingest(shared: Arc<Shared>, msg: Rpc) -> Rpc {
-    let Rpc::Ingest { db, table, source, hash, body } = msg else {
+    let Rpc::Ingest {
+        db,
+        table,
+        source,
+        hash,
+        body,
+    } = msg
+    else {
         return Rpc::Error("not an ingest request".into());
     };
     let r = tokio::task::spawn_blocking(move || {
         shared.require_operator()?;
         let rows = parse_body(&body)?;
         if hash.is_empty() || hash.len() > 256 || source.len() > 4096 {
-            return Err(ApiError::bad_request("invalid_batch", "a batch needs a hash of at most 256 bytes"));
+            return Err(ApiError::bad_request(
+                "invalid_batch",
+                "a batch needs a hash of at most 256 bytes",
+            ));
         }
         let meta = BatchMeta {
             source,
@@ -323,7 +360,11 @@ pub async fn serve_ingest(shared: Arc<Shared>, msg: Rpc) -> Rpc {
             duplicate: w.duplicate,
         },
         Ok(Err(e)) => Rpc::Failed {
-            code: if e.status.is_server_error() { "internal".into() } else { e.code.to_string() },
+            code: if e.status.is_server_error() {
+                "internal".into()
+            } else {
+                e.code.to_string()
+            },
             message: e.message,
         },
         Err(e) => Rpc::Failed {

@@ -235,7 +235,11 @@ async fn sync_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 /// One anti-entropy exchange with a member: compares inventories and pulls
 /// every batch it holds and this node lacks. Returns how many were stored.
 pub async fn sync_with(shared: &Arc<Shared>, peer: PeerId) -> Result<usize, String> {
-    let theirs = match shared.mesh.rpc(peer, &Rpc::Inventory { tables: false }).await? {
+    let theirs = match shared
+        .mesh
+        .rpc(peer, &Rpc::Inventory { tables: false })
+        .await?
+    {
         Rpc::Holdings { holdings, .. } => holdings,
         Rpc::Failed { message, .. } => return Err(message),
         _ => return Err("an unexpected answer".into()),
@@ -536,7 +540,15 @@ pub async fn report(shared: &Arc<Shared>, verify: bool) -> serde_json::Value {
                         .map_or(0, |h| h.batches)
                         .into();
                     if verify && let Some((ref_name, (ref_h, ref_t))) = &reference {
-                        diff(ref_name, ref_h, ref_t, &m.name, holdings, tables, &mut differences);
+                        diff(
+                            ref_name,
+                            ref_h,
+                            ref_t,
+                            &m.name,
+                            holdings,
+                            tables,
+                            &mut differences,
+                        );
                     }
                     if verify {
                         v["tables"] = tables

@@ -731,7 +731,9 @@ fn node_names(shared: &Shared) -> HashMap<PeerId, (String, String)> {
 
 /// `operator` policies with the PeerId they describe, only those signed by
 /// that peer's own key.
-pub(crate) fn operators(view: &tarn_ledger::View) -> impl Iterator<Item = (PeerId, &serde_json::Value)> {
+pub(crate) fn operators(
+    view: &tarn_ledger::View,
+) -> impl Iterator<Item = (PeerId, &serde_json::Value)> {
     view.of_kind("operator").filter_map(|p| {
         let body = &p.policy["operator"];
         let peer = body["peer_id"].as_str()?.parse::<PeerId>().ok()?;

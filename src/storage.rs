@@ -232,7 +232,10 @@ pub struct ReplBatch {
 const MAX_BATCH_COLUMNS: usize = 2000;
 
 fn bad_batch(what: &str) -> ApiError {
-    ApiError::bad_request("invalid_batch", format!("a replicated batch has an invalid {what}"))
+    ApiError::bad_request(
+        "invalid_batch",
+        format!("a replicated batch has an invalid {what}"),
+    )
 }
 
 impl ReplBatch {
@@ -428,11 +431,10 @@ impl Storage {
     /// the highest id this node gave its own batches.
     fn reconcile(&self) -> anyhow::Result<i64> {
         let mut almgm = self.almgm.writer();
-        let mut max: i64 = almgm.query_row(
-            "SELECT coalesce(max(file_id), 0) FROM tsd_info",
-            [],
-            |r| r.get(0),
-        )?;
+        let mut max: i64 =
+            almgm.query_row("SELECT coalesce(max(file_id), 0) FROM tsd_info", [], |r| {
+                r.get(0)
+            })?;
         for (name, db) in self.all_dbs() {
             let records = {
                 let w = db.writer();
@@ -502,8 +504,12 @@ impl Storage {
                         received_from TEXT NOT NULL,
                         stored BOOLEAN NOT NULL);"
                 ))?;
-                self.almgm
-                    .set_schema(&table, TableSchema { columns: MEMBER_COLUMNS.map(|(c, t)| (c.to_owned(), t)).to_vec() });
+                self.almgm.set_schema(
+                    &table,
+                    TableSchema {
+                        columns: MEMBER_COLUMNS.map(|(c, t)| (c.to_owned(), t)).to_vec(),
+                    },
+                );
                 tx.prepare_cached(&insert)?
             }
         };
@@ -566,7 +572,12 @@ impl Storage {
         let hints = batch
             .columns
             .iter()
-            .map(|(c, t)| Ok((c.clone(), ColType::from_sql(t).ok_or_else(|| bad_batch("a column type"))?)))
+            .map(|(c, t)| {
+                Ok((
+                    c.clone(),
+                    ColType::from_sql(t).ok_or_else(|| bad_batch("a column type"))?,
+                ))
+            })
             .collect::<Result<Vec<_>, ApiError>>()?;
         let rows = Rows {
             columns: batch.columns.into_iter().map(|(c, _)| c).collect(),
@@ -579,7 +590,14 @@ impl Storage {
         };
         let origin = Origin { ..batch.origin };
         let from = from.to_owned();
-        self.enqueue(&batch.db, &batch.table, rows, &meta, Some((origin, from)), hints)
+        self.enqueue(
+            &batch.db,
+            &batch.table,
+            rows,
+            &meta,
+            Some((origin, from)),
+            hints,
+        )
     }
 
     fn enqueue(
@@ -626,7 +644,10 @@ impl Storage {
             for rec in written.iter().filter(|r| r.from.is_empty()) {
                 // Full: the replicator is behind, and its inventory exchange
                 // finds this batch anyway.
-                let _ = tx.try_send(Committed { db: db_name.clone(), id: rec.origin.id });
+                let _ = tx.try_send(Committed {
+                    db: db_name.clone(),
+                    id: rec.origin.id,
+                });
             }
         }
         job.take_result()
@@ -746,7 +767,9 @@ impl Storage {
                 "SELECT origin, origin_id FROM tarn_batches \
                  WHERE table_name = ?1 AND hash = ?2 AND first_row IS NOT NULL",
             )?
-            .query_row(params![table, job.meta.hash], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(params![table, job.meta.hash], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         let record = |origin: Origin, first_row: Option<i64>| BatchRecord {
             origin,

@@ -84,8 +84,13 @@ impl Storage {
     pub fn table_counts(&self) -> Result<Vec<(String, String, i64)>, ApiError> {
         let mut out = Vec::new();
         for (name, db) in self.all_dbs() {
-            let mut tables: Vec<String> =
-                db.schemas.read().expect("lock poisoned").keys().cloned().collect();
+            let mut tables: Vec<String> = db
+                .schemas
+                .read()
+                .expect("lock poisoned")
+                .keys()
+                .cloned()
+                .collect();
             tables.sort();
             let conn = db.reader().map_err(super::sql_error)?;
             let r = tables
@@ -111,10 +116,8 @@ impl Storage {
                 let mut st = conn.prepare_cached(
                     "SELECT origin_id FROM tarn_batches WHERE origin = ?1 ORDER BY origin_id",
                 )?;
-                let v = st
-                    .query_map([origin], |r| r.get::<_, i64>(0))?
-                    .collect::<rusqlite::Result<Vec<_>>>();
-                v
+                st.query_map([origin], |r| r.get::<_, i64>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
             })();
             db.give_back(conn);
             ids.extend(r.map_err(super::sql_error)?);
@@ -145,10 +148,8 @@ impl Storage {
                 let mut st = conn.prepare_cached(&format!(
                     "SELECT {BATCH_COLUMNS} FROM tarn_batches WHERE origin = ?1 ORDER BY origin_id"
                 ))?;
-                let v = st
-                    .query_map([origin], BatchRecord::from_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>();
-                v
+                st.query_map([origin], BatchRecord::from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
             })();
             db.give_back(conn);
             wanted.extend(
@@ -175,7 +176,12 @@ impl Storage {
 
     /// One batch this node holds, with its rows, or `None` if it holds no
     /// such batch.
-    pub fn read_batch(&self, db: &str, origin: &str, id: i64) -> Result<Option<ReplBatch>, ApiError> {
+    pub fn read_batch(
+        &self,
+        db: &str,
+        origin: &str,
+        id: i64,
+    ) -> Result<Option<ReplBatch>, ApiError> {
         let Ok(database) = self.database(db) else {
             return Ok(None);
         };
@@ -186,7 +192,8 @@ impl Storage {
             ))
             .and_then(|mut st| {
                 use rusqlite::OptionalExtension as _;
-                st.query_row(params![origin, id], BatchRecord::from_row).optional()
+                st.query_row(params![origin, id], BatchRecord::from_row)
+                    .optional()
             });
         database.give_back(conn);
         match rec.map_err(super::sql_error)? {
