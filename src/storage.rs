@@ -611,11 +611,24 @@ impl Storage {
     ) -> Result<Written, ApiError> {
         let db_name = user_db(db)?;
         let table = ident("table", table)?;
-        let database = self.database_or_create(&db_name)?;
+        let existing = self
+            .dbs
+            .read()
+            .expect("lock poisoned")
+            .get(&db_name)
+            .cloned();
         // Coerce before queueing: parsing timestamps and numbers is the
         // costly part, and concurrent batches do it in parallel.
-        let planned = database.schema(&table).unwrap_or_default();
+        let planned = existing
+            .as_ref()
+            .and_then(|d| d.schema(&table))
+            .unwrap_or_default();
         let planned_cols = planned.plan_hinted(&mut rows, &hints)?;
+        // Only a batch that passed creates its database.
+        let database = match existing {
+            Some(d) => d,
+            None => self.database_or_create(&db_name)?,
+        };
         let (origin, from) = origin.unzip();
         let job = Arc::new(Job {
             table,
