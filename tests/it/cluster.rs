@@ -131,6 +131,7 @@ fn a_member_killed_during_cluster_writes_loses_nothing_and_catches_up() {
     wait_for("two thirds of the batches", t, || {
         (acked.lock().unwrap().len() as u64 >= 2 * BATCHES / 3).then_some(())
     });
+    let restarted_at = acked.lock().unwrap().len() as u64;
     a.lock().unwrap().restart();
     targets.lock().unwrap()[0] = a.lock().unwrap().client.base().to_owned();
     writer.join().expect("the writer finished");
@@ -142,6 +143,18 @@ fn a_member_killed_during_cluster_writes_loses_nothing_and_catches_up() {
         assert_eq!(
             v["replicas"]["confirmed"].as_array().map(Vec::len),
             Some(1),
+            "batch {i}: {v}"
+        );
+    }
+    // While `a` was down, b said that no other member holds the batch.
+    for (i, v) in acked
+        .iter()
+        .skip(killed_at as usize + 1)
+        .take(restarted_at.saturating_sub(killed_at + 1) as usize)
+    {
+        assert_eq!(v["replicas"]["confirmed"], json!([]), "batch {i}: {v}");
+        assert!(
+            v["replicas"]["warning"].as_str().is_some_and(|w| w.contains("stored here only")),
             "batch {i}: {v}"
         );
     }
@@ -174,6 +187,14 @@ fn a_member_killed_during_cluster_writes_loses_nothing_and_catches_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("cluster c1: consistent"), "{text}");
+    let out = std::process::Command::new(BIN)
+        .args(["cluster", "status", "--node", b.client.base()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&a.peer_id) && text.contains(&b.peer_id), "{text}");
+    assert!(text.contains("lag_batches"), "{text}");
 
     // almgm: what a produced is in b's tsd_<a>, and the batch counts add up.
     let produced_by_a: i64 = {
@@ -213,9 +234,10 @@ fn a_member_killed_during_cluster_writes_loses_nothing_and_catches_up() {
 fn a_publisher_queues_while_its_cluster_is_down() {
     let p = TestNode::start(&["--services", "publisher,query,master"]);
     let mut m = TestNode::start(&["--bootstrap", &p.p2p[0], "--cluster", "c1"]);
+    let mut m2 = TestNode::start(&["--bootstrap", &p.p2p[0], "--cluster", "c1"]);
     let t = Duration::from_secs(30);
     wait_for("the publisher to see the cluster", t, || {
-        (cluster_members_alive(&p.client, "c1")? == 1).then_some(())
+        (cluster_members_alive(&p.client, "c1")? == 2).then_some(())
     });
     // Up: a batch goes through (native and EdgeLake PUT).
     let a = p.post("lab", "t", &batch(0, 100)).ok_json().unwrap();
@@ -237,9 +259,15 @@ fn a_publisher_queues_while_its_cluster_is_down() {
     wait_for("the operator to store them", t, || {
         (local_counts(&m.client)? == (200, 200)).then_some(())
     });
-    // Down: accepted and queued.
+    // One member down: the other takes the batches.
+    m2.kill();
+    p.post("lab", "t", &batch(200, 100)).ok_json().unwrap();
+    wait_for("the live member to store it", t, || {
+        (local_counts(&m.client)? == (300, 300)).then_some(())
+    });
+    // All down: accepted and queued.
     m.kill();
-    for i in 2..12 {
+    for i in 3..12 {
         p.post("lab", "t", &batch(i * 100, 100)).ok_json().unwrap();
     }
     // The same batch again is accepted and still stored once.
@@ -261,4 +289,31 @@ fn a_publisher_queues_while_its_cluster_is_down() {
         (st["publisher_queue"]["batches"] == 0).then_some(())
     });
     assert_eq!(local_keys(&m.client), (0..1200).collect());
+    // The other member catches up from it: one copy of everything.
+    m2.restart();
+    wait_for("the other member to catch up", Duration::from_secs(60), || {
+        (local_counts(&m2.client)? == (1200, 1200)).then_some(())
+    });
+}
+
+/// `tarn ingest` given several members moves on when one is down.
+#[test]
+fn tarn_ingest_moves_to_another_member() {
+    let mut a = TestNode::start(&["--cluster", "c1"]);
+    let b = TestNode::start(&["--bootstrap", &a.p2p[0], "--cluster", "c1"]);
+    let dead = a.client.base().to_owned();
+    a.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rows.json");
+    std::fs::write(&file, batch(0, 500)).unwrap();
+    let nodes = format!("{dead},{}", b.client.base());
+    let out = std::process::Command::new(BIN)
+        .args(["ingest", "--node", &nodes, "--db", "lab", "--table", "t", "--batch-rows", "100"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("moving to"), "{err}");
+    assert_eq!(local_counts(&b.client), Some((500, 500)));
 }
