@@ -325,6 +325,8 @@ pub struct Storage {
     next_tsd: AtomicI64,
     /// Woken when a table is created, so the node can announce it.
     pub tables_changed: Arc<tokio::sync::Notify>,
+    /// What this node holds, per origin (see [`inventory::Index`]).
+    index: Mutex<inventory::Index>,
     /// Told of every batch this node produces (set by the replicator).
     committed: std::sync::OnceLock<tokio::sync::mpsc::Sender<Committed>>,
 }
@@ -421,6 +423,7 @@ impl Storage {
             next_tsd: AtomicI64::new(1),
             tables_changed: Arc::new(tokio::sync::Notify::new()),
             committed: std::sync::OnceLock::new(),
+            index: Mutex::new(inventory::Index::default()),
         };
         let max = storage.reconcile()?;
         storage.next_tsd.store(max + 1, Ordering::SeqCst);
@@ -444,12 +447,15 @@ impl Storage {
             };
             let tx = almgm.transaction()?;
             let mut copied = 0;
+            let mut index = self.index.lock().expect("lock poisoned");
             for rec in &records {
                 if rec.origin.peer == self.origin {
                     max = max.max(rec.origin.id);
                 }
                 copied += self.record_one(&tx, &name, rec)?;
+                index.add(rec);
             }
+            drop(index);
             tx.commit()?;
             if copied > 0 {
                 tracing::info!(db = %name, batches = copied, "restored batch records into almgm");
@@ -653,6 +659,10 @@ impl Storage {
         let written = self.commit_group(&database, &mut conn, &jobs);
         drop(conn);
         self.record(&db_name, &written);
+        {
+            let mut index = self.index.lock().expect("lock poisoned");
+            written.iter().for_each(|rec| index.add(rec));
+        }
         if let Some(tx) = self.committed.get() {
             for rec in written.iter().filter(|r| r.from.is_empty()) {
                 // Full: the replicator is behind, and its inventory exchange

@@ -32,52 +32,167 @@ impl Holding {
 /// Sorted, disjoint, inclusive ranges of batch ids.
 pub type Ranges = Vec<(i64, i64)>;
 
-/// Whether `id` is inside one of `ranges` (sorted).
-pub fn in_ranges(ranges: &[(i64, i64)], id: i64) -> bool {
+/// What this node holds, per origin, in memory: built from every
+/// database's `tarn_batches` at start, updated after each commit, so an
+/// inventory costs nothing however many batches there are.
+#[derive(Debug, Default)]
+pub(super) struct Index {
+    by: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    name: String,
+    ranges: Ranges,
+    batches: u64,
+    max_id: i64,
+    id_sum: i64,
+    rows: i64,
+}
+
+impl Index {
+    /// Records a batch newly held (stored, or held as a copy).
+    pub(super) fn add(&mut self, rec: &BatchRecord) {
+        let e = self.by.entry(rec.origin.peer.clone()).or_default();
+        if !insert(&mut e.ranges, rec.origin.id) {
+            return;
+        }
+        if e.name.is_empty() {
+            e.name = rec.origin.name.clone();
+        }
+        e.batches += 1;
+        e.max_id = e.max_id.max(rec.origin.id);
+        e.id_sum = e.id_sum.wrapping_add(rec.origin.id);
+        if rec.stored {
+            e.rows += rec.rows;
+        }
+    }
+}
+
+/// Adds `id` to sorted disjoint `ranges`; false if it was there.
+fn insert(ranges: &mut Ranges, id: i64) -> bool {
     let i = ranges.partition_point(|(_, hi)| *hi < id);
-    ranges.get(i).is_some_and(|(lo, _)| *lo <= id)
+    if ranges.get(i).is_some_and(|(lo, _)| *lo <= id) {
+        return false;
+    }
+    let joins_prev = i > 0 && ranges[i - 1].1 + 1 == id;
+    let joins_next = ranges.get(i).is_some_and(|(lo, _)| *lo == id + 1);
+    match (joins_prev, joins_next) {
+        (true, true) => {
+            ranges[i - 1].1 = ranges[i].1;
+            ranges.remove(i);
+        }
+        (true, false) => ranges[i - 1].1 = id,
+        (false, true) => ranges[i].0 = id,
+        (false, false) => ranges.insert(i, (id, id)),
+    }
+    true
+}
+
+/// The ids in `ours` and not in `theirs` (both sorted and disjoint).
+pub fn minus(ours: &[(i64, i64)], theirs: &[(i64, i64)]) -> Ranges {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for &(lo, hi) in ours {
+        let mut at = lo;
+        while j < theirs.len() && theirs[j].1 < at {
+            j += 1;
+        }
+        let mut k = j;
+        while at <= hi {
+            match theirs.get(k) {
+                Some(&(tlo, thi)) if tlo <= hi => {
+                    if tlo > at {
+                        out.push((at, tlo - 1));
+                    }
+                    at = at.max(thi.saturating_add(1));
+                    k += 1;
+                }
+                _ => {
+                    out.push((at, hi));
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 impl Storage {
     /// Per origin, what this node holds, in origin order.
     pub fn inventory(&self) -> Result<Vec<Holding>, ApiError> {
-        let mut by: BTreeMap<String, Holding> = BTreeMap::new();
-        for (_, db) in self.all_dbs() {
-            let conn = db.reader().map_err(super::sql_error)?;
-            let r = (|| {
-                let mut st = conn.prepare_cached(
-                    "SELECT origin, max(origin_name), count(*), max(origin_id), \
-                     total(origin_id), total(CASE WHEN first_row IS NULL THEN 0 ELSE rows END) \
-                     FROM tarn_batches GROUP BY origin",
-                )?;
-                let rows = st.query_map([], |r| {
-                    Ok(Holding {
-                        origin: r.get(0)?,
-                        name: r.get(1)?,
-                        batches: r.get::<_, i64>(2)? as u64,
-                        max_id: r.get(3)?,
-                        id_sum: r.get::<_, f64>(4)? as i64,
-                        rows: r.get::<_, f64>(5)? as i64,
-                    })
-                })?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            })();
-            db.give_back(conn);
-            for h in r.map_err(super::sql_error)? {
-                match by.get_mut(&h.origin) {
-                    Some(acc) => {
-                        acc.batches += h.batches;
-                        acc.max_id = acc.max_id.max(h.max_id);
-                        acc.id_sum = acc.id_sum.wrapping_add(h.id_sum);
-                        acc.rows += h.rows;
-                    }
-                    None => {
-                        by.insert(h.origin.clone(), h);
-                    }
+        let index = self.index.lock().expect("lock poisoned");
+        Ok(index
+            .by
+            .iter()
+            .map(|(origin, e)| Holding {
+                origin: origin.clone(),
+                name: e.name.clone(),
+                batches: e.batches,
+                max_id: e.max_id,
+                id_sum: e.id_sum,
+                rows: e.rows,
+            })
+            .collect())
+    }
+
+    /// The ids of `origin`'s batches held here, as ranges.
+    pub fn held(&self, origin: &str) -> Result<Ranges, ApiError> {
+        let index = self.index.lock().expect("lock poisoned");
+        Ok(index
+            .by
+            .get(origin)
+            .map(|e| e.ranges.clone())
+            .unwrap_or_default())
+    }
+
+    /// `origin`'s batches held here and not in `have`, in id order, with
+    /// their rows: as many as fit in about `budget` bytes (at least one).
+    pub fn missing(
+        &self,
+        origin: &str,
+        have: &[(i64, i64)],
+        budget: usize,
+    ) -> Result<Vec<ReplBatch>, ApiError> {
+        let gaps = minus(&self.held(origin)?, have);
+        let mut out = Vec::new();
+        let mut size = 0;
+        // Gap by gap, a bounded index range scan in each database.
+        for (lo, hi) in gaps {
+            let mut wanted: Vec<(String, BatchRecord)> = Vec::new();
+            for (name, db) in self.all_dbs() {
+                let conn = db.reader().map_err(super::sql_error)?;
+                let r = (|| {
+                    let mut st = conn.prepare_cached(&format!(
+                        "SELECT {BATCH_COLUMNS} FROM tarn_batches \
+                         WHERE origin = ?1 AND origin_id BETWEEN ?2 AND ?3 \
+                         ORDER BY origin_id LIMIT 1000"
+                    ))?;
+                    st.query_map(params![origin, lo, hi], BatchRecord::from_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })();
+                db.give_back(conn);
+                wanted.extend(
+                    r.map_err(super::sql_error)?
+                        .into_iter()
+                        .map(|rec| (name.clone(), rec)),
+                );
+            }
+            wanted.sort_by_key(|(_, rec)| rec.origin.id);
+            for (db, rec) in wanted {
+                if size >= budget && !out.is_empty() {
+                    return Ok(out);
+                }
+                if let Some(b) = self.batch_of(&db, &rec)? {
+                    size += approx_size(&b);
+                    out.push(b);
                 }
             }
+            if size >= budget && !out.is_empty() {
+                break;
+            }
         }
-        Ok(by.into_values().collect())
+        Ok(out)
     }
 
     /// Rows per user table, as `(db, table, rows)`.
@@ -103,73 +218,6 @@ impl Storage {
                 .collect::<rusqlite::Result<Vec<_>>>();
             db.give_back(conn);
             out.extend(r.map_err(super::sql_error)?);
-        }
-        Ok(out)
-    }
-
-    /// The ids of `origin`'s batches held here, as ranges.
-    pub fn held(&self, origin: &str) -> Result<Ranges, ApiError> {
-        let mut ids = Vec::new();
-        for (_, db) in self.all_dbs() {
-            let conn = db.reader().map_err(super::sql_error)?;
-            let r = (|| {
-                let mut st = conn.prepare_cached(
-                    "SELECT origin_id FROM tarn_batches WHERE origin = ?1 ORDER BY origin_id",
-                )?;
-                st.query_map([origin], |r| r.get::<_, i64>(0))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })();
-            db.give_back(conn);
-            ids.extend(r.map_err(super::sql_error)?);
-        }
-        ids.sort_unstable();
-        let mut out: Ranges = Vec::new();
-        for id in ids {
-            match out.last_mut() {
-                Some((_, hi)) if *hi + 1 >= id => *hi = (*hi).max(id),
-                _ => out.push((id, id)),
-            }
-        }
-        Ok(out)
-    }
-
-    /// `origin`'s batches held here and not in `have`, in id order, with
-    /// their rows: as many as fit in about `budget` bytes (at least one).
-    pub fn missing(
-        &self,
-        origin: &str,
-        have: &[(i64, i64)],
-        budget: usize,
-    ) -> Result<Vec<ReplBatch>, ApiError> {
-        let mut wanted: Vec<(String, BatchRecord)> = Vec::new();
-        for (name, db) in self.all_dbs() {
-            let conn = db.reader().map_err(super::sql_error)?;
-            let r = (|| {
-                let mut st = conn.prepare_cached(&format!(
-                    "SELECT {BATCH_COLUMNS} FROM tarn_batches WHERE origin = ?1 ORDER BY origin_id"
-                ))?;
-                st.query_map([origin], BatchRecord::from_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })();
-            db.give_back(conn);
-            wanted.extend(
-                r.map_err(super::sql_error)?
-                    .into_iter()
-                    .filter(|rec| !in_ranges(have, rec.origin.id))
-                    .map(|rec| (name.clone(), rec)),
-            );
-        }
-        wanted.sort_by_key(|(_, rec)| rec.origin.id);
-        let mut out = Vec::new();
-        let mut size = 0;
-        for (db, rec) in wanted {
-            if size >= budget && !out.is_empty() {
-                break;
-            }
-            if let Some(b) = self.batch_of(&db, &rec)? {
-                size += approx_size(&b);
-                out.push(b);
-            }
         }
         Ok(out)
     }
@@ -306,13 +354,13 @@ mod tests {
     /// others lack, some nulls, so schemas evolve differently per member.
     fn rows_of(n: u64) -> Rows {
         let mut columns = vec!["k".to_owned(), "v".to_owned()];
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             columns.push(format!("extra{}", n % 2));
         }
         let rows = (0..10)
             .map(|i| {
                 let mut r = vec![Val::Int((n * 10 + i) as i64), Val::Float(i as f64 / 4.0)];
-                if n % 3 == 0 {
+                if n.is_multiple_of(3) {
                     r.push(if i % 4 == 0 {
                         Val::Null
                     } else {
@@ -451,6 +499,15 @@ mod tests {
             assert_eq!(ks, want, "member {i}, seed {seed}");
         }
         let inv: Vec<Vec<Holding>> = ms.iter().map(|m| m.s.inventory().unwrap()).collect();
+        // The in-memory inventory is what a restart rebuilds from disk.
+        for (i, m) in ms.iter().enumerate() {
+            let again = Storage::open(m._dir.path(), &format!("m{i}"), &m.peer, Durability::Normal)
+                .unwrap();
+            assert_eq!(again.inventory().unwrap(), inv[i], "seed {seed}");
+            for h in &inv[i] {
+                assert_eq!(again.held(&h.origin).unwrap(), m.s.held(&h.origin).unwrap());
+            }
+        }
         for i in 1..3 {
             assert_eq!(inv[0].len(), inv[i].len(), "seed {seed}");
             for (a, b) in inv[0].iter().zip(&inv[i]) {
@@ -529,14 +586,44 @@ mod tests {
     }
 
     #[test]
-    fn ranges() {
-        let r = vec![(1, 3), (5, 5), (9, 12)];
-        for id in [1, 2, 3, 5, 9, 12] {
-            assert!(in_ranges(&r, id), "{id}");
+    fn range_insert_and_difference() {
+        let mut r = Vec::new();
+        for id in [5, 3, 4, 1, 9, 2, 7, 8] {
+            assert!(insert(&mut r, id));
         }
-        for id in [0, 4, 6, 8, 13] {
-            assert!(!in_ranges(&r, id), "{id}");
+        assert!(!insert(&mut r, 4));
+        assert_eq!(r, vec![(1, 5), (7, 9)]);
+        assert!(insert(&mut r, 6));
+        assert_eq!(r, vec![(1, 9)]);
+        assert_eq!(
+            minus(&[(1, 10)], &[(2, 3), (5, 5), (9, 20)]),
+            vec![(1, 1), (4, 4), (6, 8)]
+        );
+        assert_eq!(minus(&[(1, 3), (7, 9)], &[]), vec![(1, 3), (7, 9)]);
+        assert_eq!(minus(&[(1, 3), (7, 9)], &[(0, 100)]), vec![]);
+        assert_eq!(minus(&[(1, 3), (7, 9)], &[(2, 8)]), vec![(1, 1), (9, 9)]);
+        // Against a brute force over small random sets.
+        let mut x = 12345u64;
+        for _ in 0..500 {
+            let mut set = |n: u64| {
+                let mut r = Vec::new();
+                let mut ids = std::collections::BTreeSet::new();
+                for _ in 0..n {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let id = (x % 40) as i64;
+                    insert(&mut r, id);
+                    ids.insert(id);
+                }
+                (r, ids)
+            };
+            let (a, ia) = set(15);
+            let (b, ib) = set(15);
+            let d = minus(&a, &b);
+            let want: Vec<i64> = ia.difference(&ib).copied().collect();
+            let got: Vec<i64> = d.iter().flat_map(|&(lo, hi)| lo..=hi).collect();
+            assert_eq!(got, want, "{a:?} - {b:?}");
         }
-        assert!(!in_ranges(&[], 1));
     }
 }

@@ -154,7 +154,9 @@ fn a_member_killed_during_cluster_writes_loses_nothing_and_catches_up() {
     {
         assert_eq!(v["replicas"]["confirmed"], json!([]), "batch {i}: {v}");
         assert!(
-            v["replicas"]["warning"].as_str().is_some_and(|w| w.contains("stored here only")),
+            v["replicas"]["warning"]
+                .as_str()
+                .is_some_and(|w| w.contains("stored here only")),
             "batch {i}: {v}"
         );
     }
@@ -193,7 +195,10 @@ fn a_member_killed_during_cluster_writes_loses_nothing_and_catches_up() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains(&a.peer_id) && text.contains(&b.peer_id), "{text}");
+    assert!(
+        text.contains(&a.peer_id) && text.contains(&b.peer_id),
+        "{text}"
+    );
     assert!(text.contains("lag_batches"), "{text}");
 
     // almgm: what a produced is in b's tsd_<a>, and the batch counts add up.
@@ -291,9 +296,11 @@ fn a_publisher_queues_while_its_cluster_is_down() {
     assert_eq!(local_keys(&m.client), (0..1200).collect());
     // The other member catches up from it: one copy of everything.
     m2.restart();
-    wait_for("the other member to catch up", Duration::from_secs(60), || {
-        (local_counts(&m2.client)? == (1200, 1200)).then_some(())
-    });
+    wait_for(
+        "the other member to catch up",
+        Duration::from_secs(60),
+        || (local_counts(&m2.client)? == (1200, 1200)).then_some(()),
+    );
 }
 
 /// `tarn ingest` given several members moves on when one is down.
@@ -308,7 +315,17 @@ fn tarn_ingest_moves_to_another_member() {
     std::fs::write(&file, batch(0, 500)).unwrap();
     let nodes = format!("{dead},{}", b.client.base());
     let out = std::process::Command::new(BIN)
-        .args(["ingest", "--node", &nodes, "--db", "lab", "--table", "t", "--batch-rows", "100"])
+        .args([
+            "ingest",
+            "--node",
+            &nodes,
+            "--db",
+            "lab",
+            "--table",
+            "t",
+            "--batch-rows",
+            "100",
+        ])
         .arg(&file)
         .output()
         .unwrap();
