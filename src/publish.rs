@@ -45,7 +45,6 @@ struct Queued {
     table: String,
     source: String,
     hash: String,
-    body: Vec<u8>,
     cluster: Option<String>,
 }
 
@@ -161,10 +160,11 @@ impl Publisher {
         )
     }
 
-    fn oldest(&self, after: i64) -> rusqlite::Result<Option<Queued>> {
+    /// The next queued batch after `after`, without its body.
+    fn next_after(&self, after: i64) -> rusqlite::Result<Option<Queued>> {
         self.conn()
             .prepare_cached(
-                "SELECT seq, dbms, table_name, source, hash, body, cluster FROM queue \
+                "SELECT seq, dbms, table_name, source, hash, cluster FROM queue \
                  WHERE seq > ?1 ORDER BY seq LIMIT 1",
             )?
             .query_row([after], |r| {
@@ -174,14 +174,19 @@ impl Publisher {
                     table: r.get(2)?,
                     source: r.get(3)?,
                     hash: r.get(4)?,
-                    body: r.get(5)?,
-                    cluster: r.get(6)?,
+                    cluster: r.get(5)?,
                 })
             })
             .optional()
     }
 
-    fn done(&self, q: &Queued, refused: Option<&str>) {
+    fn body(&self, seq: i64) -> rusqlite::Result<Vec<u8>> {
+        self.conn()
+            .prepare_cached("SELECT body FROM queue WHERE seq = ?1")?
+            .query_row([seq], |r| r.get(0))
+    }
+
+    fn done(&self, q: &Queued, len: usize, refused: Option<&str>) {
         let r = (|| -> rusqlite::Result<()> {
             let mut conn = self.conn();
             let tx = conn.transaction()?;
@@ -197,7 +202,7 @@ impl Publisher {
         })();
         match r {
             Ok(()) => {
-                self.bytes.fetch_sub(q.body.len() as u64, Ordering::Relaxed);
+                self.bytes.fetch_sub(len as u64, Ordering::Relaxed);
                 self.batches.fetch_sub(1, Ordering::Relaxed);
             }
             Err(e) => tracing::warn!("removing a sent batch from the queue: {e}"),
@@ -232,18 +237,26 @@ impl Publisher {
     }
 }
 
-/// Drains the queue while the node runs.
+/// Drains the queue while the node runs. After a pass that could send
+/// nothing (its clusters are down) it waits a second, whatever arrives
+/// meanwhile, so a long queue is not re-read for every new batch.
 pub async fn send_loop(
     shared: Arc<Shared>,
     publisher: Arc<Publisher>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let sent_all = drain(&shared, &publisher).await;
-        let wait = if sent_all {
-            Duration::from_secs(5)
-        } else {
-            Duration::from_millis(250)
+        let pass = drain(&shared, &publisher).await;
+        let wait = match pass {
+            Pass::Empty => Duration::from_secs(5),
+            Pass::Stuck => {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+            Pass::Progress => Duration::ZERO,
         };
         tokio::select! {
             biased;
@@ -254,20 +267,30 @@ pub async fn send_loop(
     }
 }
 
-/// Sends every queued batch it can; returns whether the queue is empty.
-async fn drain(shared: &Arc<Shared>, publisher: &Arc<Publisher>) -> bool {
+/// What one pass over the queue did.
+enum Pass {
+    Empty,
+    /// Batches wait and none could be sent.
+    Stuck,
+    Progress,
+}
+
+/// Sends every queued batch it can, oldest first.
+async fn drain(shared: &Arc<Shared>, publisher: &Arc<Publisher>) -> Pass {
     let mut after = 0;
+    let mut sent = 0;
     loop {
         let p = publisher.clone();
-        let next = tokio::task::spawn_blocking(move || p.oldest(after)).await;
+        let next = tokio::task::spawn_blocking(move || p.next_after(after)).await;
         let mut q = match next {
             Ok(Ok(Some(q))) => q,
-            Ok(Ok(None)) => return after == 0,
+            Ok(Ok(None)) if after == 0 => return Pass::Empty,
+            Ok(Ok(None)) => break,
             Ok(Err(e)) => {
                 tracing::warn!("reading the publisher queue: {e}");
-                return false;
+                break;
             }
-            Err(_) => return false,
+            Err(_) => break,
         };
         after = q.seq;
         let clusters = crate::replicate::clusters(shared);
@@ -280,15 +303,24 @@ async fn drain(shared: &Arc<Shared>, publisher: &Arc<Publisher>) -> bool {
             .into_iter()
             .filter(|m| shared.mesh.alive(&m.peer))
             .collect();
+        if live.is_empty() {
+            continue;
+        }
         // Spread batches over the members, one batch one member.
-        let n = live.len().max(1);
+        let n = live.len();
         live.rotate_left(q.seq as usize % n);
+        let (p, seq) = (publisher.clone(), q.seq);
+        let body = match tokio::task::spawn_blocking(move || p.body(seq)).await {
+            Ok(Ok(b)) => b,
+            _ => continue,
+        };
+        let len = body.len();
         let msg = Rpc::Ingest {
             db: q.db.clone(),
             table: q.table.clone(),
             source: q.source.clone(),
             hash: q.hash.clone(),
-            body: serde_bytes::ByteBuf::from(std::mem::take(&mut q.body)),
+            body: serde_bytes::ByteBuf::from(body),
         };
         let mut outcome = None;
         for m in &live {
@@ -306,21 +338,23 @@ async fn drain(shared: &Arc<Shared>, publisher: &Arc<Publisher>) -> bool {
                     outcome = Some(Some(format!("{code}: {message}")));
                     break;
                 }
-                Ok(other) => tracing::debug!(
-                    "sending to {}: {:?}",
-                    m.name,
-                    std::mem::discriminant(&other)
-                ),
+                Ok(Rpc::Failed { message, .. }) => {
+                    tracing::debug!("sending to {}: {message}", m.name)
+                }
+                Ok(_) => tracing::debug!("sending to {}: an unexpected answer", m.name),
                 Err(e) => tracing::debug!("sending to {}: {e}", m.name),
             }
         }
-        if let Rpc::Ingest { body, .. } = msg {
-            q.body = body.into_vec();
-        }
         if let Some(refused) = outcome {
+            sent += 1;
             let p = publisher.clone();
-            let _ = tokio::task::spawn_blocking(move || p.done(&q, refused.as_deref())).await;
+            let _ = tokio::task::spawn_blocking(move || p.done(&q, len, refused.as_deref())).await;
         }
+    }
+    if sent > 0 {
+        Pass::Progress
+    } else {
+        Pass::Stuck
     }
 }
 

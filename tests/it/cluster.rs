@@ -289,10 +289,16 @@ fn a_publisher_queues_while_its_cluster_is_down() {
     let mut p = p;
     p.restart();
     let st = p.client.get("/v1/status", &[]).unwrap().ok_json().unwrap();
-    assert_eq!(st["publisher_queue"]["batches"].as_u64(), Some(queued), "{st}");
+    assert_eq!(
+        st["publisher_queue"]["batches"].as_u64(),
+        Some(queued),
+        "{st}"
+    );
     // Back (the publisher moved to a new port: the members find it there).
     for node in [&mut m, &mut m2] {
-        node.args = ["--bootstrap", &p.p2p[0], "--cluster", "c1"].map(str::to_owned).to_vec();
+        node.args = ["--bootstrap", &p.p2p[0], "--cluster", "c1"]
+            .map(str::to_owned)
+            .to_vec();
     }
     m.restart();
     wait_for("the queue to drain", Duration::from_secs(60), || {
