@@ -31,6 +31,9 @@ pub struct Shared {
     pub cursors: crate::scatter::Cursors,
     /// The publisher's queue (publisher service only).
     pub publisher: Option<Arc<crate::publish::Publisher>>,
+    /// Batches of other members this node refused, by origin: not pulled
+    /// again until a restart.
+    pub refused: std::sync::Mutex<std::collections::HashMap<String, Vec<i64>>>,
 }
 
 impl Shared {
@@ -196,6 +199,7 @@ impl Node {
             mesh,
             cursors: Default::default(),
             publisher,
+            refused: Default::default(),
         });
         let _ = shared.mesh.node.set(Arc::downgrade(&shared));
         let mut tasks = Vec::new();

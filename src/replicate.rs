@@ -39,6 +39,8 @@ const MESSAGE_BYTES: usize = 4 << 20;
 const PUSH_QUEUE: usize = 8192;
 /// Most batches one `Replicate` message may carry.
 const MAX_BATCHES: usize = 10_000;
+/// Most refused batches remembered (not asked for again).
+const MAX_REFUSED: usize = 100_000;
 
 /// An operator of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,7 +260,15 @@ pub async fn sync_with(shared: &Arc<Shared>, peer: PeerId) -> Result<usize, Stri
         // is bounded by the message size, the rounds by the peer's count.
         for _ in 0..=h.batches {
             let origin = h.origin.clone();
-            let have = blocking(shared, move |s| s.storage.held(&origin)).await?;
+            let mut have = blocking(shared, move |s| s.storage.held(&origin)).await?;
+            // Batches this node refused (their values do not fit its
+            // columns) are not asked for again until it restarts; `tarn
+            // cluster verify` shows them as a difference.
+            if let Some(ids) = shared.refused.lock().expect("lock poisoned").get(&h.origin) {
+                ids.iter().for_each(|id| {
+                    crate::storage::insert_id(&mut have, *id);
+                });
+            }
             let msg = Rpc::Missing {
                 origin: h.origin.clone(),
                 have,
@@ -279,12 +289,22 @@ pub async fn sync_with(shared: &Arc<Shared>, peer: PeerId) -> Result<usize, Stri
                 let mut ok = 0;
                 let mut failed = 0;
                 for b in batches {
+                    let (origin, id) = (b.origin.peer.clone(), b.origin.id);
                     match s.storage.write_replica(b, &from) {
                         Ok(w) if !w.duplicate => ok += 1,
                         Ok(_) => {}
                         Err(e) => {
                             failed += 1;
-                            tracing::warn!("refusing a batch from {from}: {}", e.message);
+                            tracing::warn!(
+                                "refusing batch {id} of {origin} from {from}: {}",
+                                e.message
+                            );
+                            if e.status.is_client_error() {
+                                let mut refused = s.refused.lock().expect("lock poisoned");
+                                if refused.values().map(Vec::len).sum::<usize>() < MAX_REFUSED {
+                                    refused.entry(origin).or_default().push(id);
+                                }
+                            }
                         }
                     }
                 }

@@ -22,7 +22,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, TransactionBehavior, params};
 
 mod inventory;
-pub use inventory::{Holding, Ranges, approx_size};
+pub use inventory::{Holding, Ranges, approx_size, insert as insert_id};
 
 use crate::error::ApiError;
 use crate::rows::{ColType, Rows, SYSTEM_COLUMNS, Val, coerce, ident, infer};
@@ -57,16 +57,22 @@ impl TableSchema {
     /// columns the batch adds. Nothing is written; an error means the batch
     /// must be refused whole.
     pub fn plan(&self, rows: &mut Rows) -> Result<Vec<(String, ColType)>, ApiError> {
-        self.plan_hinted(rows, &[])
+        self.plan_hinted(rows, None)
     }
 
-    /// [`TableSchema::plan`], taking a new column's type from `hints` when
-    /// it is there (a replicated batch says what its columns are).
+    /// [`TableSchema::plan`] for a replicated batch (`replica` holds the
+    /// types it declares): a new column takes its declared type, and a value
+    /// that does not fit this member's column is kept as it is rather than
+    /// refused. Another member accepted the batch; refusing it here would
+    /// leave the members different for good (columns created concurrently
+    /// on two members can differ: `1` makes an integer column, `1.5` a
+    /// float one).
     pub fn plan_hinted(
         &self,
         rows: &mut Rows,
-        hints: &[(String, ColType)],
+        replica: Option<&[(String, ColType)]>,
     ) -> Result<Vec<(String, ColType)>, ApiError> {
+        let hints = replica.unwrap_or_default();
         let mut new = Vec::new();
         let mut types = Vec::with_capacity(rows.columns.len());
         for (i, c) in rows.columns.iter().enumerate() {
@@ -86,7 +92,11 @@ impl TableSchema {
         }
         for row in &mut rows.rows {
             for ((v, ty), c) in row.iter_mut().zip(&types).zip(&rows.columns) {
-                coerce(c, *ty, v)?;
+                if let Err(e) = coerce(c, *ty, v)
+                    && replica.is_none()
+                {
+                    return Err(e);
+                }
             }
         }
         Ok(new)
@@ -629,7 +639,8 @@ impl Storage {
             .as_ref()
             .and_then(|d| d.schema(&table))
             .unwrap_or_default();
-        let planned_cols = planned.plan_hinted(&mut rows, &hints)?;
+        let replica = origin.is_some().then_some(hints.as_slice());
+        let planned_cols = planned.plan_hinted(&mut rows, replica)?;
         // Only a batch that passed creates its database.
         let database = match existing {
             Some(d) => d,
@@ -825,7 +836,8 @@ impl Storage {
         let new_cols = if schema == planned {
             planned_cols
         } else {
-            match schema.plan_hinted(&mut rows, &job.hints) {
+            let replica = job.origin.is_some().then_some(job.hints.as_slice());
+            match schema.plan_hinted(&mut rows, replica) {
                 Ok(c) => c,
                 Err(e) => return Ok(Err(e)),
             }

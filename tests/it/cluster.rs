@@ -349,3 +349,37 @@ fn tarn_ingest_moves_to_another_member() {
     assert!(err.contains("moving to"), "{err}");
     assert_eq!(local_counts(&b.client), Some((500, 500)));
 }
+
+/// A column created on two members before they met, with different types
+/// (`1` makes it integer, `1.5` float): each keeps the other's rows anyway,
+/// and the members converge.
+#[test]
+fn members_that_typed_a_column_differently_still_converge() {
+    let a = TestNode::start(&["--cluster", "c1"]);
+    a.post("lab", "t", r#"[{"k": 1, "v": 1}]"#)
+        .ok_json()
+        .unwrap();
+    // b starts alone (no bootstrap, no mDNS) and types `v` as float.
+    let mut b = TestNode::start(&["--cluster", "c1"]);
+    b.post("lab", "t", r#"[{"k": 2, "v": 1.5}]"#)
+        .ok_json()
+        .unwrap();
+    b.args.extend(["--bootstrap".to_owned(), a.p2p[0].clone()]);
+    b.restart();
+    let t = Duration::from_secs(30);
+    wait_for("both members to hold both rows", t, || {
+        (local_counts(&a.client)? == (2, 2) && local_counts(&b.client)? == (2, 2)).then_some(())
+    });
+    for n in [&a, &b] {
+        let v = n
+            .client
+            .query_with(&json!({"db": "lab", "sql": "SELECT sum(v) FROM t", "scope": "local"}))
+            .unwrap()
+            .ok_json()
+            .unwrap();
+        assert_eq!(v["rows"][0][0].as_f64(), Some(2.5), "{v}");
+    }
+    wait_for("verify to find them equal", t, || {
+        (verify(&a.client)["consistent"] == true).then_some(())
+    });
+}
