@@ -323,20 +323,21 @@ pub fn cluster(node: &str, verify: bool, json: bool, out: &mut impl Write) -> an
             }
             writeln!(
                 out,
-                "  {:<20} {:<6} {:>9} {:>12} {:>9} {:>11}  peer_id",
-                "member", "alive", "batches", "rows", "produced", "lag_batches"
+                "  {:<20} {:<6} {:>9} {:>12} {:>9} {:>11} {:>9}  peer_id",
+                "member", "alive", "batches", "rows", "produced", "lag_batches", "lag_rows"
             )?;
             for m in c["members"].as_array().into_iter().flatten() {
                 let num = |k: &str| m[k].as_i64().map_or("-".to_owned(), |n| n.to_string());
                 writeln!(
                     out,
-                    "  {:<20} {:<6} {:>9} {:>12} {:>9} {:>11}  {}{}",
+                    "  {:<20} {:<6} {:>9} {:>12} {:>9} {:>11} {:>9}  {}{}",
                     m["name"].as_str().unwrap_or(""),
                     if m["alive"] == true { "yes" } else { "no" },
                     num("batches"),
                     num("rows"),
                     num("produced"),
                     num("lag_batches"),
+                    num("lag_rows"),
                     m["peer_id"].as_str().unwrap_or(""),
                     m["error"]
                         .as_str()

@@ -521,12 +521,12 @@ pub async fn report(shared: &Arc<Shared>, verify: bool) -> serde_json::Value {
             answers.push((m, alive, inv));
         }
         // The union of what the members that answered hold, per origin.
-        let mut most: HashMap<String, u64> = HashMap::new();
+        let mut most: HashMap<String, (u64, i64)> = HashMap::new();
         for (_, _, inv) in &answers {
             if let Some(Ok((holdings, _))) = inv {
                 for h in holdings {
                     let e = most.entry(h.origin.clone()).or_default();
-                    *e = (*e).max(h.batches);
+                    *e = (e.0.max(h.batches), e.1.max(h.rows));
                 }
             }
         }
@@ -547,13 +547,16 @@ pub async fn report(shared: &Arc<Shared>, verify: bool) -> serde_json::Value {
                 Some(Ok((holdings, tables))) => {
                     let mine: HashMap<&str, &Holding> =
                         holdings.iter().map(|h| (h.origin.as_str(), h)).collect();
-                    let lag: u64 = most
-                        .iter()
-                        .map(|(o, n)| n - mine.get(o.as_str()).map_or(0, |h| h.batches.min(*n)))
-                        .sum();
+                    let (mut lag, mut lag_rows) = (0u64, 0i64);
+                    for (o, (n, rows)) in &most {
+                        let (b, r) = mine.get(o.as_str()).map_or((0, 0), |h| (h.batches, h.rows));
+                        lag += n.saturating_sub(b);
+                        lag_rows += (rows - r).max(0);
+                    }
                     v["batches"] = holdings.iter().map(|h| h.batches).sum::<u64>().into();
                     v["rows"] = holdings.iter().map(|h| h.rows).sum::<i64>().into();
                     v["lag_batches"] = lag.into();
+                    v["lag_rows"] = lag_rows.into();
                     v["produced"] = holdings
                         .iter()
                         .find(|h| h.origin == m.peer.to_string())

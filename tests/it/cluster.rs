@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{BIN, Client, TestNode, wait_for};
+use crate::harness::{BIN, Client, Hosts, TestNode, wait_for};
 
 /// A batch of `n` rows with keys `first..first + n`.
 fn batch(first: u64, n: u64) -> String {
@@ -69,11 +69,13 @@ fn verify(c: &Client) -> Value {
 /// kill -9 of the member a writer is using, during continuous writes with
 /// `consistency=cluster`: the writer moves to the other member, no
 /// acknowledged row is lost, and the restarted member catches up with no
-/// duplicate. `almgm` says which member produced what.
+/// duplicate. `almgm` says which member produced what. The members run on
+/// separate hosts (network namespaces) where this machine allows it.
 #[test]
 fn a_member_killed_during_cluster_writes_loses_nothing_and_catches_up() {
-    let mut a = TestNode::start(&["--cluster", "c1"]);
-    let b = TestNode::start(&["--bootstrap", &a.p2p[0], "--cluster", "c1"]);
+    let hosts = Hosts::pair("kill");
+    let mut a = TestNode::start_on(hosts.get(0), &["--cluster", "c1"]);
+    let b = TestNode::start_on(hosts.get(1), &["--bootstrap", &a.p2p[0], "--cluster", "c1"]);
     // Restarted, `a` listens on a new port: it finds b by b's address.
     a.args.extend(["--bootstrap".to_owned(), b.p2p[0].clone()]);
     let t = Duration::from_secs(30);

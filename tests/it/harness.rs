@@ -14,6 +14,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tarn");
 pub struct TestNode {
     pub dir: tempfile::TempDir,
     pub args: Vec<String>,
+    /// The host it runs on (a network namespace), if not this one.
+    host: Option<Host>,
     child: Option<Child>,
     pub client: Client,
     /// The node's PeerId and its libp2p addresses (with `/p2p/<id>`).
@@ -24,12 +26,19 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a node with default settings plus `args`.
     pub fn start(args: &[&str]) -> TestNode {
+        Self::start_on(None, args)
+    }
+
+    /// Starts a node on `host` (see [`Hosts`]), or here when `None`.
+    pub fn start_on(host: Option<&Host>, args: &[&str]) -> TestNode {
         let dir = tempfile::tempdir().expect("a temp dir");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, client, peer_id, p2p) = spawn(dir.path(), &args);
+        let host = host.cloned();
+        let (child, client, peer_id, p2p) = spawn(dir.path(), &args, host.as_ref());
         TestNode {
             dir,
             args,
+            host,
             child: Some(child),
             client,
             peer_id,
@@ -77,7 +86,7 @@ impl TestNode {
     /// Starts the node again on the same data directory (a new REST port).
     pub fn restart(&mut self) {
         self.kill();
-        let (child, client, peer_id, p2p) = spawn(self.dir.path(), &self.args);
+        let (child, client, peer_id, p2p) = spawn(self.dir.path(), &self.args, self.host.as_ref());
         self.child = Some(child);
         self.client = client;
         self.peer_id = peer_id;
@@ -144,17 +153,33 @@ impl Drop for TestNode {
     }
 }
 
-fn spawn(dir: &Path, args: &[String]) -> (Child, Client, String, Vec<String>) {
+fn spawn(dir: &Path, args: &[String], host: Option<&Host>) -> (Child, Client, String, Vec<String>) {
     let data = dir.join("data");
-    let mut child = Command::new(BIN)
+    let (mut cmd, rest, listen) = match host {
+        None => (
+            Command::new(BIN),
+            "127.0.0.1:0".to_owned(),
+            "/ip4/127.0.0.1/tcp/0".to_owned(),
+        ),
+        Some(h) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &h.ns, BIN]);
+            (
+                c,
+                format!("{}:0", h.rest_ip),
+                format!("/ip4/{}/tcp/0", h.lan_ip),
+            )
+        }
+    };
+    let mut child = cmd
         .arg("node")
         .arg("--rest")
-        .arg("127.0.0.1:0")
+        .arg(rest)
         .arg("--data-dir")
         .arg(&data)
         .arg("--name")
         .arg("test-node")
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .args(["--listen", &listen, "--no-mdns"])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -230,4 +255,143 @@ pub fn start_line(child: &mut Child) -> (String, String, Vec<String>) {
     // Keep draining stdout so the node never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (url, peer_id, p2p)
+}
+
+/// A machine of [`Hosts`]: a network namespace with an address on the LAN
+/// between the hosts and one on its own link to this machine (for REST).
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub ns: String,
+    pub lan_ip: String,
+    pub rest_ip: String,
+    /// Its end of the LAN cable.
+    pub lan_dev: String,
+}
+
+/// Two separate hosts joined by one cable, each reachable from here; or,
+/// where network namespaces cannot be made (not root, no iproute2), none,
+/// and the nodes run on loopback (said loudly on stderr).
+pub struct Hosts {
+    pub hosts: Vec<Host>,
+    links: Vec<String>,
+}
+
+impl Hosts {
+    /// `tag` (a few letters) keeps parallel tests' names apart.
+    pub fn pair(tag: &str) -> Hosts {
+        let mut h = Hosts {
+            hosts: Vec::new(),
+            links: Vec::new(),
+        };
+        if !netns_available() {
+            eprintln!(
+                "NOTE {tag}: no network namespaces here (needs root and `ip netns`): nodes run on loopback"
+            );
+            return h;
+        }
+        let id = std::process::id() % 10_000;
+        let net = 100 + (tag.bytes().map(u32::from).sum::<u32>() % 100);
+        let ns: Vec<String> = (0..2).map(|i| format!("t{tag}{id}{i}")).collect();
+        let lan: Vec<String> = (0..2).map(|i| format!("t{tag}{id}l{i}")).collect();
+        for n in &ns {
+            ip(&["netns", "add", n]);
+        }
+        h.hosts = (0..2)
+            .map(|i| Host {
+                ns: ns[i].clone(),
+                lan_ip: format!("10.214.{net}.{}", i + 1),
+                rest_ip: format!("10.215.{}.2", net * 2 + i as u32 - 200),
+                lan_dev: lan[i].clone(),
+            })
+            .collect();
+        ip(&[
+            "link", "add", &lan[0], "type", "veth", "peer", "name", &lan[1],
+        ]);
+        for (i, host) in h.hosts.iter().enumerate() {
+            ip(&["link", "set", &lan[i], "netns", &host.ns]);
+            ip(&[
+                "-n",
+                &host.ns,
+                "addr",
+                "add",
+                &format!("{}/24", host.lan_ip),
+                "dev",
+                &lan[i],
+            ]);
+            ip(&["-n", &host.ns, "link", "set", &lan[i], "up"]);
+            ip(&["-n", &host.ns, "link", "set", "lo", "up"]);
+            // Its own link to this machine, for the REST API.
+            let (outer, inner) = (format!("t{tag}{id}o{i}"), format!("t{tag}{id}i{i}"));
+            ip(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ]);
+            h.links.push(outer.clone());
+            ip(&["link", "set", &inner, "netns", &host.ns]);
+            let subnet = host.rest_ip.rsplit_once('.').expect("an IPv4 address").0;
+            ip(&["addr", "add", &format!("{subnet}.1/24"), "dev", &outer]);
+            ip(&["link", "set", &outer, "up"]);
+            ip(&[
+                "-n",
+                &host.ns,
+                "addr",
+                "add",
+                &format!("{}/24", host.rest_ip),
+                "dev",
+                &inner,
+            ]);
+            ip(&["-n", &host.ns, "link", "set", &inner, "up"]);
+        }
+        h
+    }
+
+    /// The host `i`, or `None` on loopback.
+    pub fn get(&self, i: usize) -> Option<&Host> {
+        self.hosts.get(i)
+    }
+
+    /// Cuts (`false`) or mends (`true`) the cable between the hosts.
+    pub fn cable(&self, up: bool) {
+        let h = &self.hosts[0];
+        ip(&[
+            "-n",
+            &h.ns,
+            "link",
+            "set",
+            &h.lan_dev,
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for l in &self.links {
+            let _ = Command::new("ip").args(["link", "del", l]).status();
+        }
+        for h in &self.hosts {
+            // Nodes still running in it are killed by their TestNode.
+            let _ = Command::new("ip").args(["netns", "del", &h.ns]).status();
+        }
+    }
+}
+
+pub fn ip(args: &[&str]) {
+    let ok = Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "ip {} failed", args.join(" "));
+}
+
+pub fn netns_available() -> bool {
+    let name = format!("tarnprobe{}", std::process::id());
+    let ok = Command::new("ip")
+        .args(["netns", "add", &name])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+    }
+    ok
 }

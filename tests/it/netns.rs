@@ -8,14 +8,14 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{BIN, start_line, wait_for};
+use crate::harness::{BIN, Hosts, TestNode, ip, netns_available, start_line, wait_for};
 
-struct Hosts {
+struct Namespaces {
     names: Vec<String>,
     children: Vec<Child>,
 }
 
-impl Drop for Hosts {
+impl Drop for Namespaces {
     fn drop(&mut self) {
         for c in &mut self.children {
             let _ = c.kill();
@@ -27,40 +27,9 @@ impl Drop for Hosts {
     }
 }
 
-fn ip(args: &[&str]) {
-    let ok = Command::new("ip")
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "ip {} failed", args.join(" "));
-}
-
-fn netns_available() -> bool {
-    let name = format!("tarnprobe{}", std::process::id());
-    let ok = Command::new("ip")
-        .args(["netns", "add", &name])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-    }
-    ok
-}
-
 /// Starts `tarn node` inside namespace `ns`; returns the child and its start line.
 fn node_in(
     ns: &str,
-    data: &std::path::Path,
-    args: &[&str],
-) -> (Child, (String, String, Vec<String>)) {
-    node_at(ns, "127.0.0.1:0", data, args)
-}
-
-/// [`node_in`] with the REST API on `rest`.
-fn node_at(
-    ns: &str,
-    rest: &str,
     data: &std::path::Path,
     args: &[&str],
 ) -> (Child, (String, String, Vec<String>)) {
@@ -72,7 +41,7 @@ fn node_at(
             BIN,
             "node",
             "--rest",
-            rest,
+            "127.0.0.1:0",
             "--no-mdns",
             "--data-dir",
         ])
@@ -115,7 +84,7 @@ fn a_host_that_changes_ip_is_found_again_by_peer_id() {
     let tag = format!("tn{}", std::process::id() % 100_000);
     let (m, b) = (format!("{tag}m"), format!("{tag}b"));
     let (vm, vb) = (format!("{tag}vm"), format!("{tag}vb"));
-    let mut hosts = Hosts {
+    let mut hosts = Namespaces {
         names: vec![m.clone(), b.clone()],
         children: Vec::new(),
     };
@@ -152,7 +121,7 @@ fn a_host_that_changes_ip_is_found_again_by_peer_id() {
         .expect("the master listens on its link")
         .clone();
 
-    let start_b = |hosts: &mut Hosts, addr: &str| {
+    let start_b = |hosts: &mut Namespaces, addr: &str| {
         let listen = format!("/ip4/{addr}/tcp/0");
         let (child, (_, peer, _)) = node_in(
             &b,
@@ -249,104 +218,22 @@ fn a_host_that_changes_ip_is_found_again_by_peer_id() {
     );
 }
 
-/// Two members of a cluster on separate hosts (namespaces on a bridge).
-/// The link between them is cut, both take writes, the link heals: both
-/// converge to the union, with no duplicate.
+/// Two members of a cluster on separate hosts (network namespaces joined
+/// by a cable). The cable is cut, both take writes, the cable is mended:
+/// both converge to the union, with no duplicate.
 #[test]
 fn partitioned_members_converge_to_the_union_after_healing() {
-    use crate::harness::Client;
     if !netns_available() {
         eprintln!(
             "SKIPPED partitioned_members_converge_to_the_union_after_healing: needs root and `ip netns`"
         );
         return;
     }
-    let tag = format!("tp{}", std::process::id() % 100_000);
-    let (a, b) = (format!("{tag}a"), format!("{tag}b"));
-    let mut hosts = Hosts {
-        names: vec![a.clone(), b.clone()],
-        children: Vec::new(),
-    };
-    // A cable between the hosts, and one from here to each host for the
-    // REST API (no bridge: the machine's firewall drops bridged frames).
-    let (ab, ba) = (format!("{tag}ab"), format!("{tag}ba"));
-    ip(&["netns", "add", &a]);
-    ip(&["netns", "add", &b]);
-    ip(&["link", "add", &ab, "type", "veth", "peer", "name", &ba]);
-    ip(&["link", "set", &ab, "netns", &a]);
-    ip(&["link", "set", &ba, "netns", &b]);
-    ip(&["-n", &a, "addr", "add", "10.213.9.1/24", "dev", &ab]);
-    ip(&["-n", &b, "addr", "add", "10.213.9.2/24", "dev", &ba]);
-    for (ns, dev) in [(&a, &ab), (&b, &ba)] {
-        ip(&["-n", ns, "link", "set", dev, "up"]);
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
-    }
-    struct Link(String);
-    impl Drop for Link {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-        }
-    }
-    let mut links = Vec::new();
-    for (ns, net) in [(&a, "10.213.10"), (&b, "10.213.11")] {
-        let (outer, inner) = (format!("{ns}o"), format!("{ns}i"));
-        ip(&[
-            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
-        ]);
-        links.push(Link(outer.clone()));
-        ip(&["link", "set", &inner, "netns", ns]);
-        ip(&["addr", "add", &format!("{net}.1/24"), "dev", &outer]);
-        ip(&["link", "set", &outer, "up"]);
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{net}.2/24"),
-            "dev",
-            &inner,
-        ]);
-        ip(&["-n", ns, "link", "set", &inner, "up"]);
-    }
-    let dirs = tempfile::tempdir().unwrap();
-    let (child, (a_url, _, a_p2p)) = node_at(
-        &a,
-        "10.213.10.2:0",
-        &dirs.path().join("a"),
-        &[
-            "--name",
-            "edge-a",
-            "--cluster",
-            "c1",
-            "--listen",
-            "/ip4/10.213.9.1/tcp/0",
-        ],
-    );
-    hosts.children.push(child);
-    let boot = a_p2p
-        .iter()
-        .find(|x| x.contains("10.213.9.1"))
-        .unwrap()
-        .clone();
-    let (child, (b_url, _, _)) = node_at(
-        &b,
-        "10.213.11.2:0",
-        &dirs.path().join("b"),
-        &[
-            "--name",
-            "edge-b",
-            "--cluster",
-            "c1",
-            "--listen",
-            "/ip4/10.213.9.2/tcp/0",
-            "--bootstrap",
-            &boot,
-        ],
-    );
-    hosts.children.push(child);
-    let (ca, cb) = (Client::new(&a_url), Client::new(&b_url));
-    let alive = |c: &Client| -> Option<usize> {
-        let v = c.get("/v1/clusters", &[]).ok()?.ok_json().ok()?;
+    let hosts = Hosts::pair("part");
+    let a = TestNode::start_on(hosts.get(0), &["--cluster", "c1"]);
+    let b = TestNode::start_on(hosts.get(1), &["--cluster", "c1", "--bootstrap", &a.p2p[0]]);
+    let alive = |n: &TestNode| -> Option<usize> {
+        let v = n.client.get("/v1/clusters", &[]).ok()?.ok_json().ok()?;
         let cl = v["clusters"]
             .as_array()?
             .iter()
@@ -362,16 +249,17 @@ fn partitioned_members_converge_to_the_union_after_healing() {
     };
     let t = Duration::from_secs(30);
     wait_for("both members to see each other", t, || {
-        (alive(&ca)? == 2 && alive(&cb)? == 2).then_some(())
+        (alive(&a)? == 2 && alive(&b)? == 2).then_some(())
     });
     let rows = |first: u64| {
         let v: Vec<serde_json::Value> = (first..first + 20)
             .map(|k| serde_json::json!({"k": k, "v": k as f64}))
             .collect();
-        serde_json::to_vec(&v).unwrap()
+        serde_json::to_string(&v).unwrap()
     };
-    let count = |c: &Client| -> Option<(i64, i64)> {
-        let v = c
+    let count = |n: &TestNode| -> Option<(i64, i64)> {
+        let v = n
+            .client
             .query_with(&serde_json::json!({"db": "lab", "sql": "SELECT count(*), count(distinct k) FROM t", "scope": "local"}))
             .ok()?
             .ok_json()
@@ -379,47 +267,39 @@ fn partitioned_members_converge_to_the_union_after_healing() {
         Some((v["rows"][0][0].as_i64()?, v["rows"][0][1].as_i64()?))
     };
     for i in 0..5 {
-        ca.ingest("lab", "t", &rows(i * 20))
-            .unwrap()
-            .ok_json()
-            .unwrap();
+        a.post("lab", "t", &rows(i * 20)).ok_json().unwrap();
     }
     wait_for("b to hold a's first batches", t, || {
-        (count(&cb)? == (100, 100)).then_some(())
+        (count(&b)? == (100, 100)).then_some(())
     });
 
     // Cut the cable between the two hosts (each still reachable from here).
-    ip(&["-n", &a, "link", "set", &ab, "down"]);
+    hosts.cable(false);
     for i in 5..10 {
-        ca.ingest("lab", "t", &rows(i * 20))
-            .unwrap()
-            .ok_json()
-            .unwrap();
+        a.post("lab", "t", &rows(i * 20)).ok_json().unwrap();
     }
     for i in 10..15 {
-        cb.ingest("lab", "t", &rows(i * 20))
-            .unwrap()
-            .ok_json()
-            .unwrap();
+        b.post("lab", "t", &rows(i * 20)).ok_json().unwrap();
     }
     // Each side holds only its own writes while cut off.
-    assert_eq!(count(&ca), Some((200, 200)));
-    assert_eq!(count(&cb), Some((200, 200)));
+    assert_eq!(count(&a), Some((200, 200)));
+    assert_eq!(count(&b), Some((200, 200)));
 
-    // Heal: both converge to the union.
+    // Mend it: both converge to the union.
     let healed = Instant::now();
-    ip(&["-n", &a, "link", "set", &ab, "up"]);
+    hosts.cable(true);
     wait_for(
         "both members to hold the union",
         Duration::from_secs(90),
-        || (count(&ca)? == (300, 300) && count(&cb)? == (300, 300)).then_some(()),
+        || (count(&a)? == (300, 300) && count(&b)? == (300, 300)).then_some(()),
     );
     eprintln!(
-        "members converged {:?} after the link healed",
+        "members converged {:?} after the cable was mended",
         healed.elapsed()
     );
     wait_for("verify to find them equal", t, || {
-        let v = ca
+        let v = a
+            .client
             .get("/v1/clusters?verify=true", &[])
             .ok()?
             .ok_json()
