@@ -493,8 +493,10 @@ async fn inventory_of(
     }
     let msg = Rpc::Inventory { tables };
     let ask = shared.mesh.rpc(peer, &msg);
-    match tokio::time::timeout(Duration::from_secs(10), ask).await {
-        Err(_) => Err("no answer in 10 s".into()),
+    // Short: a member behind a cut link not noticed yet must not stall
+    // the whole report.
+    match tokio::time::timeout(Duration::from_secs(3), ask).await {
+        Err(_) => Err("no answer in 3 s".into()),
         Ok(Err(e)) => Err(e),
         Ok(Ok(Rpc::Holdings { holdings, tables })) => Ok((holdings, tables)),
         Ok(Ok(Rpc::Failed { message, .. })) => Err(message),

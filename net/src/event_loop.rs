@@ -135,7 +135,14 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, NetError> {
                 relay_server: relay_server
                     .then(|| relay::Behaviour::new(peer_id, relay::Config::default()))
                     .into(),
-                ping: ping::Behaviour::default(),
+                // A link cut without a reset (a partition, a pulled cable)
+                // leaves TCP open for many minutes: a ping that times out
+                // closes the connection instead (see `swarm_event`).
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(Duration::from_secs(5))
+                        .with_timeout(Duration::from_secs(10)),
+                ),
                 identify: identify::Behaviour::new(
                     identify::Config::new("/tarn/id/1".into(), key.public())
                         .with_agent_version(format!("tarn/{}", env!("CARGO_PKG_VERSION")))
@@ -305,6 +312,17 @@ impl EventLoop {
                 ..
             } => {
                 self.emit(Event::Disconnected(peer_id)).await;
+            }
+            // A peer without ping (a light client) is fine; one that
+            // stopped answering (a timeout, or a stream that could not even
+            // be opened in time) is behind a cut link.
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            })) if !matches!(e, ping::Failure::Unsupported) => {
+                tracing::info!("{peer} did not answer a ping ({e}): closing the connection");
+                self.swarm.close_connection(connection);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,

@@ -273,8 +273,16 @@ fn partitioned_members_converge_to_the_union_after_healing() {
         (count(&b)? == (100, 100)).then_some(())
     });
 
-    // Cut the cable between the two hosts (each still reachable from here).
+    // Cut the cable between the two hosts (each still reachable from here),
+    // and wait until both know: a silent cut is found by pings (~15-30 s).
     hosts.cable(false);
+    let cut = Instant::now();
+    wait_for(
+        "both members to see the other gone",
+        Duration::from_secs(90),
+        || (alive(&a)? == 1 && alive(&b)? == 1).then_some(()),
+    );
+    eprintln!("the cut was noticed after {:?}", cut.elapsed());
     for i in 5..10 {
         a.post("lab", "t", &rows(i * 20)).ok_json().unwrap();
     }
