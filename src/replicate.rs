@@ -136,47 +136,40 @@ async fn push_loop(
         if live.is_empty() {
             continue;
         }
-        let sh = shared.clone();
-        let batches = tokio::task::spawn_blocking(move || {
-            let origin = sh.storage.origin().to_owned();
-            group
-                .iter()
-                .filter_map(|c| match sh.storage.read_batch(&c.db, &origin, c.id) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!("reading batch {} for replication: {}", c.id, e.message);
-                        None
+        // One message at a time, read as it is sent: memory stays at about
+        // one message however far behind the pusher is.
+        let group = Arc::new(group);
+        let mut at = 0;
+        while at < group.len() {
+            let (sh, g) = (shared.clone(), group.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                let origin = sh.storage.origin().to_owned();
+                let (mut out, mut size, mut i) = (Vec::new(), 0, at);
+                while i < g.len() && size < MESSAGE_BYTES && out.len() < MAX_BATCHES {
+                    let c = &g[i];
+                    i += 1;
+                    match sh.storage.read_batch(&c.db, &origin, c.id) {
+                        Ok(Some(b)) => {
+                            size += crate::storage::approx_size(&b);
+                            out.push(b);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!("reading batch {} for replication: {}", c.id, e.message)
+                        }
                     }
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for msg in split(batches) {
-            let timeout = Duration::from_millis(shared.cfg.replication.ack_timeout_ms);
-            send_to_all(&shared, &live, msg, timeout).await;
-        }
-    }
-}
-
-/// Groups batches into messages of at most [`MESSAGE_BYTES`].
-fn split(batches: Vec<ReplBatch>) -> Vec<Vec<ReplBatch>> {
-    let mut out: Vec<Vec<ReplBatch>> = Vec::new();
-    let mut size = 0;
-    for b in batches {
-        let n = crate::storage::approx_size(&b);
-        match out.last_mut() {
-            Some(last) if size + n <= MESSAGE_BYTES && last.len() < MAX_BATCHES => {
-                size += n;
-                last.push(b);
-            }
-            _ => {
-                size = n;
-                out.push(vec![b]);
+                }
+                (out, i)
+            })
+            .await;
+            let Ok((batches, next)) = read else { break };
+            at = next;
+            if !batches.is_empty() {
+                let timeout = Duration::from_millis(shared.cfg.replication.ack_timeout_ms);
+                send_to_all(&shared, &live, batches, timeout).await;
             }
         }
     }
-    out
 }
 
 /// Sends one `Replicate` message to each member at once; returns, per

@@ -29,6 +29,9 @@ impl Holding {
     }
 }
 
+/// Most batches one answer to a `Missing` request carries.
+const MAX_MISSING: usize = 5_000;
+
 /// Sorted, disjoint, inclusive ranges of batch ids.
 pub type Ranges = Vec<(i64, i64)>;
 
@@ -180,7 +183,7 @@ impl Storage {
             }
             wanted.sort_by_key(|(_, rec)| rec.origin.id);
             for (db, rec) in wanted {
-                if size >= budget && !out.is_empty() {
+                if (size >= budget && !out.is_empty()) || out.len() >= MAX_MISSING {
                     return Ok(out);
                 }
                 if let Some(b) = self.batch_of(&db, &rec)? {
