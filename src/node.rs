@@ -183,6 +183,9 @@ impl Node {
         (net_cfg.listen, net_cfg.bootstrap) = cfg.multiaddrs();
         net_cfg.mdns = cfg.mdns;
         net_cfg.relay_server = cfg.has(Service::Master);
+        // Requests carry batches too (replication pushes, a publisher's
+        // batches): as large as any message the node accepts.
+        net_cfg.max_request_bytes = crate::mesh::MAX_RPC;
         let mesh = crate::mesh::start(&cfg.data_dir, net_cfg, secret, stopped.clone()).await?;
         let listener = tokio::net::TcpListener::bind(cfg.rest)
             .await

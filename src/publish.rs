@@ -27,6 +27,44 @@ use crate::node::Shared;
 use crate::rows::parse_body;
 use crate::storage::{BatchMeta, Durability};
 
+/// Largest batch body sent to an operator in one message (well under the
+/// RPC limit); larger bodies are split.
+const MAX_FORWARD: usize = 4 << 20;
+
+/// Rows as NDJSON bodies of at most about `max` bytes each. Nulls are left
+/// out: a missing key and a null are stored alike, and a part whose column
+/// is all null must not create that column with a guessed type.
+fn split(rows: &crate::rows::Rows, max: usize) -> Vec<Vec<u8>> {
+    use crate::rows::Val;
+    let mut out = vec![Vec::new()];
+    for row in &rows.rows {
+        let obj: serde_json::Map<String, serde_json::Value> = rows
+            .columns
+            .iter()
+            .zip(row)
+            .filter_map(|(c, v)| {
+                let j = match v {
+                    Val::Null => return None,
+                    Val::Int(i) => (*i).into(),
+                    Val::Float(f) => serde_json::Number::from_f64(*f)?.into(),
+                    Val::Bool(b) => (*b).into(),
+                    Val::Text(t) => t.clone().into(),
+                };
+                Some((c.clone(), j))
+            })
+            .collect();
+        let line = serde_json::to_vec(&obj).expect("a JSON object serializes");
+        let cur = out.last_mut().expect("never empty");
+        if !cur.is_empty() && cur.len() + line.len() + 1 > max {
+            out.push(Vec::new());
+        }
+        let cur = out.last_mut().expect("never empty");
+        cur.extend_from_slice(&line);
+        cur.push(b'\n');
+    }
+    out
+}
+
 /// The on-disk queue of batches waiting for an operator.
 pub struct Publisher {
     db: Mutex<Connection>,
@@ -133,17 +171,40 @@ impl Publisher {
             ));
         }
         let hash = crate::batch_hash(&db, &table, body);
-        let seq = {
-            let conn = self.conn();
-            conn.prepare_cached(
-                "INSERT INTO queue (dbms, table_name, source, hash, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .and_then(|mut st| st.execute(params![db, table, source, hash, body]))
-            .map_err(|e| ApiError::internal("queueing a batch", e))?;
-            conn.last_insert_rowid()
+        // A body larger than one peer message goes as several batches, each
+        // with a hash derived from the whole one (so a re-sent body is still
+        // stored once).
+        let parts: Vec<(String, std::borrow::Cow<'_, [u8]>)> = if body.len() <= MAX_FORWARD {
+            vec![(hash.clone(), body.into())]
+        } else {
+            split(&rows, MAX_FORWARD)
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| (format!("{hash}:{i}"), b.into()))
+                .collect()
         };
-        self.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-        self.batches.fetch_add(1, Ordering::Relaxed);
+        let seq = {
+            let mut conn = self.conn();
+            let tx = conn
+                .transaction()
+                .map_err(|e| ApiError::internal("queueing a batch", e))?;
+            let mut first = None;
+            for (h, b) in &parts {
+                tx.prepare_cached(
+                    "INSERT INTO queue (dbms, table_name, source, hash, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut st| st.execute(params![db, table, source, h, b.as_ref()]))
+                .map_err(|e| ApiError::internal("queueing a batch", e))?;
+                first.get_or_insert(tx.last_insert_rowid());
+            }
+            tx.commit()
+                .map_err(|e| ApiError::internal("queueing a batch", e))?;
+            first.unwrap_or_default()
+        };
+        let bytes: usize = parts.iter().map(|(_, b)| b.len()).sum();
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.batches
+            .fetch_add(parts.len() as u64, Ordering::Relaxed);
         self.wake.notify_one();
         Ok(Accepted {
             rows: rows.rows.len(),
@@ -405,5 +466,45 @@ pub async fn serve_ingest(shared: Arc<Shared>, msg: Rpc) -> Rpc {
             code: "internal".into(),
             message: e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_bodies_hold_every_row_once_within_the_bound() {
+        let body: String = (0..2000)
+            .map(|i| {
+                let extra = if i % 3 == 0 {
+                    format!(", \"x\": {i}.5")
+                } else {
+                    ", \"x\": null".into()
+                };
+                format!(
+                    "{{\"k\": {i}, \"s\": \"row {i}\", \"b\": {}{extra}}}\n",
+                    i % 2 == 0
+                )
+            })
+            .collect();
+        let rows = parse_body(body.as_bytes()).unwrap();
+        let parts = split(&rows, 10_000);
+        assert!(parts.len() > 5);
+        let mut back = crate::rows::Rows::default();
+        for p in &parts {
+            assert!(p.len() <= 10_000);
+            back.append(parse_body(p).unwrap());
+        }
+        assert_eq!(back.rows.len(), 2000);
+        let col = |r: &crate::rows::Rows, name: &str, i: usize| {
+            let c = r.columns.iter().position(|c| c == name).unwrap();
+            r.rows[i][c].clone()
+        };
+        for i in 0..2000 {
+            for name in ["k", "s", "b", "x"] {
+                assert_eq!(col(&back, name, i), col(&rows, name, i), "row {i} {name}");
+            }
+        }
     }
 }

@@ -84,6 +84,24 @@ fn a_member_killed_during_cluster_writes_loses_nothing_and_catches_up() {
             && cluster_members_alive(&b.client, "c1")? == 2)
             .then_some(())
     });
+    // A batch larger than 1 MB is pushed and confirmed too.
+    let big = batch(0, 40_000);
+    assert!(big.len() > 1 << 20);
+    let v = a
+        .client
+        .post(
+            "/v1/data/lab/big?consistency=cluster",
+            &[("content-type", "application/json")],
+            big.as_bytes(),
+        )
+        .unwrap()
+        .ok_json()
+        .unwrap();
+    assert_eq!(
+        v["replicas"]["confirmed"].as_array().map(Vec::len),
+        Some(1),
+        "{v}"
+    );
     let a = Arc::new(Mutex::new(a));
     let targets = Arc::new(Mutex::new(vec![
         a.lock().unwrap().client.base().to_owned(),
@@ -266,11 +284,21 @@ fn a_publisher_queues_while_its_cluster_is_down() {
     wait_for("the operator to store them", t, || {
         (local_counts(&m.client)? == (200, 200)).then_some(())
     });
+    // A body larger than one peer message (~6 MB) goes in parts, once.
+    let big = batch(100_000, 150_000);
+    assert!(big.len() > 4 << 20);
+    for _ in 0..2 {
+        let a = p.post("lab", "t", &big).ok_json().unwrap();
+        assert_eq!(a["rows"], 150_000);
+    }
+    wait_for("the large batch to be stored", t, || {
+        (local_counts(&m.client)? == (150_200, 150_200)).then_some(())
+    });
     // One member down: the other takes the batches.
     m2.kill();
     p.post("lab", "t", &batch(200, 100)).ok_json().unwrap();
     wait_for("the live member to store it", t, || {
-        (local_counts(&m.client)? == (300, 300)).then_some(())
+        (local_counts(&m.client)? == (150_300, 150_300)).then_some(())
     });
     // All down: accepted and queued.
     m.kill();
@@ -304,19 +332,20 @@ fn a_publisher_queues_while_its_cluster_is_down() {
     }
     m.restart();
     wait_for("the queue to drain", Duration::from_secs(60), || {
-        (local_counts(&m.client)? == (1200, 1200)).then_some(())
+        (local_counts(&m.client)? == (151_200, 151_200)).then_some(())
     });
     wait_for("the queue to be empty", t, || {
         let st = p.client.get("/v1/status", &[]).ok()?.ok_json().ok()?;
         (st["publisher_queue"]["batches"] == 0).then_some(())
     });
-    assert_eq!(local_keys(&m.client), (0..1200).collect());
+    let want: BTreeSet<u64> = (0..1200).chain(100_000..250_000).collect();
+    assert_eq!(local_keys(&m.client), want);
     // The other member catches up from it: one copy of everything.
     m2.restart();
     wait_for(
         "the other member to catch up",
         Duration::from_secs(60),
-        || (local_counts(&m2.client)? == (1200, 1200)).then_some(()),
+        || (local_counts(&m2.client)? == (151_200, 151_200)).then_some(()),
     );
 }
 
