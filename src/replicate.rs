@@ -424,15 +424,44 @@ pub async fn confirm(
         .collect();
     if !live.is_empty() {
         let (db, origin, id) = (db.to_owned(), w.origin.clone(), w.tsd_id);
-        let batch = blocking(shared, move |s| s.storage.read_batch(&db, &origin, id))
+        let parts = blocking(shared, move |s| s.storage.batch_parts(&db, &origin, id))
             .await
-            .map_err(|e| ApiError::internal("reading the batch back", e))?
-            .ok_or_else(|| ApiError::internal("reading the batch back", "it is not here"))?;
+            .map_err(|e| ApiError::internal("reading the batch back", e))?;
+        if parts.is_empty() {
+            return Err(ApiError::internal(
+                "reading the batch back",
+                "it is not here",
+            ));
+        }
+        // A large batch goes in several messages; a member confirms it when
+        // it has taken every one.
         let timeout = Duration::from_millis(shared.cfg.replication.ack_timeout_ms);
-        for (m, r) in send_to_all(shared, &live, vec![batch], timeout).await {
-            match r {
-                Ok(()) => confirmed.push(m.name),
-                Err(e) => unconfirmed.push(
+        let mut failed: HashMap<PeerId, String> = HashMap::new();
+        let mut message = Vec::new();
+        let mut size = 0;
+        let mut parts = parts.into_iter().peekable();
+        while let Some(b) = parts.next() {
+            size += crate::storage::approx_size(&b);
+            message.push(b);
+            if size >= MESSAGE_BYTES || parts.peek().is_none() {
+                let to: Vec<Member> = live
+                    .iter()
+                    .filter(|m| !failed.contains_key(&m.peer))
+                    .cloned()
+                    .collect();
+                for (m, r) in send_to_all(shared, &to, std::mem::take(&mut message), timeout).await
+                {
+                    if let Err(e) = r {
+                        failed.insert(m.peer, e);
+                    }
+                }
+                size = 0;
+            }
+        }
+        for m in live {
+            match failed.remove(&m.peer) {
+                None => confirmed.push(m.name),
+                Some(e) => unconfirmed.push(
                     serde_json::json!({"name": m.name, "peer_id": m.peer.to_string(), "reason": e}),
                 ),
             }

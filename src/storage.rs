@@ -288,12 +288,39 @@ impl ReplBatch {
     }
 }
 
+/// About how many bytes of rows one part of a batch holds (see
+/// [`Storage::write_one`]): well inside one replication message.
+const PART_BYTES: usize = 2 << 20;
+
+/// Where each part of a batch starts: cut when a part's rows reach about
+/// `max` bytes (at least one row a part).
+fn part_starts(rows: &[Vec<Val>], max: usize) -> Vec<usize> {
+    let mut starts = vec![0];
+    let mut size = 0;
+    for (i, row) in rows.iter().enumerate() {
+        let n: usize = row
+            .iter()
+            .map(|v| match v {
+                Val::Text(t) => t.len() + 4,
+                _ => 9,
+            })
+            .sum();
+        if size > 0 && size + n > max {
+            starts.push(i);
+            size = 0;
+        }
+        size += n;
+    }
+    starts
+}
+
 /// What [`Storage::write_one`] did with one batch.
 struct Stored {
     written: Written,
     new_columns: NewColumns,
-    /// The batch's record for `almgm`, if there is a new one.
-    record: Option<BatchRecord>,
+    /// The batch's new records (`almgm`, the inventory): none, or one per
+    /// part.
+    records: Vec<BatchRecord>,
 }
 
 /// What a write did.
@@ -736,7 +763,7 @@ impl Storage {
                     if !stored.new_columns.is_empty() {
                         *schema = schema.extended(&stored.new_columns);
                     }
-                    records.extend(stored.record);
+                    records.extend(stored.records);
                     answers.push(Ok(stored.written));
                 }
                 Ok(Err(api)) => answers.push(Err(api)),
@@ -778,7 +805,7 @@ impl Storage {
     ) -> Result<Result<Stored, ApiError>, rusqlite::Error> {
         let table = &job.table;
         let n = rows.rows.len();
-        let duplicate = |origin: &str, id: i64, record: Option<BatchRecord>| Stored {
+        let duplicate = |origin: &str, id: i64, records: Vec<BatchRecord>| Stored {
             written: Written {
                 tsd_id: id,
                 origin: origin.to_owned(),
@@ -786,14 +813,14 @@ impl Storage {
                 duplicate: true,
             },
             new_columns: Vec::new(),
-            record,
+            records,
         };
         if let Some(o) = &job.origin {
             let held = tx
                 .prepare_cached("SELECT 1 FROM tarn_batches WHERE origin = ?1 AND origin_id = ?2")?
                 .exists(params![o.peer, o.id])?;
             if held {
-                return Ok(Ok(duplicate(&o.peer, o.id, None)));
+                return Ok(Ok(duplicate(&o.peer, o.id, Vec::new())));
             }
         }
         let existing: Option<(String, i64)> = tx
@@ -825,9 +852,9 @@ impl Storage {
                 Some(o) => {
                     let rec = record(o.clone(), None);
                     insert_batch(tx, &rec)?;
-                    Some(rec)
+                    vec![rec]
                 }
-                None => None,
+                None => Vec::new(),
             };
             return Ok(Ok(duplicate(&peer, id, rec)));
         }
@@ -855,6 +882,14 @@ impl Storage {
                 }
             }
         }
+        // A large batch written here is recorded as several parts (one
+        // transaction still), each small enough to travel to the other
+        // members in one message. The cuts depend only on the rows, so the
+        // same batch written on two members is cut alike.
+        let starts = match &job.origin {
+            Some(_) => vec![0],
+            None => part_starts(&rows.rows, PART_BYTES),
+        };
         let origin = match &job.origin {
             Some(o) => {
                 if o.peer == self.origin {
@@ -865,7 +900,9 @@ impl Storage {
             None => Origin {
                 peer: self.origin.clone(),
                 name: self.tsd_name.clone(),
-                id: self.next_tsd.fetch_add(1, Ordering::SeqCst),
+                id: self
+                    .next_tsd
+                    .fetch_add(starts.len() as i64, Ordering::SeqCst),
             },
         };
         let before: i64 = tx
@@ -874,13 +911,20 @@ impl Storage {
         // Multi-row INSERTs: one statement step per chunk, not per row.
         let w = rows.columns.len();
         let chunk = (MAX_PARAMS / (w + 3)).clamp(1, ROWS_PER_INSERT);
-        for part in rows.rows.chunks(chunk) {
-            let mut stmt = tx.prepare_cached(&insert_sql(table, &rows.columns, part.len()))?;
+        let mut index = 0;
+        let mut part = 0;
+        for rows_chunk in rows.rows.chunks(chunk) {
+            let mut stmt =
+                tx.prepare_cached(&insert_sql(table, &rows.columns, rows_chunk.len()))?;
             let mut at = 1;
-            for row in part {
+            for row in rows_chunk {
+                while starts.get(part + 1).is_some_and(|s| *s <= index) {
+                    part += 1;
+                }
+                index += 1;
                 stmt.raw_bind_parameter(at, now)?;
                 stmt.raw_bind_parameter(at + 1, &origin.name)?;
-                stmt.raw_bind_parameter(at + 2, origin.id)?;
+                stmt.raw_bind_parameter(at + 2, origin.id + part as i64)?;
                 at += 3;
                 for v in row {
                     stmt.raw_bind_parameter(at, v)?;
@@ -897,19 +941,32 @@ impl Storage {
                 "its row ids are not one run",
             )));
         }
-        let id = origin.id;
-        let peer = origin.peer.clone();
-        let rec = record(origin, Some(before + 1));
-        insert_batch(tx, &rec)?;
+        let mut records = Vec::with_capacity(starts.len());
+        for (k, start) in starts.iter().enumerate() {
+            let end = starts.get(k + 1).copied().unwrap_or(n);
+            let mut rec = record(
+                Origin {
+                    id: origin.id + k as i64,
+                    ..origin.clone()
+                },
+                Some(before + 1 + *start as i64),
+            );
+            rec.rows = (end - start) as i64;
+            if k > 0 {
+                rec.hash = format!("{}#{k}", job.meta.hash);
+            }
+            insert_batch(tx, &rec)?;
+            records.push(rec);
+        }
         Ok(Ok(Stored {
             written: Written {
-                tsd_id: id,
-                origin: peer,
+                tsd_id: origin.id,
+                origin: origin.peer.clone(),
                 rows: n,
                 duplicate: false,
             },
             new_columns: new_cols,
-            record: Some(rec),
+            records,
         }))
     }
 

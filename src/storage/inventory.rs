@@ -253,6 +253,24 @@ impl Storage {
         }
     }
 
+    /// A batch written here with all its parts (a large batch is recorded
+    /// as several: ids `id, id + 1, ...`, hashes `h, h#1, ...`).
+    pub fn batch_parts(&self, db: &str, origin: &str, id: i64) -> Result<Vec<ReplBatch>, ApiError> {
+        let mut out = Vec::new();
+        let Some(first) = self.read_batch(db, origin, id)? else {
+            return Ok(out);
+        };
+        let hash = first.hash.clone();
+        out.push(first);
+        for k in 1.. {
+            match self.read_batch(db, origin, id + k)? {
+                Some(b) if b.hash == format!("{hash}#{k}") => out.push(b),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads a recorded batch's rows (for a batch held as a copy of
     /// another with the same hash, that one's rows).
     fn batch_of(&self, db: &str, rec: &BatchRecord) -> Result<Option<ReplBatch>, ApiError> {
@@ -516,6 +534,53 @@ mod tests {
             for (a, b) in inv[0].iter().zip(&inv[i]) {
                 assert!(a.same_set(b), "{a:?} vs {b:?}, seed {seed}");
             }
+        }
+    }
+
+    /// A batch larger than one message is recorded as parts; each travels
+    /// alone, and the same batch written on another member is cut alike,
+    /// so nothing is stored twice.
+    #[test]
+    fn large_batches_travel_in_parts() {
+        let big = |n: usize| Rows {
+            columns: vec!["k".into(), "s".into()],
+            rows: (0..n)
+                .map(|i| vec![Val::Int(i as i64), Val::Text(format!("{i:0>60}"))])
+                .collect(),
+        };
+        let meta = BatchMeta {
+            source: "file".into(),
+            hash: "big".into(),
+            instructions: String::new(),
+        };
+        let (a, b) = (member(0), member(1));
+        let w = a.s.write("lab", "t", big(100_000), &meta).unwrap();
+        let inv = a.s.inventory().unwrap();
+        assert!(inv[0].batches >= 3, "{inv:?}");
+        assert_eq!(inv[0].rows, 100_000);
+        let parts = a.s.batch_parts("lab", &a.peer, w.tsd_id).unwrap();
+        assert_eq!(parts.len() as u64, inv[0].batches);
+        assert!(parts.iter().all(|p| approx_size(p) <= 3 << 20));
+        assert_eq!(parts.iter().map(|p| p.rows.len()).sum::<usize>(), 100_000);
+        // Sent again: a duplicate, nothing added.
+        assert!(
+            a.s.write("lab", "t", big(100_000), &meta)
+                .unwrap()
+                .duplicate
+        );
+        // b gets the same batch from a client, and a's parts by pulling:
+        // each part is held once, as a copy of b's own.
+        b.s.write("lab", "t", big(100_000), &meta).unwrap();
+        pull(&b, &a);
+        pull(&a, &b);
+        for m in [&a, &b] {
+            let (n, d, _) = keys(m);
+            assert_eq!((n, d), (100_000, 100_000));
+        }
+        let (ia, ib) = (a.s.inventory().unwrap(), b.s.inventory().unwrap());
+        assert_eq!(ia.len(), 2);
+        for (x, y) in ia.iter().zip(&ib) {
+            assert!(x.same_set(y), "{x:?} vs {y:?}");
         }
     }
 

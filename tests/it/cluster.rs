@@ -84,9 +84,10 @@ fn a_member_killed_during_cluster_writes_loses_nothing_and_catches_up() {
             && cluster_members_alive(&b.client, "c1")? == 2)
             .then_some(())
     });
-    // A batch larger than 1 MB is pushed and confirmed too.
-    let big = batch(0, 40_000);
-    assert!(big.len() > 1 << 20);
+    // A large batch (recorded as several parts of ~2 MB) is pushed and
+    // confirmed too, and the other member holds it whole.
+    let big = batch(0, 150_000);
+    assert!(big.len() > 5 << 20);
     let v = a
         .client
         .post(
@@ -102,6 +103,14 @@ fn a_member_killed_during_cluster_writes_loses_nothing_and_catches_up() {
         Some(1),
         "{v}"
     );
+    let big_on_b = b
+        .client
+        .query_with(&json!({"db": "lab", "sql": "SELECT count(*), count(distinct tsd_id) FROM big", "scope": "local"}))
+        .unwrap()
+        .ok_json()
+        .unwrap();
+    assert_eq!(big_on_b["rows"][0][0], 150_000, "{big_on_b}");
+    assert!(big_on_b["rows"][0][1].as_i64().unwrap() >= 2, "{big_on_b}");
     let a = Arc::new(Mutex::new(a));
     let targets = Arc::new(Mutex::new(vec![
         a.lock().unwrap().client.base().to_owned(),
