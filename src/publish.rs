@@ -307,7 +307,7 @@ pub async fn send_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let pass = drain(&shared, &publisher).await;
+        let pass = drain(&shared, &publisher, &stop).await;
         let wait = match pass {
             Pass::Empty => Duration::from_secs(5),
             Pass::Stuck => {
@@ -337,10 +337,15 @@ enum Pass {
 }
 
 /// Sends every queued batch it can, oldest first.
-async fn drain(shared: &Arc<Shared>, publisher: &Arc<Publisher>) -> Pass {
+async fn drain(
+    shared: &Arc<Shared>,
+    publisher: &Arc<Publisher>,
+    stop: &watch::Receiver<bool>,
+) -> Pass {
     let mut after = 0;
     let mut sent = 0;
-    loop {
+    // Stopping: what is left stays queued on disk for the next start.
+    while !*stop.borrow() {
         let p = publisher.clone();
         let next = tokio::task::spawn_blocking(move || p.next_after(after)).await;
         let mut q = match next {
