@@ -187,7 +187,7 @@ impl EventLoop {
     }
 
     pub(crate) async fn run(mut self) {
-        let mut redial = tokio::time::interval(Duration::from_secs(5));
+        let mut redial = tokio::time::interval(Duration::from_secs(2));
         let mut discover = tokio::time::interval(Duration::from_secs(30));
         loop {
             tokio::select! {
