@@ -513,3 +513,55 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    fn queued(seq: i64, source: &str) -> Queued {
+        Queued {
+            seq,
+            db: "lab".into(),
+            table: "t".into(),
+            source: source.into(),
+            hash: format!("h{seq}"),
+            cluster: None,
+        }
+    }
+
+    fn publisher(route: Route) -> (tempfile::TempDir, Publisher) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::PublisherConfig {
+            route,
+            ..Default::default()
+        };
+        let p = Publisher::open(dir.path(), Durability::Normal, &cfg).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn batches_are_routed_by_source_or_in_turn_and_keep_their_cluster() {
+        let clusters: Vec<String> = ["c1", "c2", "c3"].map(str::to_owned).to_vec();
+        let (_d, p) = publisher(Route::Hash);
+        // One source, one cluster; many sources spread over all of them.
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..60 {
+            let src = format!("dev-{}", i % 20);
+            let a = p.choose(&mut queued(i, &src), &clusters).unwrap();
+            let b = p.choose(&mut queued(i + 100, &src), &clusters).unwrap();
+            assert_eq!(a, b, "{src}");
+            seen.insert(a);
+        }
+        assert_eq!(seen.len(), 3);
+        let (_d, p) = publisher(Route::RoundRobin);
+        let picks: Vec<String> = (0..6)
+            .map(|i| p.choose(&mut queued(i, "same"), &clusters).unwrap())
+            .collect();
+        assert_eq!(picks, ["c1", "c2", "c3", "c1", "c2", "c3"]);
+        // A batch keeps the cluster chosen first, whatever the list becomes.
+        let mut q = queued(7, "x");
+        let first = p.choose(&mut q, &clusters).unwrap();
+        assert_eq!(p.choose(&mut q, &["other".to_owned()]).unwrap(), first);
+        assert_eq!(p.choose(&mut queued(8, "x"), &[]), None);
+    }
+}
