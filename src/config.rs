@@ -317,6 +317,18 @@ mod tests {
         assert_eq!(back.services, c.services);
     }
 
+    /// The configuration example in the README is a valid configuration.
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+        let end = start + readme[start..].find("```").expect("its end");
+        let c: Config = toml::from_str(&readme[start..end]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.name, "edge-1");
+        assert_eq!(c.replication.sync_ms, 1000);
+    }
+
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(toml::from_str::<Config>("nmae = \"x\"").is_err());
