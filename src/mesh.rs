@@ -344,18 +344,18 @@ impl Mesh {
                     None => Rpc::Error("the node is starting or stopping".into()),
                 }
             }
-            Ok(
-                msg @ (Rpc::Replicate(_)
-                | Rpc::Inventory { .. }
-                | Rpc::Missing { .. }
-                | Rpc::Ingest { .. }),
-            ) => match self.node.get().and_then(std::sync::Weak::upgrade) {
-                Some(shared) if matches!(msg, Rpc::Ingest { .. }) => {
-                    crate::publish::serve_ingest(shared, msg).await
+            Ok(msg @ (Rpc::Replicate(_) | Rpc::Inventory { .. } | Rpc::Missing { .. })) => {
+                match self.node.get().and_then(std::sync::Weak::upgrade) {
+                    Some(shared) => crate::replicate::serve(shared, from, msg).await,
+                    None => Rpc::Error("the node is starting or stopping".into()),
                 }
-                Some(shared) => crate::replicate::serve(shared, from, msg).await,
-                None => Rpc::Error("the node is starting or stopping".into()),
-            },
+            }
+            Ok(msg @ Rpc::Ingest { .. }) => {
+                match self.node.get().and_then(std::sync::Weak::upgrade) {
+                    Some(shared) => crate::publish::serve_ingest(shared, msg).await,
+                    None => Rpc::Error("the node is starting or stopping".into()),
+                }
+            }
             Err(e) => Rpc::Error(format!("malformed request: {e}")),
             Ok(Rpc::Heads(theirs)) => {
                 let (mine, wants) = {

@@ -100,10 +100,7 @@ impl Publisher {
         cfg: &crate::PublisherConfig,
     ) -> anyhow::Result<Publisher> {
         let conn = Connection::open(data_dir.join("publisher.db"))?;
-        let sync = match durability {
-            Durability::Normal => "NORMAL",
-            Durability::Fsync => "FULL",
-        };
+        let sync = durability.synchronous();
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = {sync};
@@ -344,6 +341,9 @@ async fn drain(
 ) -> Pass {
     let mut after = 0;
     let mut sent = 0;
+    // Read from the ledger once a pass, not once a batch.
+    let clusters = crate::replicate::clusters(shared);
+    let names: Vec<String> = clusters.keys().cloned().collect();
     // Stopping: what is left stays queued on disk for the next start.
     while !*stop.borrow() {
         let p = publisher.clone();
@@ -359,8 +359,6 @@ async fn drain(
             Err(_) => break,
         };
         after = q.seq;
-        let clusters = crate::replicate::clusters(shared);
-        let names: Vec<String> = clusters.keys().cloned().collect();
         let Some(cluster) = publisher.choose(&mut q, &names) else {
             continue;
         };

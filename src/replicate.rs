@@ -39,6 +39,8 @@ const MESSAGE_BYTES: usize = 4 << 20;
 const PUSH_QUEUE: usize = 8192;
 /// Most batches one `Replicate` message may carry.
 const MAX_BATCHES: usize = 10_000;
+/// Most pull rounds with one member for one origin in one exchange.
+const MAX_ROUNDS: u64 = 100_000;
 /// Most refused batches remembered (not asked for again).
 const MAX_REFUSED: usize = 100_000;
 
@@ -239,8 +241,9 @@ pub async fn sync_with(shared: &Arc<Shared>, peer: PeerId) -> Result<usize, Stri
         Rpc::Failed { message, .. } => return Err(message),
         _ => return Err("an unexpected answer".into()),
     };
-    let mine: HashMap<String, Holding> = blocking(shared, |s| s.storage.inventory())
-        .await?
+    let mine: HashMap<String, Holding> = shared
+        .storage
+        .inventory()
         .into_iter()
         .map(|h| (h.origin.clone(), h))
         .collect();
@@ -250,10 +253,10 @@ pub async fn sync_with(shared: &Arc<Shared>, peer: PeerId) -> Result<usize, Stri
             continue;
         }
         // Pull until the peer has nothing more this node lacks; each round
-        // is bounded by the message size, the rounds by the peer's count.
-        for _ in 0..=h.batches {
-            let origin = h.origin.clone();
-            let mut have = blocking(shared, move |s| s.storage.held(&origin)).await?;
+        // is bounded by the message size, the rounds by the peer's count
+        // (capped: the count is the peer's word).
+        for _ in 0..=h.batches.min(MAX_ROUNDS) {
+            let mut have = shared.storage.held(&h.origin);
             // Batches this node refused (their values do not fit its
             // columns) are not asked for again until it restarts; `tarn
             // cluster verify` shows them as a difference.
@@ -361,7 +364,7 @@ pub async fn serve(shared: Arc<Shared>, from: PeerId, msg: Rpc) -> Rpc {
         }
         Rpc::Inventory { tables } => {
             let r = blocking(&shared, move |s| {
-                let holdings = s.storage.inventory()?;
+                let holdings = s.storage.inventory();
                 let tables = if tables {
                     s.storage.table_counts()?
                 } else {
@@ -509,7 +512,7 @@ async fn inventory_of(
             } else {
                 Vec::new()
             };
-            Ok((s.storage.inventory()?, t))
+            Ok((s.storage.inventory(), t))
         })
         .await;
     }
@@ -574,11 +577,18 @@ pub async fn report(shared: &Arc<Shared>, verify: bool) -> serde_json::Value {
                     let (mut lag, mut lag_rows) = (0u64, 0i64);
                     for (o, (n, rows)) in &most {
                         let (b, r) = mine.get(o.as_str()).map_or((0, 0), |h| (h.batches, h.rows));
-                        lag += n.saturating_sub(b);
-                        lag_rows += (rows - r).max(0);
+                        lag = lag.saturating_add(n.saturating_sub(b));
+                        lag_rows = lag_rows.saturating_add(rows.saturating_sub(r).max(0));
                     }
-                    v["batches"] = holdings.iter().map(|h| h.batches).sum::<u64>().into();
-                    v["rows"] = holdings.iter().map(|h| h.rows).sum::<i64>().into();
+                    // Saturating: a peer's numbers are its word.
+                    v["batches"] = holdings
+                        .iter()
+                        .fold(0u64, |a, h| a.saturating_add(h.batches))
+                        .into();
+                    v["rows"] = holdings
+                        .iter()
+                        .fold(0i64, |a, h| a.saturating_add(h.rows))
+                        .into();
                     v["lag_batches"] = lag.into();
                     v["lag_rows"] = lag_rows.into();
                     v["produced"] = holdings

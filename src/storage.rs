@@ -38,6 +38,16 @@ pub enum Durability {
     Fsync,
 }
 
+impl Durability {
+    /// SQLite's `synchronous` setting (in WAL mode) for this durability.
+    pub fn synchronous(self) -> &'static str {
+        match self {
+            Durability::Normal => "NORMAL",
+            Durability::Fsync => "FULL",
+        }
+    }
+}
+
 /// The user columns of one table, in order, with their types.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TableSchema {
@@ -202,20 +212,6 @@ fn insert_batch(tx: &rusqlite::Transaction<'_>, rec: &BatchRecord) -> rusqlite::
 pub fn member_table(peer: &str) -> String {
     format!("tsd_{peer}")
 }
-
-const MEMBER_COLUMNS: [(&str, ColType); 11] = [
-    ("file_id", ColType::Integer),
-    ("dbms_name", ColType::Text),
-    ("table_name", ColType::Text),
-    ("source", ColType::Text),
-    ("file_hash", ColType::Text),
-    ("instructions", ColType::Text),
-    ("rows", ColType::Integer),
-    ("file_time", ColType::Timestamp),
-    ("member_name", ColType::Text),
-    ("received_from", ColType::Text),
-    ("stored", ColType::Boolean),
-];
 
 /// A batch this node produced and committed (for the replicator).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -547,12 +543,9 @@ impl Storage {
                         received_from TEXT NOT NULL,
                         stored BOOLEAN NOT NULL);"
                 ))?;
-                self.almgm.set_schema(
-                    &table,
-                    TableSchema {
-                        columns: MEMBER_COLUMNS.map(|(c, t)| (c.to_owned(), t)).to_vec(),
-                    },
-                );
+                // Queries see the new table's columns as declared above.
+                let loaded = load_schemas(tx)?;
+                *self.almgm.schemas.write().expect("lock poisoned") = loaded;
                 tx.prepare_cached(&insert)?
             }
         };
@@ -631,7 +624,7 @@ impl Storage {
             hash: batch.hash,
             instructions: batch.instructions,
         };
-        let origin = Origin { ..batch.origin };
+        let origin = batch.origin;
         let from = from.to_owned();
         self.enqueue(
             &batch.db,
@@ -1311,10 +1304,7 @@ fn index_sql(table: &str, column: &str) -> String {
 impl Database {
     fn open(path: &Path, durability: Durability) -> anyhow::Result<Database> {
         let conn = Connection::open(path)?;
-        let sync = match durability {
-            Durability::Normal => "NORMAL",
-            Durability::Fsync => "FULL",
-        };
+        let sync = durability.synchronous();
         conn.execute_batch(&format!(
             "PRAGMA page_size = 16384;
              PRAGMA journal_mode = WAL;

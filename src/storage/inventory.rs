@@ -123,9 +123,9 @@ pub fn minus(ours: &[(i64, i64)], theirs: &[(i64, i64)]) -> Ranges {
 
 impl Storage {
     /// Per origin, what this node holds, in origin order.
-    pub fn inventory(&self) -> Result<Vec<Holding>, ApiError> {
+    pub fn inventory(&self) -> Vec<Holding> {
         let index = self.index.lock().expect("lock poisoned");
-        Ok(index
+        index
             .by
             .iter()
             .map(|(origin, e)| Holding {
@@ -136,17 +136,17 @@ impl Storage {
                 id_sum: e.id_sum,
                 rows: e.rows,
             })
-            .collect())
+            .collect()
     }
 
     /// The ids of `origin`'s batches held here, as ranges.
-    pub fn held(&self, origin: &str) -> Result<Ranges, ApiError> {
+    pub fn held(&self, origin: &str) -> Ranges {
         let index = self.index.lock().expect("lock poisoned");
-        Ok(index
+        index
             .by
             .get(origin)
             .map(|e| e.ranges.clone())
-            .unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// `origin`'s batches held here and not in `have`, in id order, with
@@ -157,7 +157,7 @@ impl Storage {
         have: &[(i64, i64)],
         budget: usize,
     ) -> Result<Vec<ReplBatch>, ApiError> {
-        let gaps = minus(&self.held(origin)?, have);
+        let gaps = minus(&self.held(origin), have);
         let mut out = Vec::new();
         let mut size = 0;
         // Gap by gap, a bounded index range scan in each database.
@@ -202,14 +202,7 @@ impl Storage {
     pub fn table_counts(&self) -> Result<Vec<(String, String, i64)>, ApiError> {
         let mut out = Vec::new();
         for (name, db) in self.all_dbs() {
-            let mut tables: Vec<String> = db
-                .schemas
-                .read()
-                .expect("lock poisoned")
-                .keys()
-                .cloned()
-                .collect();
-            tables.sort();
+            let tables = self.tables(&name)?;
             let conn = db.reader().map_err(super::sql_error)?;
             let r = tables
                 .into_iter()
@@ -405,14 +398,14 @@ mod tests {
 
     /// What `sync_with` does, without the network: `to` pulls from `from`.
     fn pull(to: &Member, from: &Member) {
-        let theirs = from.s.inventory().unwrap();
-        let mine = to.s.inventory().unwrap();
+        let theirs = from.s.inventory();
+        let mine = to.s.inventory();
         for h in theirs {
             if mine.iter().any(|m| m.origin == h.origin && m.same_set(&h)) {
                 continue;
             }
             loop {
-                let have = to.s.held(&h.origin).unwrap();
+                let have = to.s.held(&h.origin);
                 // A small budget: several rounds per origin.
                 let batches = from.s.missing(&h.origin, &have, 300).unwrap();
                 if batches.is_empty() {
@@ -519,14 +512,14 @@ mod tests {
             );
             assert_eq!(ks, want, "member {i}, seed {seed}");
         }
-        let inv: Vec<Vec<Holding>> = ms.iter().map(|m| m.s.inventory().unwrap()).collect();
+        let inv: Vec<Vec<Holding>> = ms.iter().map(|m| m.s.inventory()).collect();
         // The in-memory inventory is what a restart rebuilds from disk.
         for (i, m) in ms.iter().enumerate() {
             let again = Storage::open(m._dir.path(), &format!("m{i}"), &m.peer, Durability::Normal)
                 .unwrap();
-            assert_eq!(again.inventory().unwrap(), inv[i], "seed {seed}");
+            assert_eq!(again.inventory(), inv[i], "seed {seed}");
             for h in &inv[i] {
-                assert_eq!(again.held(&h.origin).unwrap(), m.s.held(&h.origin).unwrap());
+                assert_eq!(again.held(&h.origin), m.s.held(&h.origin));
             }
         }
         for i in 1..3 {
@@ -555,7 +548,7 @@ mod tests {
         };
         let (a, b) = (member(0), member(1));
         let w = a.s.write("lab", "t", big(100_000), &meta).unwrap();
-        let inv = a.s.inventory().unwrap();
+        let inv = a.s.inventory();
         assert!(inv[0].batches >= 3, "{inv:?}");
         assert_eq!(inv[0].rows, 100_000);
         let parts = a.s.batch_parts("lab", &a.peer, w.tsd_id).unwrap();
@@ -577,7 +570,7 @@ mod tests {
             let (n, d, _) = keys(m);
             assert_eq!((n, d), (100_000, 100_000));
         }
-        let (ia, ib) = (a.s.inventory().unwrap(), b.s.inventory().unwrap());
+        let (ia, ib) = (a.s.inventory(), b.s.inventory());
         assert_eq!(ia.len(), 2);
         for (x, y) in ia.iter().zip(&ib) {
             assert!(x.same_set(y), "{x:?} vs {y:?}");
@@ -640,7 +633,7 @@ mod tests {
         for b in bad {
             assert!(other.s.write_replica(b.clone(), "x").is_err(), "{b:?}");
         }
-        assert!(other.s.inventory().unwrap().is_empty());
+        assert!(other.s.inventory().is_empty());
         assert_eq!(keys(&other).0, 0);
         // The good one is stored, once however often it comes.
         for _ in 0..3 {

@@ -20,7 +20,7 @@ fn batch(first: u64, n: u64) -> String {
 }
 
 /// `(count(*), count(distinct k))` of `lab.t` on one node's own store.
-fn local_counts(c: &Client) -> Option<(i64, i64)> {
+pub fn local_counts(c: &Client) -> Option<(i64, i64)> {
     let v = c
         .query_with(&json!({"db": "lab", "sql": "SELECT count(*), count(distinct k) FROM t", "scope": "local"}))
         .ok()?
@@ -44,7 +44,8 @@ fn local_keys(c: &Client) -> BTreeSet<u64> {
         .collect()
 }
 
-fn cluster_members_alive(c: &Client, cluster: &str) -> Option<usize> {
+/// How many members of `cluster` a node sees alive.
+pub fn cluster_members_alive(c: &Client, cluster: &str) -> Option<usize> {
     let v = c.get("/v1/clusters", &[]).ok()?.ok_json().ok()?;
     let cl = v["clusters"]
         .as_array()?

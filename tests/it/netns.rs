@@ -8,6 +8,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cluster::{cluster_members_alive, local_counts};
 use crate::harness::{BIN, Hosts, TestNode, ip, netns_available, start_line, wait_for};
 
 struct Namespaces {
@@ -232,21 +233,7 @@ fn partitioned_members_converge_to_the_union_after_healing() {
     let hosts = Hosts::pair("part");
     let a = TestNode::start_on(hosts.get(0), &["--cluster", "c1"]);
     let b = TestNode::start_on(hosts.get(1), &["--cluster", "c1", "--bootstrap", &a.p2p[0]]);
-    let alive = |n: &TestNode| -> Option<usize> {
-        let v = n.client.get("/v1/clusters", &[]).ok()?.ok_json().ok()?;
-        let cl = v["clusters"]
-            .as_array()?
-            .iter()
-            .find(|x| x["cluster"] == "c1")?
-            .clone();
-        Some(
-            cl["members"]
-                .as_array()?
-                .iter()
-                .filter(|m| m["alive"] == true)
-                .count(),
-        )
-    };
+    let alive = |n: &TestNode| cluster_members_alive(&n.client, "c1");
     let t = Duration::from_secs(30);
     wait_for("both members to see each other", t, || {
         (alive(&a)? == 2 && alive(&b)? == 2).then_some(())
@@ -257,15 +244,7 @@ fn partitioned_members_converge_to_the_union_after_healing() {
             .collect();
         serde_json::to_string(&v).unwrap()
     };
-    let count = |n: &TestNode| -> Option<(i64, i64)> {
-        let v = n
-            .client
-            .query_with(&serde_json::json!({"db": "lab", "sql": "SELECT count(*), count(distinct k) FROM t", "scope": "local"}))
-            .ok()?
-            .ok_json()
-            .ok()?;
-        Some((v["rows"][0][0].as_i64()?, v["rows"][0][1].as_i64()?))
-    };
+    let count = |n: &TestNode| local_counts(&n.client);
     for i in 0..5 {
         a.post("lab", "t", &rows(i * 20)).ok_json().unwrap();
     }
