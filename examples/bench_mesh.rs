@@ -37,7 +37,7 @@ async fn run(n: usize) -> anyhow::Result<()> {
     let traffic = |m: &LocalMesh| {
         m.running()
             .fold((0u64, 0u64, 0u64, 0u64), |acc, (_, node)| {
-                let s = &node.shared().mesh.stats;
+                let s = &node.mesh().stats;
                 (
                     acc.0 + s.gossip_in_msgs.load(Relaxed),
                     acc.1 + s.gossip_in_bytes.load(Relaxed),
@@ -51,7 +51,7 @@ async fn run(n: usize) -> anyhow::Result<()> {
     let mut times = Vec::with_capacity(TRIALS);
     for t in 0..TRIALS {
         let origin = (t * 7919) % n;
-        let m = mesh.node(origin).expect("running").shared().mesh.clone();
+        let m = mesh.node(origin).expect("running").mesh().clone();
         let policy = tarn_ledger::policy::Policy::parse(&format!(
             r#"{{"bench": {{"trial": {t}, "n": {n}}}}}"#
         ))?;
@@ -59,16 +59,9 @@ async fn run(n: usize) -> anyhow::Result<()> {
         let start = Instant::now();
         m.publish(&policy, None).await?;
         loop {
-            let everywhere = mesh.running().all(|(_, node)| {
-                node.shared()
-                    .mesh
-                    .ledger
-                    .lock()
-                    .unwrap()
-                    .view()
-                    .get(&id)
-                    .is_some()
-            });
+            let everywhere = mesh
+                .running()
+                .all(|(_, node)| node.mesh().with_view(|v| v.get(&id).is_some()));
             if everywhere {
                 break;
             }

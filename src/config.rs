@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::storage::Durability;
+use crate::store::Durability;
 
 /// The roles a node can play (DESIGN.md §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -250,7 +250,7 @@ impl Config {
             }
         }
         if let Some(c) = &self.cluster {
-            crate::rows::ident("cluster", c).map_err(|e| e.message)?;
+            crate::store::ident("cluster", c).map_err(|e| e.to_string())?;
         }
         if self.watch.poll_ms == 0 {
             return Err("watch.poll_ms must be positive".into());

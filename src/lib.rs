@@ -2,18 +2,20 @@
 //! leaf crates (`tarn-net`, `tarn-ledger`, `tarn-query`) into one process that
 //! plays the roles its configuration names.
 //!
+//! Its modules are layers; each uses only those listed before it:
+//!
+//! - `error`, `clock`: stable error codes; the injected wall clock
+//! - [`store`]: SQLite per logical database, batches, de-duplication, reads
 //! - `config`: the typed configuration ([`Config`]) with defaults and validation
-//! - `node`: a running node ([`Node`]): storage, buffers, watcher, REST server
-//! - `storage`: SQLite per logical database, batches, de-duplication, queries
-//! - `replicate`: copies of every batch on every member of a cluster (push and anti-entropy)
-//! - `publish`: the publisher: routes batches to operators, queues them on disk meanwhile
-//! - `scatter`: network queries: routing, partial queries in chunks, failover, the final step
-//! - `rows`: JSON bodies into typed rows; inference and coercion
-//! - `stream`: EdgeLake's streaming mode, journaled so acknowledged rows survive a crash
-//! - `watch`: the watched directory for file ingest
-//! - `rest`, `edgelake`, `format`: the native `/v1` API and EdgeLake's protocol
-//! - `p2p_client`: a libp2p client (no node) that queries the mesh
-//! - `client`, `cli`: the REST client behind `tarn query`, `tarn ingest`, `tarn status`
+//! - [`proto`]: the wire messages, one family per concern, with typed errors
+//! - [`mesh`]: identity, ledger replica, gossip, anti-entropy, request dispatch
+//! - [`cluster`]: membership rules, the node's own policies, replication
+//! - [`ingest`]: every way data comes in, through one ingest service
+//! - [`exec`]: one query pipeline, local and network
+//! - [`api`]: REST, EdgeLake's commands, output formats, HTTP errors
+//! - `node`: wires the services into a running [`Node`]
+//! - `local_mesh`: many nodes in one process ([`LocalMesh`], `tarn demo`)
+//! - [`client`], [`p2p_client`], [`cli`]: the clients and the commands of `tarn`
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -24,31 +26,26 @@
 //! # Ok(()) }
 //! ```
 
-mod accumulate;
+pub mod api;
 pub mod cli;
 pub mod client;
+pub mod clock;
+pub mod cluster;
 mod config;
-mod edgelake;
-mod error;
-mod format;
+pub mod error;
+pub mod exec;
+pub mod ingest;
 mod local_mesh;
-mod mesh;
+pub mod mesh;
 mod node;
 pub mod p2p_client;
-mod publish;
-mod replicate;
-mod rest;
-mod rows;
-mod scatter;
-mod storage;
-mod stream;
-mod watch;
+pub mod proto;
+pub mod store;
 
 pub use config::{
     Config, PublisherConfig, ReplicationConfig, Route, Service, StreamingConfig, WatchConfig,
 };
-pub use error::ApiError;
+pub use ingest::batch_hash;
 pub use local_mesh::LocalMesh;
-pub use node::Node;
-pub use rest::batch_hash;
-pub use storage::Durability;
+pub use node::{Builder, Node};
+pub use store::Durability;

@@ -1,5 +1,5 @@
 //! Many nodes in one process on loopback: `tarn demo`, the mesh tests and
-//! the propagation benchmark. Node 0 runs every service and is the others'
+//! the propagation benchmark (above `node`: it only starts nodes). Node 0 runs every service and is the others'
 //! bootstrap; links between nodes can be cut and healed, nodes stopped and
 //! started again on their data directories.
 
@@ -98,16 +98,10 @@ impl LocalMesh {
     pub fn converged(&self, min_entries: usize) -> bool {
         let mut heads = None;
         for (_, n) in self.running() {
-            let l = n
-                .shared()
-                .mesh
-                .ledger
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if l.len() < min_entries {
+            let (h, len) = n.mesh().ledger_state();
+            if len < min_entries {
                 return false;
             }
-            let h = l.heads();
             match &heads {
                 None => heads = Some(h),
                 Some(x) if *x != h => return false,
@@ -155,16 +149,8 @@ impl LocalMesh {
 
     async fn set_link(&self, x: usize, y: usize, blocked: bool) -> anyhow::Result<()> {
         if let (Some(nx), Some(ny)) = (self.node(x), self.node(y)) {
-            nx.shared()
-                .mesh
-                .net
-                .set_blocked(ny.peer_id(), blocked)
-                .await?;
-            ny.shared()
-                .mesh
-                .net
-                .set_blocked(nx.peer_id(), blocked)
-                .await?;
+            nx.mesh().net().set_blocked(ny.peer_id(), blocked).await?;
+            ny.mesh().net().set_blocked(nx.peer_id(), blocked).await?;
         }
         Ok(())
     }

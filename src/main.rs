@@ -1,4 +1,5 @@
-//! The `tarn` binary: parses the command line and calls the library.
+//! The `tarn` binary: parses the command line (flags, a TOML file) into a
+//! configuration and calls the library's commands.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -295,7 +296,7 @@ fn main() -> ExitCode {
             tarn::cli::cluster(&node, verify, json, &mut std::io::stdout())
         }
         Command::Status { node } => tarn::cli::status(&node, &mut std::io::stdout()),
-        Command::Demo { nodes, dir } => run_demo(nodes, dir),
+        Command::Demo { nodes, dir } => tarn::cli::run_demo(nodes, dir),
         Command::Nodes { node, json } => tarn::cli::nodes(&node, json, &mut std::io::stdout()),
         Command::Policies { node, kind } => {
             tarn::cli::policies(&node, kind.as_deref(), &mut std::io::stdout())
@@ -314,123 +315,5 @@ fn main() -> ExitCode {
 }
 
 fn run_node(args: NodeArgs) -> anyhow::Result<()> {
-    let cfg = args.into_config()?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
-        let node = tarn::Node::start(cfg).await?;
-        // One plain line on stdout, for people and for scripts that start nodes.
-        println!(
-            "tarn node listening: rest=http://{} peer_id={} p2p={}",
-            node.rest_addr(),
-            node.peer_id(),
-            node.p2p_addrs().join(",")
-        );
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        node.shutdown().await
-    })
-}
-
-fn run_demo(n: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
-    anyhow::ensure!((1..=200).contains(&n), "--nodes must be between 1 and 200");
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let tmp = tempfile::tempdir()?;
-    let base = dir.unwrap_or_else(|| tmp.path().to_owned());
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
-        let started = std::time::Instant::now();
-        let mesh = tarn::LocalMesh::start(n, &base).await?;
-        println!("started {n} nodes in {:.1?} (data under {})", started.elapsed(), base.display());
-        let entries = 4 + (n - 1) * 2;
-        let took = mesh.wait_converged(entries, std::time::Duration::from_secs(120)).await?;
-        println!("ledger converged on all {n} nodes ({entries} entries) after {took:.1?}");
-        // Sample data: each operator holds its own devices.
-        for (i, node) in mesh.running() {
-            let client = tarn::client::Client::new(&format!("http://{}", node.rest_addr()));
-            let rows: Vec<String> = (0..100)
-                .map(|k| {
-                    format!(
-                        "{{\"timestamp\": \"2024-05-01T{:02}:{:02}:00Z\", \"device\": \"dev-{i}-{}\", \"temp\": {:.1}}}",
-                        k / 60,
-                        k % 60,
-                        k % 4,
-                        18.0 + (k as f64 * 0.37 + i as f64).sin() * 4.0
-                    )
-                })
-                .collect();
-            let body = rows.join("\n");
-            tokio::task::spawn_blocking(move || client.ingest("demo", "readings", body.as_bytes())).await??;
-        }
-        println!();
-        println!("{:<8} {:<28} {:<54} services", "node", "REST", "peer_id");
-        for (i, node) in mesh.running() {
-            println!(
-                "{:<8} {:<28} {:<54} {}",
-                format!("node-{i}"),
-                format!("http://{}", node.rest_addr()),
-                node.peer_id().to_string(),
-                if i == 0 { "operator,query,master,publisher" } else { "operator,query" }
-            );
-        }
-        let url = format!("http://{}", mesh.node(0).expect("node 0 runs").rest_addr());
-        // One query over every operator, once each node's table is known.
-        let client = tarn::client::Client::new(&url);
-        let want = 100 * n as i64;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let c = client.clone();
-            let answer = tokio::task::spawn_blocking(move || {
-                c.query("demo", "SELECT count(*), count(DISTINCT device), avg(temp) FROM readings")
-            })
-            .await??
-            .ok_json()?;
-            if answer["rows"][0][0] == want || std::time::Instant::now() > deadline {
-                println!(
-                    "network query on node-0 over {} operators: count(*), count(DISTINCT device), avg(temp) = {}",
-                    answer["stats"]["replied"], answer["rows"][0]
-                );
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        let p2p = mesh.node(0).expect("node 0 runs").p2p_addrs().into_iter().next().unwrap_or_default();
-        println!();
-        println!("try:");
-        println!("  curl -s {url}/v1/nodes");
-        println!("  curl -s {url}/ -H 'command: blockchain get table'");
-        println!("  curl -s {url}/ -H 'destination: network' -H 'command: sql demo format=table \"select device, count(*), avg(temp) from readings group by device\"'");
-        println!("  tarn query --node {url} --db demo \"select increments(minute, 15, timestamp), min(timestamp), avg(temp) from readings\"");
-        println!("  tarn query --peer {p2p} --db demo \"select count(*) from readings\"");
-        println!();
-        println!("Ctrl-C stops the mesh.");
-        shutdown_signal().await;
-        mesh.shutdown().await
-    })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler succeeds on unix");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    tarn::cli::run_node(args.into_config()?)
 }

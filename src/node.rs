@@ -1,8 +1,15 @@
-//! A running node: its storage, buffers, watcher and REST server, started
-//! from a [`Config`] and stopped by [`Node::shutdown`].
+//! A running node. This file only wires: it opens the data directory,
+//! builds each service with exactly what it needs, registers the services'
+//! handlers with the mesh, starts the background tasks, and stops them.
+//!
+//! Everything that decides behaviour is passed in ([`Builder`]): the
+//! configuration, the REST listener, the clock and the shutdown signal, so
+//! that tests can run many nodes in one process on `127.0.0.1:0`.
 
 use std::fs::File;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,89 +18,446 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
+use crate::api::{self, AppState, BodyLimits, Info};
+use crate::clock::SharedClock;
+use crate::cluster::announce;
+use crate::cluster::membership::Me;
+use crate::cluster::replication::{self, Replicator, Timing};
 use crate::config::{Config, Service};
-use crate::error::ApiError;
-use crate::storage::{QueryLimits, QueryResult, Storage};
-use crate::stream::Streams;
-use crate::watch::Watcher;
+use crate::exec::{self, Exec, Limits};
+use crate::ingest::{self, Ingest, Publisher, Streams, Watcher};
+use crate::mesh::{Events, Mesh, Router};
+use crate::store::Storage;
 
-/// What every request handler and background task of one node shares.
-pub struct Shared {
-    pub cfg: Config,
-    pub storage: Arc<Storage>,
-    pub streams: Arc<Streams>,
-    pub rest_addr: SocketAddr,
-    pub started: Instant,
-    /// Request bodies in memory, in KiB: bounded by `max_inflight_bytes`.
-    pub inflight: Arc<tokio::sync::Semaphore>,
-    pub mesh: Arc<crate::mesh::Mesh>,
-    /// Query results being pulled by peers.
-    pub cursors: crate::scatter::Cursors,
-    /// The publisher's queue (publisher service only).
-    pub publisher: Option<Arc<crate::publish::Publisher>>,
-    /// Batches of other members this node refused, by origin: not pulled
-    /// again until a restart.
-    pub refused: std::sync::Mutex<std::collections::HashMap<String, Vec<i64>>>,
+type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How a node is started: its configuration and what the embedding
+/// program provides.
+pub struct Builder {
+    cfg: Config,
+    listener: Option<tokio::net::TcpListener>,
+    clock: SharedClock,
+    shutdown: Option<Signal>,
 }
 
-impl Shared {
-    /// Validates `sql` and runs it on this node's copy of `db`. Blocking.
-    pub fn local_query(
-        &self,
-        db: &str,
-        sql: &str,
-        timeout: Option<Duration>,
-    ) -> Result<QueryResult, ApiError> {
-        if !self.cfg.has(Service::Operator) {
-            return Err(ApiError::bad_request(
-                "no_operator",
-                "this node stores no data (it does not run the operator service)",
-            ));
-        }
-        let bad = |e: tarn_query::PlanError| ApiError::bad_request("invalid_sql", e.to_string());
-        let limit = self.cfg.query_timeout();
-        let limits = QueryLimits {
-            max_rows: self.cfg.max_result_rows,
-            timeout: timeout.map_or(limit, |t| t.min(limit)),
-        };
-        // EdgeLake's time functions, as over the network: now() once,
-        // period()'s end first, increments() as grouping.
-        let prepared = tarn_query::Prepared::new(sql, crate::storage::now_micros()).map_err(bad)?;
-        let end = match prepared.probe() {
-            Ok(Some(probe)) => {
-                let probe = tarn_query::Select::parse(&probe)
-                    .map_err(|e| ApiError::bad_request("invalid_sql", e.to_string()))?;
-                match self
-                    .storage
-                    .query(db, probe, limits)?
-                    .rows
-                    .first()
-                    .and_then(|r| r.first())
-                {
-                    Some(crate::rows::Val::Text(t)) => Some(t.clone()),
-                    _ => None,
-                }
-            }
-            _ => None,
-        };
-        let mut select = prepared.finish(end.as_deref()).map_err(bad)?;
-        let casts = select.take_casts();
-        let select = tarn_query::rewrite_increments(select).map_err(bad)?;
-        let mut result = self.storage.query(db, select, limits)?;
-        crate::format::apply_casts(&mut result, &casts);
-        Ok(result)
+impl Builder {
+    /// The REST API on this listener instead of binding `cfg.rest`.
+    pub fn rest_listener(mut self, l: tokio::net::TcpListener) -> Builder {
+        self.listener = Some(l);
+        self
     }
 
-    pub fn require_operator(&self) -> Result<(), ApiError> {
-        if self.cfg.has(Service::Operator) {
-            Ok(())
-        } else {
-            Err(ApiError::bad_request(
-                "no_operator",
-                "this node stores no data (it does not run the operator service)",
-            ))
+    /// The clock rows, queries and ledger entries read.
+    pub fn clock(mut self, clock: SharedClock) -> Builder {
+        self.clock = clock;
+        self
+    }
+
+    /// Stops the node when `signal` completes (see [`Node::wait`]).
+    pub fn shutdown_signal(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Builder {
+        self.shutdown = Some(Box::pin(signal));
+        self
+    }
+
+    /// Opens the data directory, replays what a crash left, binds the REST
+    /// port and starts the background work.
+    pub async fn start(self) -> anyhow::Result<Node> {
+        Node::start_with(self).await
+    }
+}
+
+/// What the node opened from its data directory.
+struct Opened {
+    lock: File,
+    secret: [u8; 32],
+    keypair: tarn_net::Keypair,
+    store: Arc<Storage>,
+    streams: Arc<Streams>,
+    publisher: Option<Arc<Publisher>>,
+}
+
+/// The node on the network, before its services exist.
+struct Net {
+    mesh: Arc<Mesh>,
+    me: Me,
+    clock: SharedClock,
+    rest: SocketAddr,
+}
+
+/// A started node. Dropping it without [`Node::shutdown`] stops nothing
+/// gracefully; call `shutdown` (or `wait`) to flush buffers.
+pub struct Node {
+    state: AppState,
+    stop: watch::Sender<bool>,
+    stopped: watch::Receiver<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    _lock: File,
+}
+
+impl Node {
+    pub fn builder(cfg: Config) -> Builder {
+        Builder {
+            cfg,
+            listener: None,
+            clock: crate::clock::system(),
+            shutdown: None,
         }
     }
+
+    /// Starts a node on `cfg` with the system clock.
+    pub async fn start(cfg: Config) -> anyhow::Result<Node> {
+        Node::builder(cfg).start().await
+    }
+
+    async fn start_with(b: Builder) -> anyhow::Result<Node> {
+        let Builder {
+            cfg,
+            listener,
+            clock,
+            shutdown,
+        } = b;
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let span = tracing::info_span!("node", name = %cfg.name);
+        let opened = open(&cfg, &clock).await?;
+        let (stop, stopped) = watch::channel(false);
+        if let Some(signal) = shutdown {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                signal.await;
+                let _ = stop.send(true);
+            });
+        }
+        let (mesh, events) = Mesh::start(
+            &cfg.data_dir,
+            net_config(&cfg, &opened),
+            opened.secret,
+            clock.clone(),
+        )
+        .await?;
+        let listener = match listener {
+            Some(l) => l,
+            None => tokio::net::TcpListener::bind(cfg.rest)
+                .await
+                .with_context(|| format!("binding the REST port {}", cfg.rest))?,
+        };
+        let rest = listener.local_addr()?;
+        let me = Me {
+            peer: mesh.peer_id(),
+            name: cfg.name.clone(),
+            services: cfg.services.clone(),
+            cluster: cfg.cluster.clone(),
+            rest: rest.to_string(),
+        };
+        let net = Net {
+            mesh,
+            me,
+            clock,
+            rest,
+        };
+        let mut node = Node::wire(&cfg, opened, net, (stop, stopped), &span);
+        node.run(&cfg, listener, events, &span).await?;
+        tracing::info!(parent: &span, "REST API listening on http://{rest}");
+        Ok(node)
+    }
+
+    /// Builds the services and the API over them.
+    fn wire(
+        cfg: &Config,
+        o: Opened,
+        net: Net,
+        (stop, stopped): (watch::Sender<bool>, watch::Receiver<bool>),
+        span: &tracing::Span,
+    ) -> Node {
+        let Net {
+            mesh,
+            me,
+            clock,
+            rest,
+        } = net;
+        let operator = cfg.has(Service::Operator);
+        let data = operator.then(|| o.store.clone());
+        let mut tasks = Vec::new();
+        let replicator: Option<Replicator> = (operator && cfg.cluster.is_some()).then(|| {
+            let deps = replication::Deps {
+                store: o.store.clone(),
+                mesh: mesh.clone(),
+                me: me.clone(),
+                timing: Timing {
+                    sync_every: Duration::from_millis(cfg.replication.sync_ms),
+                    ack_timeout: Duration::from_millis(cfg.replication.ack_timeout_ms),
+                },
+            };
+            let (handle, task) = replication::spawn(deps, stopped.clone(), span.clone());
+            tasks.push(task);
+            handle
+        });
+        // A node that publishes and stores nothing queues what it takes.
+        let queue = o.publisher.clone().filter(|_| !operator);
+        let ingest = Arc::new(Ingest::new(
+            data.clone(),
+            operator.then(|| o.streams.clone()),
+            queue,
+            replicator,
+        ));
+        let limits = Limits {
+            max_result_rows: cfg.max_result_rows,
+            query_timeout: cfg.query_timeout(),
+        };
+        let exec = Arc::new(Exec::new(me, data, mesh.clone(), limits, clock));
+        let info = Info {
+            name: cfg.name.clone(),
+            services: cfg.services.clone(),
+            rest,
+            data_dir: cfg.data_dir.clone(),
+            durability: cfg.durability,
+            started: Instant::now(),
+            cluster: cfg.cluster.clone(),
+            streaming: cfg.streaming.clone(),
+        };
+        let state = AppState {
+            info: Arc::new(info),
+            ingest,
+            exec,
+            mesh,
+            store: o.store,
+            streams: o.streams,
+            publisher: o.publisher,
+            body: BodyLimits::new(cfg.max_body_bytes, cfg.max_inflight_bytes),
+        };
+        Node {
+            state,
+            stop,
+            stopped,
+            tasks,
+            _lock: o.lock,
+        }
+    }
+
+    /// Starts serving: the mesh's handlers, REST, and the periodic work.
+    async fn run(
+        &mut self,
+        cfg: &Config,
+        listener: tokio::net::TcpListener,
+        events: Events,
+        span: &tracing::Span,
+    ) -> anyhow::Result<()> {
+        let s = self.state.clone();
+        let stopped = self.stopped.clone();
+        let router = Router::new(s.mesh.clone())
+            .route(Arc::new(exec::Server::new(s.exec.clone())))
+            .route(Arc::new(replication::Server {
+                store: s.store.clone(),
+                mesh: s.mesh.clone(),
+                me: me_of(&s, cfg),
+            }))
+            .route(Arc::new(ingest::Server(s.ingest.clone())));
+        self.tasks
+            .push(router.spawn(events, stopped.clone(), span.clone()));
+        self.tasks.push(serve_rest(
+            listener,
+            api::router(s.clone()),
+            stopped.clone(),
+            span,
+        ));
+        let streams = s.streams.clone();
+        let period = Duration::from_millis((cfg.streaming.threshold_ms / 4).clamp(10, 250));
+        self.tasks
+            .push(every(period, stopped.clone(), span, move || streams.tick()));
+        let store = s.store.clone();
+        let period = Duration::from_millis(200);
+        self.tasks
+            .push(every(period, stopped.clone(), span, move || {
+                store.checkpoint()
+            }));
+        if cfg.has(Service::Operator) && cfg.watch.enabled {
+            let dir = cfg.watch_dir();
+            let watcher = Watcher::new(s.ingest.clone(), &cfg.watch, dir.clone())?;
+            let watcher = std::sync::Mutex::new(watcher);
+            let period = Duration::from_millis(cfg.watch.poll_ms);
+            tracing::info!(parent: span, "watching {} for data files", dir.display());
+            self.tasks
+                .push(every(period, stopped.clone(), span, move || {
+                    watcher.lock().unwrap_or_else(|p| p.into_inner()).scan()
+                }));
+        }
+        if let (Some(p), false) = (&s.publisher, cfg.has(Service::Operator)) {
+            self.tasks.push(ingest::spawn_forwarder(
+                s.mesh.clone(),
+                p.clone(),
+                stopped.clone(),
+                span.clone(),
+            ));
+        }
+        // The start line prints the swarm's listen addresses.
+        s.mesh.wait_listening(Duration::from_secs(5)).await;
+        let me = me_of(&s, cfg);
+        announce::publish_self(&s.mesh, &me).await?;
+        if cfg.has(Service::Operator) {
+            announce::announce_tables(&s.mesh, &me, &s.store).await;
+            self.tasks.push(announce::spawn_table_announcer(
+                s.mesh.clone(),
+                me,
+                s.store.clone(),
+                stopped,
+                span.clone(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn rest_addr(&self) -> SocketAddr {
+        self.state.info.rest
+    }
+
+    /// The node's mesh: its ledger view, peers, and requests to them.
+    pub fn mesh(&self) -> &Arc<Mesh> {
+        &self.state.mesh
+    }
+
+    /// The node's PeerId.
+    pub fn peer_id(&self) -> tarn_net::PeerId {
+        self.state.mesh.peer_id()
+    }
+
+    /// Where the node listens for peers, each with `/p2p/<peer-id>`.
+    pub fn p2p_addrs(&self) -> Vec<String> {
+        self.state.mesh.full_listen_addrs()
+    }
+
+    /// The REST router over this node's services, to drive in process.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
+    }
+
+    /// Waits for the shutdown signal (see [`Builder::shutdown_signal`]),
+    /// then shuts down.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        while !*self.stopped.borrow() {
+            if self.stopped.changed().await.is_err() {
+                break;
+            }
+        }
+        self.shutdown().await
+    }
+
+    /// Stops accepting requests, lets running ones finish, and writes every
+    /// streaming buffer.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let streams = self.state.streams.clone();
+        let n = tokio::task::spawn_blocking(move || streams.flush_all()).await?;
+        if n > 0 {
+            tracing::info!("flushed {n} buffered rows");
+        }
+        // Wait for the mesh (and its ledger) to be released by requests in
+        // flight, so that the data directory can be opened again at once.
+        let mesh = Arc::downgrade(&self.state.mesh);
+        drop(self.state);
+        drop(self._lock);
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while mesh.strong_count() > 0 {
+            if Instant::now() > deadline {
+                anyhow::bail!("the ledger is still in use after shutdown");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+/// This node as the network knows it.
+fn me_of(s: &AppState, cfg: &Config) -> Me {
+    Me {
+        peer: s.mesh.peer_id(),
+        name: cfg.name.clone(),
+        services: cfg.services.clone(),
+        cluster: cfg.cluster.clone(),
+        rest: s.info.rest.to_string(),
+    }
+}
+
+/// Takes the data directory (one node at a time) and opens what is in it.
+async fn open(cfg: &Config, clock: &SharedClock) -> anyhow::Result<Opened> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let lock = File::create(cfg.data_dir.join("LOCK"))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "data directory {} is in use by another tarn node",
+            cfg.data_dir.display()
+        );
+    }
+    let (secret, keypair) = crate::mesh::identity(&cfg.data_dir)?;
+    let peer_id = keypair.public().to_peer_id().to_string();
+    let (cfg, clock) = (cfg.clone(), clock.clone());
+    let (store, streams, publisher) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let publisher = if cfg.has(Service::Publisher) {
+            Some(Arc::new(Publisher::open(
+                &cfg.data_dir,
+                cfg.durability,
+                &cfg.publisher,
+            )?))
+        } else {
+            None
+        };
+        let store = Arc::new(Storage::open(
+            &cfg.data_dir,
+            &cfg.name,
+            &peer_id,
+            cfg.durability,
+            clock.clone(),
+        )?);
+        let streams = Arc::new(Streams::open(
+            store.clone(),
+            &cfg.data_dir,
+            cfg.streaming.clone(),
+            clock,
+        )?);
+        Ok((store, streams, publisher))
+    })
+    .await??;
+    Ok(Opened {
+        lock,
+        secret,
+        keypair,
+        store,
+        streams,
+        publisher,
+    })
+}
+
+fn net_config(cfg: &Config, o: &Opened) -> tarn_net::Config {
+    let mut net = tarn_net::Config::new(o.keypair.clone());
+    (net.listen, net.bootstrap) = cfg.multiaddrs();
+    net.mdns = cfg.mdns;
+    net.relay_server = cfg.has(Service::Master);
+    // Requests carry batches too (replication pushes, a publisher's
+    // batches): as large as any message the node accepts.
+    net.max_request_bytes = crate::proto::MAX_MESSAGE;
+    net
+}
+
+fn serve_rest(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    span: &tracing::Span,
+) -> JoinHandle<()> {
+    tokio::spawn(
+        async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!("REST server stopped: {e}");
+            }
+        }
+        .instrument(span.clone()),
+    )
 }
 
 /// Runs blocking `work` every `period` until `stop` changes. Ticks are
@@ -101,7 +465,7 @@ impl Shared {
 fn every(
     period: Duration,
     mut stop: watch::Receiver<bool>,
-    span: tracing::Span,
+    span: &tracing::Span,
     work: impl Fn() + Send + Sync + 'static,
 ) -> JoinHandle<()> {
     let work = Arc::new(work);
@@ -120,218 +484,6 @@ fn every(
                 }
             }
         }
-        .instrument(span),
+        .instrument(span.clone()),
     )
-}
-
-/// A started node. Dropping it without [`Node::shutdown`] stops nothing
-/// gracefully; call `shutdown` to flush buffers.
-pub struct Node {
-    shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-    _lock: File,
-}
-
-impl Node {
-    /// Opens the data directory, replays what a crash left, binds the REST
-    /// port and starts the background work.
-    pub async fn start(cfg: Config) -> anyhow::Result<Node> {
-        cfg.validate()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        std::fs::create_dir_all(&cfg.data_dir)
-            .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-        let lock = File::create(cfg.data_dir.join("LOCK"))?;
-        if lock.try_lock().is_err() {
-            anyhow::bail!(
-                "data directory {} is in use by another tarn node",
-                cfg.data_dir.display()
-            );
-        }
-        let span = tracing::info_span!("node", name = %cfg.name);
-        let (secret, keypair) = crate::mesh::identity(&cfg.data_dir)?;
-        let peer_id = keypair.public().to_peer_id().to_string();
-        let (storage, streams, publisher) = {
-            let cfg = cfg.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let publisher = if cfg.has(Service::Publisher) {
-                    Some(Arc::new(crate::publish::Publisher::open(
-                        &cfg.data_dir,
-                        cfg.durability,
-                        &cfg.publisher,
-                    )?))
-                } else {
-                    None
-                };
-                let storage = Arc::new(Storage::open(
-                    &cfg.data_dir,
-                    &cfg.name,
-                    &peer_id,
-                    cfg.durability,
-                )?);
-                let streams = Arc::new(Streams::open(
-                    storage.clone(),
-                    &cfg.data_dir,
-                    cfg.streaming.clone(),
-                )?);
-                Ok((storage, streams, publisher))
-            })
-            .await??
-        };
-        let (stop, stopped) = watch::channel(false);
-        let mut net_cfg = tarn_net::Config::new(keypair);
-        (net_cfg.listen, net_cfg.bootstrap) = cfg.multiaddrs();
-        net_cfg.mdns = cfg.mdns;
-        net_cfg.relay_server = cfg.has(Service::Master);
-        // Requests carry batches too (replication pushes, a publisher's
-        // batches): as large as any message the node accepts.
-        net_cfg.max_request_bytes = crate::mesh::MAX_RPC;
-        let mesh = crate::mesh::start(&cfg.data_dir, net_cfg, secret, stopped.clone()).await?;
-        let listener = tokio::net::TcpListener::bind(cfg.rest)
-            .await
-            .with_context(|| format!("binding the REST port {}", cfg.rest))?;
-        let rest_addr = listener.local_addr()?;
-        let cfg_inflight_kib = cfg.max_inflight_bytes.div_ceil(1024);
-        let shared = Arc::new(Shared {
-            cfg,
-            storage,
-            streams,
-            rest_addr,
-            started: Instant::now(),
-            inflight: Arc::new(tokio::sync::Semaphore::new(cfg_inflight_kib)),
-            mesh,
-            cursors: Default::default(),
-            publisher,
-            refused: Default::default(),
-        });
-        let _ = shared.mesh.node.set(Arc::downgrade(&shared));
-        let mut tasks = Vec::new();
-
-        let app = crate::rest::router(shared.clone());
-        let mut rx = stopped.clone();
-        tasks.push(tokio::spawn(
-            async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                    let _ = rx.changed().await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::error!("REST server stopped: {e}");
-                }
-            }
-            .instrument(span.clone()),
-        ));
-
-        let streams = shared.streams.clone();
-        let period = Duration::from_millis((shared.cfg.streaming.threshold_ms / 4).clamp(10, 250));
-        tasks.push(every(period, stopped.clone(), span.clone(), move || {
-            streams.tick()
-        }));
-
-        let storage = shared.storage.clone();
-        let period = Duration::from_millis(200);
-        tasks.push(every(period, stopped.clone(), span.clone(), move || {
-            storage.checkpoint()
-        }));
-
-        if shared.cfg.has(Service::Operator) && shared.cfg.watch.enabled {
-            let dir = shared.cfg.watch_dir();
-            let watcher = Watcher::new(shared.storage.clone(), &shared.cfg.watch, dir.clone())?;
-            let watcher = std::sync::Mutex::new(watcher);
-            let period = Duration::from_millis(shared.cfg.watch.poll_ms);
-            tracing::info!(parent: &span, "watching {} for data files", dir.display());
-            tasks.push(every(period, stopped.clone(), span.clone(), move || {
-                watcher.lock().unwrap_or_else(|p| p.into_inner()).scan()
-            }));
-        }
-        tasks.extend(crate::replicate::spawn(
-            &shared,
-            stopped.clone(),
-            span.clone(),
-        ));
-        if let Some(p) = &shared.publisher {
-            tasks.push(tokio::spawn(
-                crate::publish::send_loop(shared.clone(), p.clone(), stopped.clone())
-                    .instrument(span.clone()),
-            ));
-        }
-        // Wait (briefly) for the swarm's listen addresses, so that the start
-        // line can print them.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while shared.mesh.listen.lock().expect("lock poisoned").is_empty()
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        crate::mesh::publish_self(&shared).await?;
-        crate::mesh::announce_tables(&shared).await;
-        let sh = shared.clone();
-        let mut rx = stopped.clone();
-        tasks.push(tokio::spawn(
-            async move {
-                let changed = sh.storage.tables_changed.clone();
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = rx.changed() => break,
-                        _ = changed.notified() => crate::mesh::announce_tables(&sh).await,
-                        // Also periodically: a notice lost to a crash is repaired.
-                        _ = tokio::time::sleep(Duration::from_secs(30)) => crate::mesh::announce_tables(&sh).await,
-                    }
-                }
-            }
-            .instrument(span.clone()),
-        ));
-        tracing::info!(parent: &span, "REST API listening on http://{rest_addr}");
-        Ok(Node {
-            shared,
-            stop,
-            tasks,
-            _lock: lock,
-        })
-    }
-
-    pub fn rest_addr(&self) -> SocketAddr {
-        self.shared.rest_addr
-    }
-
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
-    /// The node's PeerId.
-    pub fn peer_id(&self) -> tarn_net::PeerId {
-        self.shared.mesh.peer_id()
-    }
-
-    /// Where the node listens for peers, each with `/p2p/<peer-id>`.
-    pub fn p2p_addrs(&self) -> Vec<String> {
-        self.shared.mesh.full_listen_addrs()
-    }
-
-    /// Stops accepting requests, lets running ones finish, and writes every
-    /// streaming buffer.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        let streams = self.shared.streams.clone();
-        let n = tokio::task::spawn_blocking(move || streams.flush_all()).await?;
-        if n > 0 {
-            tracing::info!("flushed {n} buffered rows");
-        }
-        // Wait for the ledger to be released (requests in flight hold it), so
-        // that the data directory can be opened again at once.
-        let ledger = Arc::downgrade(&self.shared.mesh.ledger);
-        drop(self.shared);
-        drop(self._lock);
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while ledger.strong_count() > 0 {
-            if Instant::now() > deadline {
-                anyhow::bail!("the ledger is still in use after shutdown");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    }
 }

@@ -1,15 +1,16 @@
 //! A libp2p client that is not a node: it dials one node of the mesh with a
-//! throwaway identity and runs a network query over `/tarn/rpc/1`, the
-//! protocol operators and query nodes speak to each other. Used by
-//! `tarn query --peer` and `examples/libp2p_client.rs`.
+//! throwaway identity and runs a network query over `/tarn/rpc/2` (the
+//! query family of [`crate::proto`]), the protocol operators and query
+//! nodes speak to each other. Used by `tarn query --peer` and
+//! `examples/libp2p_client.rs`.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tarn_net::{Event, Multiaddr, PeerId};
 
-use crate::format::native_rows;
-use crate::mesh::Rpc;
+use crate::api::format::native_rows;
+use crate::proto::query::{Chunk, Request};
 
 /// Runs `sql` over the network through the node at `addr` (a multiaddr
 /// ending in `/p2p/<peer-id>`). Answers like `POST /v1/query`:
@@ -55,7 +56,7 @@ pub async fn query(
     // Keep the event channel drained while the query runs.
     tokio::spawn(async move { while events.recv().await.is_some() {} });
     let fetch = async {
-        let mut msg = Rpc::Query {
+        let mut msg = Request::Query {
             db: db.to_owned(),
             sql: sql.to_owned(),
             subset,
@@ -64,19 +65,13 @@ pub async fn query(
         let mut columns = Vec::new();
         let mut rows = Vec::new();
         loop {
-            let reply = call(&net, peer, &msg).await?;
-            let chunk = match reply {
-                Rpc::Chunk(c) => c,
-                Rpc::Failed { code, message } => anyhow::bail!("{message} ({code})"),
-                Rpc::Error(e) => anyhow::bail!("{e}"),
-                _ => anyhow::bail!("the node answered with the wrong message"),
-            };
+            let chunk = call(&net, peer, &msg).await?;
             if columns.is_empty() {
                 columns = chunk.columns;
             }
             rows.extend(chunk.rows);
             if chunk.done {
-                let result = crate::scatter::result_of(columns, rows);
+                let result = crate::exec::result_of(columns, rows);
                 let stats = chunk.stats.unwrap_or_default();
                 return Ok(serde_json::json!({
                     "columns": result.columns,
@@ -85,7 +80,7 @@ pub async fn query(
                     "errors": chunk.errors,
                 }));
             }
-            msg = Rpc::Next {
+            msg = Request::Next {
                 cursor: chunk.cursor,
             };
         }
@@ -95,11 +90,11 @@ pub async fn query(
         .context("the query timed out")?
 }
 
-async fn call(net: &tarn_net::Client, peer: PeerId, msg: &Rpc) -> anyhow::Result<Rpc> {
-    let data = tarn_net::codec::encode(msg, crate::mesh::MAX_RPC)?;
+async fn call(net: &tarn_net::Client, peer: PeerId, msg: &Request) -> anyhow::Result<Chunk> {
+    let data = crate::proto::encode_request(msg)?;
     let bytes = net.request(peer, data).await?;
-    Ok(tarn_net::codec::decode::<Rpc>(
-        &bytes,
-        crate::mesh::MAX_RPC,
-    )?)
+    match crate::proto::decode_reply::<Request>(&bytes)? {
+        Ok(chunk) => Ok(chunk),
+        Err(e) => anyhow::bail!("{} ({})", e.message, e.code),
+    }
 }

@@ -278,8 +278,25 @@ impl EventLoop {
     }
 
     async fn emit(&mut self, e: Event) {
-        // Bounded: a slow consumer slows the network loop instead of growing memory.
+        // Bounded: a slow consumer slows the network loop instead of growing
+        // memory. Only for news about connections and listeners, which are
+        // rare; see `offer` for what peers send.
         let _ = self.events.send(e).await;
+    }
+
+    /// Hands a peer's message to the consumer only if there is room now:
+    /// the consumer's answers go through this loop, so waiting here for it
+    /// could stall both. A dropped request fails at its sender; a dropped
+    /// gossip message is repaired by anti-entropy.
+    fn offer(&mut self, e: Event) -> bool {
+        match self.events.try_send(e) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("dropping a message from a peer: the node is too busy");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     async fn swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
@@ -357,12 +374,11 @@ impl EventLoop {
                 ..
             })) => {
                 let from = message.source;
-                self.emit(Event::Gossip {
+                self.offer(Event::Gossip {
                     from,
                     topic: message.topic.into_string(),
                     data: message.data,
-                })
-                .await;
+                });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::Message {
                 peer,
@@ -378,13 +394,15 @@ impl EventLoop {
                     }
                     self.next_in += 1;
                     let id = self.next_in;
-                    self.pending_in.insert(id, channel);
-                    self.emit(Event::Request {
+                    let offered = self.offer(Event::Request {
                         from: peer,
                         id,
                         data: request,
-                    })
-                    .await;
+                    });
+                    // Dropping the channel fails the request at its sender.
+                    if offered {
+                        self.pending_in.insert(id, channel);
+                    }
                 }
                 request_response::Message::Response {
                     request_id,

@@ -1,11 +1,14 @@
 //! tarn's overlay network: a libp2p swarm over TCP (Noise + Yamux) and QUIC
 //! with identify, ping, Kademlia, mDNS, gossipsub, relay, DCUtR, AutoNAT and
-//! one request-response protocol for tarn's own messages (`/tarn/rpc/1`).
+//! one request-response protocol for tarn's own messages (`/tarn/rpc/2`).
 //!
 //! The pattern is rust-libp2p's file-sharing example: [`start`] spawns an
 //! event loop that owns the swarm; the cheap, cloneable [`Client`] sends it
 //! commands over a bounded channel (replies come back on oneshots), and
-//! [`Event`]s come out on a bounded receiver. Nodes are addressed by
+//! [`Event`]s come out on a bounded receiver. The loop never waits for room
+//! in that receiver to hand out a request or a gossip message (it drops
+//! them, and the peer sees a failed request), so a consumer that is busy
+//! answering cannot stall the loop its answers go through. Nodes are addressed by
 //! [`PeerId`]; addresses are found, not configured, except for bootstrap.
 //!
 //! - [`codec`]: bounded CBOR for message bodies

@@ -1,4 +1,4 @@
-//! The request-response codec of `/tarn/rpc/1`: one length-prefixed frame
+//! The request-response codec of `/tarn/rpc/2`: one length-prefixed frame
 //! each way, with explicit caps. Frames are opaque bytes here; the node
 //! puts CBOR messages in them (see [`crate::codec`]).
 
@@ -7,7 +7,7 @@ use std::io;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/tarn/rpc/1");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/tarn/rpc/2");
 
 /// Caps on frame sizes: requests are small; responses carry result chunks.
 #[derive(Debug, Clone, Copy)]

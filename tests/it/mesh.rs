@@ -181,7 +181,7 @@ fn twenty_in_process_nodes_converge_partition_heal_and_restart() {
         let side_b: Vec<usize> = (10..20).collect();
         mesh.partition(&side_a, &side_b).await.unwrap();
         async fn publish(mesh: &LocalMesh, i: usize, body: &str) {
-            let m = mesh.node(i).unwrap().shared().mesh.clone();
+            let m = mesh.node(i).unwrap().mesh().clone();
             let p = tarn_ledger::policy::Policy::parse(body).unwrap();
             m.publish(&p, None).await.unwrap();
         }
@@ -196,7 +196,7 @@ fn twenty_in_process_nodes_converge_partition_heal_and_restart() {
             .await
             .unwrap();
         for (_, n) in mesh.running() {
-            let view = n.shared().mesh.view();
+            let view = n.mesh().view();
             let mut names: Vec<String> = view
                 .of_kind("site")
                 .map(|p| p.policy["site"]["name"].as_str().unwrap().to_owned())

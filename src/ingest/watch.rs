@@ -13,10 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::{Ingest, IngestRequest};
 use crate::config::WatchConfig;
-use crate::error::ApiError;
-use crate::rows::{ident, parse_body};
-use crate::storage::{BatchMeta, Storage};
+use crate::store::ident;
 
 /// Largest file (after decompression) the watcher loads.
 const MAX_FILE: u64 = 1 << 30;
@@ -30,7 +29,7 @@ struct Seen {
 
 /// Scans `dir` until `stop` fires.
 pub struct Watcher {
-    storage: Arc<Storage>,
+    ingest: Arc<Ingest>,
     dir: PathBuf,
     settle: Duration,
     seen: HashMap<PathBuf, Seen>,
@@ -61,8 +60,8 @@ impl FileName {
         if parts.len() < 2 || parts.len() > 5 {
             return Err("expected dbms.table[.source.hash.instructions].json".into());
         }
-        let dbms = ident("database", parts[0]).map_err(|e| e.message)?;
-        let table = ident("table", parts[1]).map_err(|e| e.message)?;
+        let dbms = ident("database", parts[0]).map_err(|e| e.to_string())?;
+        let table = ident("table", parts[1]).map_err(|e| e.to_string())?;
         let part = |i: usize| {
             parts
                 .get(i)
@@ -81,12 +80,12 @@ impl FileName {
 }
 
 impl Watcher {
-    pub fn new(storage: Arc<Storage>, cfg: &WatchConfig, dir: PathBuf) -> anyhow::Result<Watcher> {
+    pub fn new(ingest: Arc<Ingest>, cfg: &WatchConfig, dir: PathBuf) -> anyhow::Result<Watcher> {
         for sub in ["", "archive", "error"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         Ok(Watcher {
-            storage,
+            ingest,
             dir,
             settle: Duration::from_millis(cfg.settle_ms),
             seen: HashMap::new(),
@@ -168,19 +167,12 @@ impl Watcher {
         if data.len() as u64 > MAX_FILE {
             return Err(format!("larger than {MAX_FILE} bytes"));
         }
-        let rows = parse_body(&data).map_err(|e: ApiError| e.message)?;
-        let hash = parsed
-            .hash
-            .unwrap_or_else(|| crate::batch_hash(&parsed.dbms, &parsed.table, &data));
-        let meta = BatchMeta {
-            source: parsed.source,
-            hash,
+        let req = IngestRequest {
+            hash: parsed.hash,
             instructions: parsed.instructions,
+            ..IngestRequest::batch(&parsed.dbms, &parsed.table, data.into(), &parsed.source)
         };
-        let w = self
-            .storage
-            .write(&parsed.dbms, &parsed.table, rows, &meta)
-            .map_err(|e| e.message)?;
+        let (w, _) = self.ingest.write(&req).map_err(|e| e.to_string())?;
         Ok((w.rows, w.duplicate))
     }
 

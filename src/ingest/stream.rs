@@ -16,10 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::IngestError;
+use super::parse::parse_body;
+use crate::clock::SharedClock;
 use crate::config::StreamingConfig;
-use crate::error::ApiError;
-use crate::rows::{Rows, ident, parse_body};
-use crate::storage::{BatchMeta, Durability, Storage, TableSchema, now_micros};
+use crate::store::{BatchMeta, Durability, Rows, Storage, TableSchema, ident, user_db};
 
 /// Largest journal record accepted when replaying (bodies are capped far below).
 const MAX_RECORD: usize = 1 << 30;
@@ -27,6 +28,7 @@ const MAX_RECORD: usize = 1 << 30;
 /// The streaming buffers of one node.
 pub struct Streams {
     storage: Arc<Storage>,
+    clock: SharedClock,
     dir: PathBuf,
     cfg: StreamingConfig,
     buffers: Mutex<HashMap<TableKey, Arc<Mutex<Buffer>>>>,
@@ -59,11 +61,13 @@ impl Streams {
         storage: Arc<Storage>,
         data_dir: &Path,
         cfg: StreamingConfig,
+        clock: SharedClock,
     ) -> anyhow::Result<Streams> {
         let dir = data_dir.join("stream");
         std::fs::create_dir_all(&dir)?;
         let streams = Streams {
             storage,
+            clock,
             dir,
             cfg,
             buffers: Mutex::new(HashMap::new()),
@@ -76,8 +80,8 @@ impl Streams {
     /// Accepts one PUT body for `db.table`. Returns the rows accepted. The
     /// rows are checked against the table's schema here, so a bad value is
     /// refused now rather than lost at flush time.
-    pub fn put(&self, db: &str, table: &str, body: &[u8]) -> Result<usize, ApiError> {
-        let db = crate::storage::user_db(db)?;
+    pub fn put(&self, db: &str, table: &str, body: &[u8]) -> Result<usize, IngestError> {
+        let db = user_db(db)?;
         let table = ident("table", table)?;
         let mut rows = parse_body(body)?;
         let n = rows.rows.len();
@@ -92,7 +96,7 @@ impl Streams {
             let schema = stored.extended(&b.new_columns.columns);
             let new = schema.plan(&mut rows)?;
             self.journal(&mut b, &db, &table, body)
-                .map_err(|e| ApiError::internal("writing the stream journal", e))?;
+                .map_err(|e| IngestError::internal("writing the stream journal", e))?;
             b.new_columns.columns.extend(new);
             b.rows.append(rows);
             b.started.get_or_insert_with(Instant::now);
@@ -175,7 +179,7 @@ impl Streams {
         if b.journal.is_none() {
             let name = format!(
                 "{db}.{table}.{}-{}.journal",
-                now_micros(),
+                self.clock.now_micros(),
                 self.seq.fetch_add(1, Ordering::Relaxed)
             );
             let path = self.dir.join(name);
@@ -216,16 +220,15 @@ impl Streams {
             }
             Err(e) => {
                 tracing::error!(
-                    "streamed rows for {}.{} could not be written ({}); journal kept in stream/error",
+                    "streamed rows for {}.{} could not be written ({e}); journal kept in stream/error",
                     t.db,
                     t.table,
-                    e.message
                 );
                 let err_dir = self.dir.join("error");
                 let _ = std::fs::create_dir_all(&err_dir);
                 let dest = err_dir.join(file_name(&t.journal));
                 let _ = std::fs::rename(&t.journal, &dest);
-                let _ = std::fs::write(dest.with_extension("err.txt"), format!("{}\n", e.message));
+                let _ = std::fs::write(dest.with_extension("err.txt"), format!("{e}\n"));
             }
         }
     }
@@ -296,11 +299,7 @@ fn read_journal(path: &Path) -> anyhow::Result<Rows> {
         }
         match parse_body(&data[at + 4..at + 4 + len]) {
             Ok(r) => rows.append(r),
-            Err(e) => tracing::warn!(
-                "skipping an unreadable record in {}: {}",
-                path.display(),
-                e.message
-            ),
+            Err(e) => tracing::warn!("skipping an unreadable record in {}: {e}", path.display()),
         }
         at += 4 + len;
     }

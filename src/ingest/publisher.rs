@@ -1,31 +1,22 @@
-//! The publisher service (DESIGN.md §1): takes data from devices and routes
-//! each batch to an operator of a cluster, keeping it on disk until one
-//! has committed it.
-//!
-//! A batch is validated and written to `<data-dir>/publisher.db` before the
-//! client is answered, so an accepted batch survives a crash. A sender
-//! drains the queue in order: the first time a batch is sent its cluster is
-//! chosen (by a hash of its source, or round-robin, over the clusters the
-//! ledger knows) and recorded, so a retry never lands in another cluster;
-//! within the cluster it goes to a live operator, moving to another member
-//! when one fails. Operators de-duplicate by the batch's hash, so a batch
-//! re-sent after a lost answer is stored once.
+//! The publisher's queue (DESIGN.md §1): a batch is validated and written
+//! to `<data-dir>/publisher.db` before the client is answered, so an
+//! accepted batch survives a crash; it stays there until an operator has
+//! committed it (see `forward`). The first time a batch is sent its
+//! cluster is chosen (by a hash of its source, or round-robin, over the
+//! clusters the ledger knows) and recorded, so a retry never lands in
+//! another cluster.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
-use crate::config::Route;
-use crate::error::ApiError;
-use crate::mesh::Rpc;
-use crate::node::Shared;
-use crate::rows::parse_body;
-use crate::storage::{BatchMeta, Durability};
+use super::parse::parse_body;
+use super::{IngestError, batch_hash};
+use crate::config::{PublisherConfig, Route};
+use crate::store::{Durability, Rows, Val, ident, user_db};
 
 /// Largest batch body sent to an operator in one message (well under the
 /// RPC limit); larger bodies are split.
@@ -34,8 +25,7 @@ const MAX_FORWARD: usize = 4 << 20;
 /// Rows as NDJSON bodies of at most about `max` bytes each. Nulls are left
 /// out: a missing key and a null are stored alike, and a part whose column
 /// is all null must not create that column with a guessed type.
-fn split(rows: &crate::rows::Rows, max: usize) -> Vec<Vec<u8>> {
-    use crate::rows::Val;
+fn split(rows: &Rows, max: usize) -> Vec<Vec<u8>> {
     let mut out = vec![Vec::new()];
     for row in &rows.rows {
         let obj: serde_json::Map<String, serde_json::Value> = rows
@@ -73,20 +63,21 @@ pub struct Publisher {
     max_bytes: u64,
     route: Route,
     next_cluster: AtomicUsize,
-    wake: Notify,
+    pub(super) wake: Notify,
 }
 
 /// A batch in the queue.
-struct Queued {
-    seq: i64,
-    db: String,
-    table: String,
-    source: String,
-    hash: String,
-    cluster: Option<String>,
+pub(super) struct Queued {
+    pub(super) seq: i64,
+    pub(super) db: String,
+    pub(super) table: String,
+    pub(super) source: String,
+    pub(super) hash: String,
+    pub(super) cluster: Option<String>,
 }
 
 /// What the publisher answers a client.
+#[derive(Debug, Clone)]
 pub struct Accepted {
     pub rows: usize,
     pub seq: i64,
@@ -97,7 +88,7 @@ impl Publisher {
     pub fn open(
         data_dir: &Path,
         durability: Durability,
-        cfg: &crate::PublisherConfig,
+        cfg: &PublisherConfig,
     ) -> anyhow::Result<Publisher> {
         let conn = Connection::open(data_dir.join("publisher.db"))?;
         let sync = durability.synchronous();
@@ -152,22 +143,17 @@ impl Publisher {
         table: &str,
         source: &str,
         body: &[u8],
-    ) -> Result<Accepted, ApiError> {
-        let db = crate::storage::user_db(db)?;
-        let table = crate::rows::ident("table", table)?;
+    ) -> Result<Accepted, IngestError> {
+        let db = user_db(db)?;
+        let table = ident("table", table)?;
         let rows = parse_body(body)?;
         if self.bytes.load(Ordering::Relaxed) + body.len() as u64 > self.max_bytes {
-            return Err(ApiError::new(
-                axum::http::StatusCode::INSUFFICIENT_STORAGE,
-                "queue_full",
-                format!(
-                    "the publisher queue holds {} bytes waiting for operators (limit {})",
-                    self.bytes.load(Ordering::Relaxed),
-                    self.max_bytes
-                ),
-            ));
+            return Err(IngestError::QueueFull {
+                held: self.bytes.load(Ordering::Relaxed),
+                limit: self.max_bytes,
+            });
         }
-        let hash = crate::batch_hash(&db, &table, body);
+        let hash = batch_hash(&db, &table, body);
         // A body larger than one peer message goes as several batches, each
         // with a hash derived from the whole one (so a re-sent body is still
         // stored once).
@@ -184,18 +170,18 @@ impl Publisher {
             let mut conn = self.conn();
             let tx = conn
                 .transaction()
-                .map_err(|e| ApiError::internal("queueing a batch", e))?;
+                .map_err(|e| IngestError::internal("queueing a batch", e))?;
             let mut first = None;
             for (h, b) in &parts {
                 tx.prepare_cached(
                     "INSERT INTO queue (dbms, table_name, source, hash, body) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .and_then(|mut st| st.execute(params![db, table, source, h, b.as_ref()]))
-                .map_err(|e| ApiError::internal("queueing a batch", e))?;
+                .map_err(|e| IngestError::internal("queueing a batch", e))?;
                 first.get_or_insert(tx.last_insert_rowid());
             }
             tx.commit()
-                .map_err(|e| ApiError::internal("queueing a batch", e))?;
+                .map_err(|e| IngestError::internal("queueing a batch", e))?;
             first.unwrap_or_default()
         };
         let bytes: usize = parts.iter().map(|(_, b)| b.len()).sum();
@@ -219,7 +205,7 @@ impl Publisher {
     }
 
     /// The next queued batch after `after`, without its body.
-    fn next_after(&self, after: i64) -> rusqlite::Result<Option<Queued>> {
+    pub(super) fn next_after(&self, after: i64) -> rusqlite::Result<Option<Queued>> {
         self.conn()
             .prepare_cached(
                 "SELECT seq, dbms, table_name, source, hash, cluster FROM queue \
@@ -238,13 +224,13 @@ impl Publisher {
             .optional()
     }
 
-    fn body(&self, seq: i64) -> rusqlite::Result<Vec<u8>> {
+    pub(super) fn body(&self, seq: i64) -> rusqlite::Result<Vec<u8>> {
         self.conn()
             .prepare_cached("SELECT body FROM queue WHERE seq = ?1")?
             .query_row([seq], |r| r.get(0))
     }
 
-    fn done(&self, q: &Queued, len: usize, refused: Option<&str>) {
+    pub(super) fn done(&self, q: &Queued, len: usize, refused: Option<&str>) {
         let r = (|| -> rusqlite::Result<()> {
             let mut conn = self.conn();
             let tx = conn.transaction()?;
@@ -268,7 +254,7 @@ impl Publisher {
     }
 
     /// Picks and records the cluster of a batch sent for the first time.
-    fn choose(&self, q: &mut Queued, clusters: &[String]) -> Option<String> {
+    pub(super) fn choose(&self, q: &mut Queued, clusters: &[String]) -> Option<String> {
         if let Some(c) = &q.cluster {
             return Some(c.clone());
         }
@@ -295,183 +281,6 @@ impl Publisher {
     }
 }
 
-/// Drains the queue while the node runs. After a pass that could send
-/// nothing (its clusters are down) it waits a second, whatever arrives
-/// meanwhile, so a long queue is not re-read for every new batch.
-pub async fn send_loop(
-    shared: Arc<Shared>,
-    publisher: Arc<Publisher>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let pass = drain(&shared, &publisher, &stop).await;
-        let wait = match pass {
-            Pass::Empty => Duration::from_secs(5),
-            Pass::Stuck => {
-                tokio::select! {
-                    biased;
-                    _ = stop.changed() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-            Pass::Progress => Duration::ZERO,
-        };
-        tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            _ = publisher.wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// What one pass over the queue did.
-enum Pass {
-    Empty,
-    /// Batches wait and none could be sent.
-    Stuck,
-    Progress,
-}
-
-/// Sends every queued batch it can, oldest first.
-async fn drain(
-    shared: &Arc<Shared>,
-    publisher: &Arc<Publisher>,
-    stop: &watch::Receiver<bool>,
-) -> Pass {
-    let mut after = 0;
-    let mut sent = 0;
-    // Read from the ledger once a pass, not once a batch.
-    let clusters = crate::replicate::clusters(shared);
-    let names: Vec<String> = clusters.keys().cloned().collect();
-    // Stopping: what is left stays queued on disk for the next start.
-    while !*stop.borrow() {
-        let p = publisher.clone();
-        let next = tokio::task::spawn_blocking(move || p.next_after(after)).await;
-        let mut q = match next {
-            Ok(Ok(Some(q))) => q,
-            Ok(Ok(None)) if after == 0 => return Pass::Empty,
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => {
-                tracing::warn!("reading the publisher queue: {e}");
-                break;
-            }
-            Err(_) => break,
-        };
-        after = q.seq;
-        let Some(cluster) = publisher.choose(&mut q, &names) else {
-            continue;
-        };
-        let members = clusters.get(&cluster).cloned().unwrap_or_default();
-        let mut live: Vec<_> = members
-            .into_iter()
-            .filter(|m| shared.mesh.alive(&m.peer))
-            .collect();
-        if live.is_empty() {
-            continue;
-        }
-        // Spread batches over the members, one batch one member.
-        let n = live.len();
-        live.rotate_left(q.seq as usize % n);
-        let (p, seq) = (publisher.clone(), q.seq);
-        let body = match tokio::task::spawn_blocking(move || p.body(seq)).await {
-            Ok(Ok(b)) => b,
-            _ => continue,
-        };
-        let len = body.len();
-        let msg = Rpc::Ingest {
-            db: q.db.clone(),
-            table: q.table.clone(),
-            source: q.source.clone(),
-            hash: q.hash.clone(),
-            body: serde_bytes::ByteBuf::from(body),
-        };
-        let mut outcome = None;
-        for m in &live {
-            match shared.mesh.rpc(m.peer, &msg).await {
-                Ok(Rpc::Ingested { .. }) => {
-                    outcome = Some(None);
-                    break;
-                }
-                // The operator refuses the data itself: no member will take
-                // it. Kept aside with the reason, not dropped.
-                Ok(Rpc::Failed { code, message })
-                    if code != "internal" && code != "no_operator" =>
-                {
-                    tracing::warn!("operator {} refused a queued batch: {message}", m.name);
-                    outcome = Some(Some(format!("{code}: {message}")));
-                    break;
-                }
-                Ok(Rpc::Failed { message, .. }) => {
-                    tracing::debug!("sending to {}: {message}", m.name)
-                }
-                Ok(_) => tracing::debug!("sending to {}: an unexpected answer", m.name),
-                Err(e) => tracing::debug!("sending to {}: {e}", m.name),
-            }
-        }
-        if let Some(refused) = outcome {
-            sent += 1;
-            let p = publisher.clone();
-            let _ = tokio::task::spawn_blocking(move || p.done(&q, len, refused.as_deref())).await;
-        }
-    }
-    if sent > 0 {
-        Pass::Progress
-    } else {
-        Pass::Stuck
-    }
-}
-
-/// An operator's side of `Ingest`: stores the batch like a REST write.
-pub async fn serve_ingest(shared: Arc<Shared>, msg: Rpc) -> Rpc {
-    let Rpc::Ingest {
-        db,
-        table,
-        source,
-        hash,
-        body,
-    } = msg
-    else {
-        return Rpc::Error("not an ingest request".into());
-    };
-    let r = tokio::task::spawn_blocking(move || {
-        shared.require_operator()?;
-        let rows = parse_body(&body)?;
-        if hash.is_empty() || hash.len() > 256 || source.len() > 4096 {
-            return Err(ApiError::bad_request(
-                "invalid_batch",
-                "a batch needs a hash of at most 256 bytes",
-            ));
-        }
-        let meta = BatchMeta {
-            source,
-            hash,
-            instructions: String::new(),
-        };
-        shared.storage.write(&db, &table, rows, &meta)
-    })
-    .await;
-    match r {
-        Ok(Ok(w)) => Rpc::Ingested {
-            rows: w.rows as u64,
-            batch: w.tsd_id,
-            duplicate: w.duplicate,
-        },
-        Ok(Err(e)) => Rpc::Failed {
-            code: if e.status.is_server_error() {
-                "internal".into()
-            } else {
-                e.code.to_string()
-            },
-            message: e.message,
-        },
-        Err(e) => Rpc::Failed {
-            code: "internal".into(),
-            message: e.to_string(),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,13 +303,13 @@ mod tests {
         let rows = parse_body(body.as_bytes()).unwrap();
         let parts = split(&rows, 10_000);
         assert!(parts.len() > 5);
-        let mut back = crate::rows::Rows::default();
+        let mut back = Rows::default();
         for p in &parts {
             assert!(p.len() <= 10_000);
             back.append(parse_body(p).unwrap());
         }
         assert_eq!(back.rows.len(), 2000);
-        let col = |r: &crate::rows::Rows, name: &str, i: usize| {
+        let col = |r: &Rows, name: &str, i: usize| {
             let c = r.columns.iter().position(|c| c == name).unwrap();
             r.rows[i][c].clone()
         };
@@ -529,7 +338,7 @@ mod route_tests {
 
     fn publisher(route: Route) -> (tempfile::TempDir, Publisher) {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::PublisherConfig {
+        let cfg = PublisherConfig {
             route,
             ..Default::default()
         };

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use rusqlite::params;
 
-use super::{BATCH_COLUMNS, BatchRecord, ReplBatch, Storage};
-use crate::error::ApiError;
+use super::batches::{BATCH_COLUMNS, BatchRecord, ReplBatch};
+use super::error::sql_error;
+use super::{Storage, StoreError, to_val};
 
 /// The batches of one origin held here: enough to tell two members' sets
 /// apart without listing them (the sum catches a gap filled differently).
@@ -156,7 +157,7 @@ impl Storage {
         origin: &str,
         have: &[(i64, i64)],
         budget: usize,
-    ) -> Result<Vec<ReplBatch>, ApiError> {
+    ) -> Result<Vec<ReplBatch>, StoreError> {
         let gaps = minus(&self.held(origin), have);
         let mut out = Vec::new();
         let mut size = 0;
@@ -164,7 +165,7 @@ impl Storage {
         for (lo, hi) in gaps {
             let mut wanted: Vec<(String, BatchRecord)> = Vec::new();
             for (name, db) in self.all_dbs() {
-                let conn = db.reader().map_err(super::sql_error)?;
+                let conn = db.reader().map_err(sql_error)?;
                 let r = (|| {
                     let mut st = conn.prepare_cached(&format!(
                         "SELECT {BATCH_COLUMNS} FROM tarn_batches \
@@ -176,7 +177,7 @@ impl Storage {
                 })();
                 db.give_back(conn);
                 wanted.extend(
-                    r.map_err(super::sql_error)?
+                    r.map_err(sql_error)?
                         .into_iter()
                         .map(|rec| (name.clone(), rec)),
                 );
@@ -187,7 +188,7 @@ impl Storage {
                     return Ok(out);
                 }
                 if let Some(b) = self.batch_of(&db, &rec)? {
-                    size += approx_size(&b);
+                    size += b.approx_size();
                     out.push(b);
                 }
             }
@@ -199,11 +200,11 @@ impl Storage {
     }
 
     /// Rows per user table, as `(db, table, rows)`.
-    pub fn table_counts(&self) -> Result<Vec<(String, String, i64)>, ApiError> {
+    pub fn table_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
         let mut out = Vec::new();
         for (name, db) in self.all_dbs() {
             let tables = self.tables(&name)?;
-            let conn = db.reader().map_err(super::sql_error)?;
+            let conn = db.reader().map_err(sql_error)?;
             let r = tables
                 .into_iter()
                 .map(|t| {
@@ -213,7 +214,7 @@ impl Storage {
                 })
                 .collect::<rusqlite::Result<Vec<_>>>();
             db.give_back(conn);
-            out.extend(r.map_err(super::sql_error)?);
+            out.extend(r.map_err(sql_error)?);
         }
         Ok(out)
     }
@@ -225,11 +226,11 @@ impl Storage {
         db: &str,
         origin: &str,
         id: i64,
-    ) -> Result<Option<ReplBatch>, ApiError> {
+    ) -> Result<Option<ReplBatch>, StoreError> {
         let Ok(database) = self.database(db) else {
             return Ok(None);
         };
-        let conn = database.reader().map_err(super::sql_error)?;
+        let conn = database.reader().map_err(sql_error)?;
         let rec = conn
             .prepare_cached(&format!(
                 "SELECT {BATCH_COLUMNS} FROM tarn_batches WHERE origin = ?1 AND origin_id = ?2"
@@ -240,7 +241,7 @@ impl Storage {
                     .optional()
             });
         database.give_back(conn);
-        match rec.map_err(super::sql_error)? {
+        match rec.map_err(sql_error)? {
             Some(rec) => self.batch_of(db, &rec),
             None => Ok(None),
         }
@@ -248,7 +249,12 @@ impl Storage {
 
     /// A batch written here with all its parts (a large batch is recorded
     /// as several: ids `id, id + 1, ...`, hashes `h, h#1, ...`).
-    pub fn batch_parts(&self, db: &str, origin: &str, id: i64) -> Result<Vec<ReplBatch>, ApiError> {
+    pub fn batch_parts(
+        &self,
+        db: &str,
+        origin: &str,
+        id: i64,
+    ) -> Result<Vec<ReplBatch>, StoreError> {
         let mut out = Vec::new();
         let Some(first) = self.read_batch(db, origin, id)? else {
             return Ok(out);
@@ -264,14 +270,45 @@ impl Storage {
         Ok(out)
     }
 
+    /// The ids of a batch recorded here and of its parts, in order (a
+    /// large batch is recorded as several: ids `id, id + 1, ...`, hashes
+    /// `h, h#1, ...`); empty if there is no such batch.
+    pub fn part_ids(&self, db: &str, origin: &str, id: i64) -> Result<Vec<i64>, StoreError> {
+        let Ok(database) = self.database(db) else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<(i64, String)> = database
+            .with_reader(|conn| {
+                let mut st = conn.prepare_cached(
+                    "SELECT origin_id, hash FROM tarn_batches \
+                     WHERE origin = ?1 AND origin_id >= ?2 ORDER BY origin_id LIMIT 100000",
+                )?;
+                st.query_map(params![origin, id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(sql_error)?;
+        let mut out = Vec::new();
+        let Some((first, hash)) = rows.first().filter(|(i, _)| *i == id).cloned() else {
+            return Ok(out);
+        };
+        out.push(first);
+        for (k, (i, h)) in rows.iter().enumerate().skip(1) {
+            if *i != id + k as i64 || *h != format!("{hash}#{k}") {
+                break;
+            }
+            out.push(*i);
+        }
+        Ok(out)
+    }
+
     /// Reads a recorded batch's rows (for a batch held as a copy of
     /// another with the same hash, that one's rows).
-    fn batch_of(&self, db: &str, rec: &BatchRecord) -> Result<Option<ReplBatch>, ApiError> {
+    fn batch_of(&self, db: &str, rec: &BatchRecord) -> Result<Option<ReplBatch>, StoreError> {
         let database = self.database(db)?;
         let Some(schema) = database.schema(&rec.table) else {
             return Ok(None);
         };
-        let conn = database.reader().map_err(super::sql_error)?;
+        let conn = database.reader().map_err(sql_error)?;
         let r = (|| -> rusqlite::Result<Option<ReplBatch>> {
             let (first, n) = match rec.first_row {
                 Some(f) => (f, rec.rows),
@@ -304,7 +341,7 @@ impl Storage {
             let rows = st
                 .query_map(params![first, first + n - 1], |r| {
                     (0..width)
-                        .map(|i| r.get_ref(i).map(crate::accumulate::to_val))
+                        .map(|i| r.get_ref(i).map(to_val))
                         .collect::<rusqlite::Result<Vec<_>>>()
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -324,32 +361,14 @@ impl Storage {
             }))
         })();
         database.give_back(conn);
-        r.map_err(super::sql_error)
+        r.map_err(sql_error)
     }
-}
-
-/// About how many bytes a batch takes on the wire.
-pub fn approx_size(b: &ReplBatch) -> usize {
-    let row: usize = b
-        .rows
-        .first()
-        .map(|r| {
-            r.iter()
-                .map(|v| match v {
-                    crate::rows::Val::Text(t) => t.len() + 4,
-                    _ => 9,
-                })
-                .sum()
-        })
-        .unwrap_or(0);
-    256 + b.columns.len() * 24 + row.max(1) * b.rows.len()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rows::{Rows, Val};
-    use crate::storage::{BatchMeta, Durability};
+    use crate::store::{BatchMeta, Durability, Origin, Rows, Val};
 
     struct Member {
         _dir: tempfile::TempDir,
@@ -360,7 +379,14 @@ mod tests {
     fn member(i: usize) -> Member {
         let dir = tempfile::tempdir().unwrap();
         let peer = format!("12D3KooWMember{i}");
-        let s = Storage::open(dir.path(), &format!("m{i}"), &peer, Durability::Normal).unwrap();
+        let s = Storage::open(
+            dir.path(),
+            &format!("m{i}"),
+            &peer,
+            Durability::Normal,
+            crate::clock::system(),
+        )
+        .unwrap();
         Member { _dir: dir, s, peer }
     }
 
@@ -396,28 +422,6 @@ mod tests {
         m.s.write("lab", "t", rows_of(n), &meta).unwrap();
     }
 
-    /// What `sync_with` does, without the network: `to` pulls from `from`.
-    fn pull(to: &Member, from: &Member) {
-        let theirs = from.s.inventory();
-        let mine = to.s.inventory();
-        for h in theirs {
-            if mine.iter().any(|m| m.origin == h.origin && m.same_set(&h)) {
-                continue;
-            }
-            loop {
-                let have = to.s.held(&h.origin);
-                // A small budget: several rounds per origin.
-                let batches = from.s.missing(&h.origin, &have, 300).unwrap();
-                if batches.is_empty() {
-                    break;
-                }
-                for b in batches {
-                    to.s.write_replica(b, &from.peer).unwrap();
-                }
-            }
-        }
-    }
-
     fn keys(m: &Member) -> (i64, i64, Vec<i64>) {
         let Some(path) = m.s.path_of("lab") else {
             return (0, 0, Vec::new());
@@ -435,146 +439,6 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         (n, d, ks)
-    }
-
-    /// Random writes (some batches re-sent to another member), pushes and
-    /// pulls between three members, in a seeded order: after a final round
-    /// of pulls every member holds every batch once, and their inventories
-    /// agree. `TARN_SEED` replays a run.
-    #[test]
-    fn members_converge_with_no_duplicates_in_any_order() {
-        let seed: u64 = std::env::var("TARN_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| crate::storage::now_micros() as u64);
-        eprintln!("replication simulation: TARN_SEED={seed}");
-        let mut x = seed | 1;
-        let mut rnd = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
-        let ms: Vec<Member> = (0..3).map(member).collect();
-        let mut next = 0u64;
-        let mut written: Vec<(usize, u64)> = Vec::new();
-        for _ in 0..120 {
-            match rnd(4) {
-                0 | 1 => {
-                    let at = rnd(3) as usize;
-                    write(&ms[at], next);
-                    written.push((at, next));
-                    next += 1;
-                }
-                // A client re-sends an earlier batch to another member.
-                2 if !written.is_empty() => {
-                    let (_, n) = written[rnd(written.len() as u64) as usize];
-                    write(&ms[rnd(3) as usize], n);
-                }
-                // A push of one batch from its origin.
-                2 => {}
-                _ => {
-                    let (a, b) = (rnd(3) as usize, rnd(3) as usize);
-                    if a != b {
-                        pull(&ms[a], &ms[b]);
-                    }
-                }
-            }
-            // Pushes arrive too, in any order, sometimes twice.
-            if rnd(3) == 0 && !written.is_empty() {
-                let (at, _) = written[rnd(written.len() as u64) as usize];
-                let to = rnd(3) as usize;
-                let id = 1
-                    + rnd(ms[at].s.next_tsd.load(std::sync::atomic::Ordering::SeqCst) as u64)
-                        as i64;
-                if let Some(b) = ms[at].s.read_batch("lab", &ms[at].peer, id).unwrap() {
-                    ms[to].s.write_replica(b.clone(), &ms[at].peer).unwrap();
-                    ms[to].s.write_replica(b, &ms[at].peer).unwrap();
-                }
-            }
-        }
-        for _ in 0..2 {
-            for a in 0..3 {
-                for b in 0..3 {
-                    if a != b {
-                        pull(&ms[a], &ms[b]);
-                    }
-                }
-            }
-        }
-        let want: Vec<i64> = (0..next as i64 * 10).collect();
-        for (i, m) in ms.iter().enumerate() {
-            let (n, d, ks) = keys(m);
-            assert_eq!(
-                (n, d),
-                (next as i64 * 10, next as i64 * 10),
-                "member {i}, seed {seed}"
-            );
-            assert_eq!(ks, want, "member {i}, seed {seed}");
-        }
-        let inv: Vec<Vec<Holding>> = ms.iter().map(|m| m.s.inventory()).collect();
-        // The in-memory inventory is what a restart rebuilds from disk.
-        for (i, m) in ms.iter().enumerate() {
-            let again = Storage::open(m._dir.path(), &format!("m{i}"), &m.peer, Durability::Normal)
-                .unwrap();
-            assert_eq!(again.inventory(), inv[i], "seed {seed}");
-            for h in &inv[i] {
-                assert_eq!(again.held(&h.origin), m.s.held(&h.origin));
-            }
-        }
-        for i in 1..3 {
-            assert_eq!(inv[0].len(), inv[i].len(), "seed {seed}");
-            for (a, b) in inv[0].iter().zip(&inv[i]) {
-                assert!(a.same_set(b), "{a:?} vs {b:?}, seed {seed}");
-            }
-        }
-    }
-
-    /// A batch larger than one message is recorded as parts; each travels
-    /// alone, and the same batch written on another member is cut alike,
-    /// so nothing is stored twice.
-    #[test]
-    fn large_batches_travel_in_parts() {
-        let big = |n: usize| Rows {
-            columns: vec!["k".into(), "s".into()],
-            rows: (0..n)
-                .map(|i| vec![Val::Int(i as i64), Val::Text(format!("{i:0>60}"))])
-                .collect(),
-        };
-        let meta = BatchMeta {
-            source: "file".into(),
-            hash: "big".into(),
-            instructions: String::new(),
-        };
-        let (a, b) = (member(0), member(1));
-        let w = a.s.write("lab", "t", big(100_000), &meta).unwrap();
-        let inv = a.s.inventory();
-        assert!(inv[0].batches >= 3, "{inv:?}");
-        assert_eq!(inv[0].rows, 100_000);
-        let parts = a.s.batch_parts("lab", &a.peer, w.tsd_id).unwrap();
-        assert_eq!(parts.len() as u64, inv[0].batches);
-        assert!(parts.iter().all(|p| approx_size(p) <= 3 << 20));
-        assert_eq!(parts.iter().map(|p| p.rows.len()).sum::<usize>(), 100_000);
-        // Sent again: a duplicate, nothing added.
-        assert!(
-            a.s.write("lab", "t", big(100_000), &meta)
-                .unwrap()
-                .duplicate
-        );
-        // b gets the same batch from a client, and a's parts by pulling:
-        // each part is held once, as a copy of b's own.
-        b.s.write("lab", "t", big(100_000), &meta).unwrap();
-        pull(&b, &a);
-        pull(&a, &b);
-        for m in [&a, &b] {
-            let (n, d, _) = keys(m);
-            assert_eq!((n, d), (100_000, 100_000));
-        }
-        let (ia, ib) = (a.s.inventory(), b.s.inventory());
-        assert_eq!(ia.len(), 2);
-        for (x, y) in ia.iter().zip(&ib) {
-            assert!(x.same_set(y), "{x:?} vs {y:?}");
-        }
     }
 
     #[test]
@@ -612,14 +476,14 @@ mod tests {
                 ..good.clone()
             },
             ReplBatch {
-                origin: crate::storage::Origin {
+                origin: Origin {
                     peer: "../x".into(),
                     ..good.origin.clone()
                 },
                 ..good.clone()
             },
             ReplBatch {
-                origin: crate::storage::Origin {
+                origin: Origin {
                     id: 0,
                     ..good.origin.clone()
                 },

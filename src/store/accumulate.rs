@@ -10,7 +10,8 @@ use hashbrown::{Equivalent, HashMap};
 use rusqlite::types::ValueRef;
 use tarn_query::{AggKind, ExactSum};
 
-use crate::rows::Val;
+use super::Val;
+use super::value::to_val;
 
 /// A group key value. Floats are keyed by their bits: `1` and `1.0` from one
 /// expression land in two groups, where SQLite would make one (typed tarn
@@ -290,15 +291,6 @@ fn number(v: ValueRef<'_>) -> Option<f64> {
                 .parse::<f64>()
                 .unwrap_or(0.0),
         ),
-    }
-}
-
-pub(crate) fn to_val(v: ValueRef<'_>) -> Val {
-    match v {
-        ValueRef::Null => Val::Null,
-        ValueRef::Integer(i) => Val::Int(i),
-        ValueRef::Real(f) => Val::Float(f),
-        ValueRef::Text(t) | ValueRef::Blob(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
     }
 }
 

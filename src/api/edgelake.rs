@@ -1,0 +1,298 @@
+//! EdgeLake's command language on the REST port (`GET /` and `POST /` with a
+//! `command`), answered in EdgeLake's shapes so its scripts work unchanged.
+//!
+//! - `sql`: `sql <dbms> [options] <select>`
+//! - `get`: `get status|databases|processes|tables|columns`
+//! - `blockchain`: `blockchain get ...`, `blockchain insert ...`
+//! - `network`: `get data nodes`, `test network`
+//!
+//! A new command is a function in one of these and a line in [`run`].
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+mod blockchain;
+mod get;
+mod network;
+mod sql;
+
+use super::AppState;
+use super::body::read_body;
+use super::put::header_str;
+use crate::error::{Code, Coded};
+
+/// EdgeLake-style error codes: tarn's numbering of EdgeLake's error classes
+/// (clients test `err_code` for non-zero, not for particular values).
+pub mod code {
+    pub const COMMAND: i64 = 2;
+    pub const SQL: i64 = 19;
+    pub const NOT_FOUND: i64 = 33;
+    pub const INTERNAL: i64 = 99;
+}
+
+/// A command's answer: JSON or text, or an EdgeLake error.
+#[derive(Debug)]
+pub enum Reply {
+    Json(String),
+    Text(String),
+    Error { code: i64, text: String },
+}
+
+impl Reply {
+    fn err(code: i64, text: impl Into<String>) -> Reply {
+        Reply::Error {
+            code,
+            text: text.into(),
+        }
+    }
+
+    /// Any layer's error, in EdgeLake's classes.
+    fn from_error(e: &(impl Coded + ?Sized)) -> Reply {
+        let class = match e.code() {
+            Code::UnknownDatabase | Code::UnknownTable => code::NOT_FOUND,
+            Code::Internal => code::INTERNAL,
+            _ => code::SQL,
+        };
+        Reply::err(class, e.to_string())
+    }
+}
+
+pub(super) async fn command_get(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(cmd) = header_str(&headers, "command").map(str::to_owned) else {
+        return reply(
+            &s,
+            "get",
+            Reply::err(code::COMMAND, "missing the 'command' header"),
+        );
+    };
+    let dest = header_str(&headers, "destination").map(str::to_owned);
+    let r = run(&s, &cmd, dest.as_deref(), &[]).await;
+    reply(&s, "get", r)
+}
+
+#[derive(Deserialize)]
+struct CommandBody {
+    command: String,
+    #[serde(default)]
+    destination: Option<String>,
+}
+
+pub(super) async fn command_post(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = match read_body(&s.body, &headers, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let (cmd, dest, payload) = match header_str(&headers, "command") {
+        Some(c) => (
+            c.to_owned(),
+            header_str(&headers, "destination").map(str::to_owned),
+            &body[..],
+        ),
+        None => match serde_json::from_slice::<CommandBody>(&body) {
+            Ok(b) => (b.command, b.destination, &[][..]),
+            Err(_) => {
+                let text = "expected a 'command' header or a JSON body {\"command\": ...}";
+                return reply(&s, "post", Reply::err(code::COMMAND, text));
+            }
+        },
+    };
+    let r = run(&s, &cmd, dest.as_deref(), payload).await;
+    reply(&s, "post", r)
+}
+
+fn reply(s: &AppState, method: &str, reply: Reply) -> Response {
+    match reply {
+        Reply::Json(j) => ([(header::CONTENT_TYPE, "application/json")], j).into_response(),
+        Reply::Text(t) => {
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], t).into_response()
+        }
+        // EdgeLake answers errors with 200 and a body clients check for `err_code`.
+        Reply::Error { code, text } => axum::Json(serde_json::json!({
+            "method": method,
+            "node": s.info.rest.ip().to_string(),
+            "err_code": code,
+            "err_text": text,
+        }))
+        .into_response(),
+    }
+}
+
+/// What follows the first `n` words of `cmd` (words split on any white
+/// space, Unicode's included).
+fn after_words(cmd: &str, n: usize) -> &str {
+    let mut rest = cmd.trim_start();
+    for _ in 0..n {
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        rest = rest[end..].trim_start();
+    }
+    rest
+}
+
+/// Runs one command (EdgeLake's GET-only rule for `flush buffers` is not kept:
+/// tarn accepts read and write commands by either method).
+pub async fn run(s: &AppState, command: &str, destination: Option<&str>, body: &[u8]) -> Reply {
+    let cmd = command.trim();
+    let words: Vec<String> = cmd
+        .split_whitespace()
+        .take(3)
+        .map(|w| w.to_ascii_lowercase())
+        .collect();
+    let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    let kv = || where_clause(cmd);
+    match (word(0), word(1)) {
+        ("sql", _) => sql::run(s, after_words(cmd, 1), destination).await,
+        ("get", "status") => get::status(s, kv()),
+        ("get", "databases") => get::databases(s, kv()),
+        ("get", "processes") => get::processes(s, kv()),
+        ("get", "tables") => get::tables(s, kv()),
+        ("get", "columns") => get::columns(s, kv()),
+        ("get", "data") if word(2) == "nodes" => network::data_nodes(s, kv()).await,
+        ("blockchain", "get") => blockchain::get(s, after_words(cmd, 2)),
+        ("blockchain", "insert") => blockchain::insert(s, cmd, body).await,
+        ("test", "network") => network::test(s, kv()).await,
+        ("flush", "buffers") => {
+            let streams = s.streams.clone();
+            match tokio::task::spawn_blocking(move || streams.flush_all()).await {
+                Ok(_) => Reply::Text(String::new()),
+                Err(e) => Reply::err(code::INTERNAL, format!("flushing the buffers failed: {e}")),
+            }
+        }
+        ("", _) => Reply::err(code::COMMAND, "empty command"),
+        _ => Reply::err(
+            code::COMMAND,
+            format!("Failed to process command: '{cmd}' is not a command tarn knows"),
+        ),
+    }
+}
+
+/// The `key = value` pairs after `where`, joined by `and`.
+fn where_clause(cmd: &str) -> Vec<(String, String)> {
+    let lower = cmd.to_ascii_lowercase();
+    let Some(at) = lower.find(" where ") else {
+        return Vec::new();
+    };
+    split_and(&cmd[at + 7..])
+        .into_iter()
+        .filter_map(|part| {
+            let (k, v) = part.split_once('=')?;
+            Some((k.trim().to_ascii_lowercase(), unquote(v.trim()).to_owned()))
+        })
+        .collect()
+}
+
+/// Splits on the word `and` (any case) outside quotes and parentheses.
+pub(super) fn split_and(s: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut depth = 0i32;
+    let mut quote: Option<char> = None;
+    let chars: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                '\'' | '"' => quote = Some(c),
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            },
+        }
+        if quote.is_none()
+            && depth == 0
+            && c.is_whitespace()
+            && chars.len() >= i + 5
+            && chars[i + 1..i + 4]
+                .iter()
+                .collect::<String>()
+                .eq_ignore_ascii_case("and")
+            && chars[i + 4].is_whitespace()
+        {
+            parts.push(std::mem::take(&mut cur));
+            i += 5;
+            continue;
+        }
+        cur.push(c);
+        i += 1;
+    }
+    parts.push(cur);
+    parts
+        .into_iter()
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+pub(super) fn unquote(s: &str) -> &str {
+    for q in ['"', '\''] {
+        if s.len() >= 2 && s.starts_with(q) && s.ends_with(q) {
+            return &s[1..s.len() - 1];
+        }
+    }
+    s
+}
+
+pub(super) fn get<'a>(kv: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    kv.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+pub(super) fn wants_json(kv: &[(String, String)]) -> bool {
+    get(kv, "format").is_some_and(|f| f.eq_ignore_ascii_case("json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_where_clauses() {
+        assert_eq!(
+            where_clause("get columns where dbms = lab and table='t' AND format=json"),
+            vec![
+                ("dbms".to_owned(), "lab".to_owned()),
+                ("table".to_owned(), "t".to_owned()),
+                ("format".to_owned(), "json".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn words_end_on_any_white_space() {
+        assert_eq!(
+            after_words("blockchain\u{2003}\u{2003}get  operator", 2),
+            "operator"
+        );
+        assert_eq!(after_words(" sql\u{3000}lab select 1", 1), "lab select 1");
+        assert_eq!(after_words("sql", 1), "");
+    }
+
+    proptest::proptest! {
+        /// Commands made of words, Unicode white space, quotes and
+        /// operators never panic the parsers.
+        #[test]
+        fn command_parsing_never_panics(parts in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "sql", "blockchain", "get", "insert", "where", "and", "bring", "bring.unique",
+                "separator=", "=", "'", "\"", "(", ")", "[", "]", "format=table", " ",
+                "\u{a0}", "\u{2003}", "\u{3000}", "\u{85}", "é", "日本", "99999999999999999999",
+                "lab", "select", "*", "from", "t", "include=(a,", "extend=", "@table_name",
+            ]),
+            0..24,
+        )) {
+            let cmd: String = parts.concat();
+            let _ = where_clause(&cmd);
+            let _ = after_words(&cmd, 2);
+            let _ = sql::SqlCommand::parse(after_words(&cmd, 1));
+            let _ = blockchain::Query::parse(after_words(&cmd, 2));
+        }
+    }
+}

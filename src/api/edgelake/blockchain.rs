@@ -1,0 +1,211 @@
+//! `blockchain get <type|(t1, t2)|*> [where k = v [and ...]] [bring...]`
+//! and `blockchain insert where policy = !x`, over the ledger, with the
+//! policies shaped as EdgeLake lists them.
+
+use serde_json::Value;
+
+use super::{AppState, Reply, code, split_and, unquote};
+use crate::api::native::policy_json;
+
+/// A parsed `blockchain get`.
+#[derive(Debug, PartialEq)]
+pub(super) struct Query {
+    types: Vec<String>,
+    conds: Vec<(String, String)>,
+    bring: Option<String>,
+}
+
+impl Query {
+    /// Parses what follows `blockchain get`.
+    pub(super) fn parse(rest: &str) -> Result<Query, &'static str> {
+        let rest = rest.trim();
+        let lower = rest.to_ascii_lowercase();
+        let (head, bring) = match lower.find(" bring") {
+            Some(i) => (&rest[..i], Some(rest[i..].trim().to_owned())),
+            None => (rest, None),
+        };
+        let (types, conds) = match head.to_ascii_lowercase().find(" where ") {
+            Some(i) => (&head[..i], where_pairs(&head[i + 7..])),
+            None => (head, Vec::new()),
+        };
+        let types: Vec<String> = types
+            .trim()
+            .trim_start_matches('(')
+            .trim_end_matches(')')
+            .split(',')
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if types.is_empty() {
+            return Err("expected: blockchain get <type> [where key = value] [bring...]");
+        }
+        Ok(Query {
+            types,
+            conds,
+            bring,
+        })
+    }
+
+    /// The policies it selects.
+    fn select(&self, policies: Vec<(String, Value)>) -> Vec<Value> {
+        policies
+            .into_iter()
+            .filter(|(k, _)| self.types.iter().any(|t| t == "*" || t == k))
+            .filter(|(k, v)| {
+                self.conds
+                    .iter()
+                    .all(|(key, want)| match &v[k][key.as_str()] {
+                        Value::String(s) => s.eq_ignore_ascii_case(want),
+                        Value::Null => false,
+                        other => *other.to_string() == **want,
+                    })
+            })
+            .map(|(_, v)| v)
+            .collect()
+    }
+}
+
+pub(super) fn get(s: &AppState, rest: &str) -> Reply {
+    let q = match Query::parse(rest) {
+        Ok(q) => q,
+        Err(e) => return Reply::err(code::COMMAND, e),
+    };
+    let matches = q.select(edgelake_policies(s));
+    match &q.bring {
+        None => Reply::Json(Value::Array(matches).to_string()),
+        Some(b) => bring(matches, b),
+    }
+}
+
+/// `bring.count`, `bring.first`, `bring.last`, `bring[.unique] [type][key]
+/// ... [separator=X]`.
+fn bring(matches: Vec<Value>, bring: &str) -> Reply {
+    let b = bring.to_ascii_lowercase();
+    if b.starts_with("bring.count") {
+        return Reply::Text(matches.len().to_string());
+    }
+    if b.starts_with("bring.first") {
+        return Reply::Json(Value::Array(matches.into_iter().take(1).collect()).to_string());
+    }
+    if b.starts_with("bring.last") {
+        return Reply::Json(
+            Value::Array(matches.into_iter().last().into_iter().collect()).to_string(),
+        );
+    }
+    let unique = b.starts_with("bring.unique");
+    let sep = b.find("separator=").map(|i| {
+        bring[i + 10..]
+            .trim()
+            .trim_matches(|c| c == '\'' || c == '"')
+            .to_owned()
+    });
+    let keys: Vec<String> = bring
+        .split('[')
+        .skip(1)
+        .filter_map(|k| k.split(']').next())
+        .map(|k| k.trim().trim_matches(|c| c == '\'' || c == '"').to_owned())
+        .collect();
+    let mut values: Vec<String> = Vec::new();
+    for v in &matches {
+        let Some((kind, body)) = v.as_object().and_then(|o| o.iter().next()) else {
+            continue;
+        };
+        let key = match keys.as_slice() {
+            [t, k] if t == kind || t == "*" => k,
+            [k] => k,
+            _ => continue,
+        };
+        let val = match &body[key.as_str()] {
+            Value::String(s) => s.clone(),
+            Value::Null => continue,
+            other => other.to_string(),
+        };
+        if !unique || !values.contains(&val) {
+            values.push(val);
+        }
+    }
+    Reply::Text(values.join(sep.as_deref().unwrap_or("")))
+}
+
+fn where_pairs(s: &str) -> Vec<(String, String)> {
+    split_and(s)
+        .into_iter()
+        .filter_map(|part| {
+            let (k, v) = part.split_once('=')?;
+            Some((k.trim().to_ascii_lowercase(), unquote(v.trim()).to_owned()))
+        })
+        .collect()
+}
+
+/// Policies as EdgeLake lists them, with `cluster` policies merged by name
+/// and completed with the tables the ledger's `table` policies assign them.
+fn edgelake_policies(s: &AppState) -> Vec<(String, serde_json::Value)> {
+    let view = s.mesh.view();
+    let mut out: Vec<(String, serde_json::Value)> = Vec::new();
+    let mut clusters: std::collections::BTreeMap<String, serde_json::Value> =
+        std::collections::BTreeMap::new();
+    for p in view.policies() {
+        let v = policy_json(p);
+        if p.kind == "cluster"
+            && let Some(name) = p.policy["cluster"]["name"].as_str()
+        {
+            clusters.entry(name.to_owned()).or_insert(v);
+            continue;
+        }
+        out.push((p.kind.clone(), v));
+    }
+    for p in view.of_kind("table") {
+        let t = &p.policy["table"];
+        let Some(c) = t["cluster"].as_str() else {
+            continue;
+        };
+        let entry = clusters.entry(c.to_owned()).or_insert_with(|| {
+            let id = blake3::hash(format!("cluster\0{c}").as_bytes()).to_hex()[..32].to_owned();
+            serde_json::json!({"cluster": {"name": c, "id": id, "table": []}})
+        });
+        let tables = entry["cluster"]
+            .as_object_mut()
+            .map(|o| o.entry("table").or_insert_with(|| serde_json::json!([])));
+        if let Some(serde_json::Value::Array(list)) = tables {
+            let item =
+                serde_json::json!({"dbms": t["dbms"], "name": t["name"], "status": "active"});
+            if !list.contains(&item) {
+                list.push(item);
+            }
+        }
+    }
+    out.extend(clusters.into_values().map(|v| ("cluster".to_owned(), v)));
+    out
+}
+
+/// `blockchain insert where policy = !x ...` with `x={...}` or the bare policy in the body.
+pub(super) async fn insert(s: &AppState, cmd: &str, body: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(body);
+    let mut text = text.trim();
+    if let Some(i) = text.find('=')
+        && !text.starts_with('{')
+        && text[..i]
+            .trim()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '!')
+    {
+        text = text[i + 1..].trim();
+    }
+    if text.is_empty() {
+        // The policy may also travel inline: `... where policy = {...}`.
+        if let Some(i) = cmd.find('{') {
+            text = cmd[i..].trim();
+        }
+    }
+    let policy = match tarn_ledger::policy::Policy::parse(text) {
+        Ok(p) => p,
+        Err(e) => return Reply::err(code::COMMAND, format!("the policy is not valid: {e}")),
+    };
+    if s.mesh.with_view(|v| v.get(&policy.id()).is_some()) {
+        return Reply::Text(String::new());
+    }
+    match s.mesh.publish(&policy, None).await {
+        Ok(_) => Reply::Text(String::new()),
+        Err(e) => Reply::from_error(&e),
+    }
+}

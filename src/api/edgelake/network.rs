@@ -1,0 +1,123 @@
+//! `get data nodes` (which operators hold which tables) and `test network`
+//! (which known nodes answer).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{AppState, Reply, get, wants_json};
+use crate::cluster::membership::{self, NodeInfo};
+
+/// `get data nodes [where dbms = X and table = Y and format=json]`.
+pub(super) async fn data_nodes(s: &AppState, kv: Vec<(String, String)>) -> Reply {
+    let nodes = membership::nodes(&s.mesh).await;
+    let tables: Vec<(String, String, String)> = s.mesh.with_view(|view| {
+        view.of_kind("table")
+            .filter_map(|p| {
+                let t = &p.policy["table"];
+                Some((
+                    t["dbms"].as_str()?.to_owned(),
+                    t["name"].as_str()?.to_owned(),
+                    t["cluster"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    });
+    let mut rows = Vec::new();
+    for (dbms, table, cluster) in &tables {
+        if get(&kv, "dbms").is_some_and(|d| d != dbms)
+            || get(&kv, "table").is_some_and(|x| x != table)
+        {
+            continue;
+        }
+        for n in nodes
+            .iter()
+            .filter(|n| n.is_operator() && n.table_cluster() == *cluster)
+        {
+            rows.push(json!({
+                "Company": "",
+                "DBMS": dbms,
+                "Table": table,
+                "Cluster ID": cluster,
+                "Cluster Status": "active",
+                "Node Name": n.name,
+                "Member ID": n.peer_id,
+                "External IP/Port": n.rest,
+                "Local IP/Port": n.rest,
+                "Main": "+",
+                "Node Status": if n.alive { "active" } else { "inactive" },
+            }));
+        }
+    }
+    if wants_json(&kv) {
+        return Reply::Json(Value::Array(rows).to_string());
+    }
+    let mut out = String::from(
+        "\nCompany DBMS       Table                Cluster ID                       Node Name            Node Status\n",
+    );
+    for r in &rows {
+        out.push_str(&format!(
+            "{:<7} {:<10} {:<20} {:<32} {:<20} {}\n",
+            "",
+            r["DBMS"].as_str().unwrap_or(""),
+            r["Table"].as_str().unwrap_or(""),
+            r["Cluster ID"].as_str().unwrap_or(""),
+            r["Node Name"].as_str().unwrap_or(""),
+            r["Node Status"].as_str().unwrap_or("")
+        ));
+    }
+    Reply::Text(out)
+}
+
+/// Asks every known node for its ledger heads (at most 3 s each, all at
+/// once) and says who answered.
+async fn answering(s: &AppState) -> Vec<(NodeInfo, bool)> {
+    let mut checks = tokio::task::JoinSet::new();
+    for n in membership::nodes(&s.mesh).await {
+        let mesh = s.mesh.clone();
+        checks.spawn(async move {
+            let ok = match n.peer_id.parse::<tarn_net::PeerId>() {
+                Ok(p) if p == mesh.peer_id() => true,
+                Ok(p) => tokio::time::timeout(Duration::from_secs(3), mesh.ping(p))
+                    .await
+                    .unwrap_or(false),
+                Err(_) => false,
+            };
+            (n, ok)
+        });
+    }
+    let mut out = checks.join_all().await;
+    out.sort_by(|a, b| a.0.peer_id.cmp(&b.0.peer_id));
+    out
+}
+
+/// `test network [where format=json]`.
+pub(super) async fn test(s: &AppState, kv: Vec<(String, String)>) -> Reply {
+    let nodes = answering(s).await;
+    let status = |ok: bool| if ok { "+" } else { " " };
+    if wants_json(&kv) {
+        let list: Vec<Value> = nodes
+            .iter()
+            .map(|(n, ok)| {
+                json!({
+                    "Address": n.rest, "Node Type": n.services, "Node Name": n.name,
+                    "Peer ID": n.peer_id, "Status": status(*ok),
+                })
+            })
+            .collect();
+        return Reply::Json(Value::Array(list).to_string());
+    }
+    let mut out = String::from(
+        "\nTest Network\nAddress               Node Type            Node Name            Status\n--------------------- -------------------- -------------------- ------\n",
+    );
+    for (n, ok) in &nodes {
+        out.push_str(&format!(
+            "{:<21} {:<20} {:<20} {}\n",
+            n.rest,
+            n.services.join(","),
+            n.name,
+            status(*ok)
+        ));
+    }
+    Reply::Text(out)
+}

@@ -1,0 +1,265 @@
+//! tarn's native REST API under `/v1`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::body::{BodyLimits, read_body};
+use super::{ApiError, AppState, blocking, format};
+use crate::config::Service;
+use crate::error::Code;
+use crate::exec::{QueryRequest, Scope};
+use crate::ingest::{Consistency, IngestRequest, Ingested};
+use crate::mesh::Mesh;
+
+pub(super) async fn status(State(s): State<AppState>) -> Response {
+    let (store, streams) = (s.store.clone(), s.streams.clone());
+    let (dbs, pending) =
+        tokio::task::spawn_blocking(move || (store.databases(), streams.pending()))
+            .await
+            .unwrap_or_default();
+    let info = &s.info;
+    Json(json!({
+        "name": info.name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "status": "running",
+        "services": info.services,
+        "rest": info.rest.to_string(),
+        "data_dir": info.data_dir.display().to_string(),
+        "durability": info.durability,
+        "uptime_s": info.started.elapsed().as_secs(),
+        "databases": dbs,
+        "buffered_rows": pending.iter().map(|(_, _, n)| n).sum::<usize>(),
+        "peer_id": s.mesh.peer_id().to_string(),
+        "listen": s.mesh.full_listen_addrs(),
+        "peers": s.mesh.connected_count(),
+        "cluster": info.cluster,
+        "publisher_queue": s.publisher.as_ref().map(|p| {
+            let (batches, bytes) = p.pending();
+            json!({"batches": batches, "bytes": bytes})
+        }),
+    }))
+    .into_response()
+}
+
+pub(super) async fn post_data(
+    State(limits): State<BodyLimits>,
+    State(ingest): State<Arc<crate::ingest::Ingest>>,
+    Path((db, table)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let consistency = Consistency::parse(param(q.as_deref(), "consistency")?.as_deref())?;
+    let source = headers
+        .get("x-tarn-source")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("rest")
+        .to_owned();
+    let body = read_body(&limits, &headers, body).await?;
+    let req = IngestRequest {
+        consistency,
+        ..IngestRequest::batch(&db, &table, body.bytes.clone(), &source)
+    };
+    let out = match ingest.ingest(req).await? {
+        Ingested::Queued(a) => json!({"rows": a.rows, "queued": a.seq, "hash": a.hash}),
+        Ingested::Stored {
+            written, replicas, ..
+        } => {
+            let mut out = json!({
+                "rows": written.rows,
+                "batch": written.tsd_id.to_string(),
+                "duplicate": written.duplicate,
+            });
+            if let Some(r) = replicas {
+                out["replicas"] = json!(r);
+            }
+            out
+        }
+        Ingested::Buffered { rows } => json!({"rows": rows}),
+    };
+    drop(body);
+    Ok(Json(out).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    db: String,
+    sql: String,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    subset: Option<bool>,
+}
+
+pub(super) async fn query(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(&s.body, &headers, body).await?;
+    let req: QueryBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            Code::MalformedRequest,
+            format!("expected {{\"db\", \"sql\", ...}}: {e}"),
+        )
+    })?;
+    drop(body);
+    let scope = match req.scope.as_deref() {
+        None if s.info.runs(Service::Query) => Scope::Network,
+        None | Some("local") => Scope::Local,
+        Some("network") => Scope::Network,
+        Some(other) => {
+            return Err(ApiError::new(
+                Code::MalformedRequest,
+                format!("scope must be \"local\" or \"network\", not {other:?}"),
+            ));
+        }
+    };
+    let a = s
+        .exec
+        .run(QueryRequest {
+            timeout: req.timeout_ms.map(Duration::from_millis),
+            subset: req.subset.unwrap_or(false),
+            ..QueryRequest::new(&req.db, &req.sql, scope)
+        })
+        .await?;
+    Ok(Json(json!({
+        "columns": a.result.columns,
+        "rows": format::native_rows(&a.result),
+        "stats": {
+            "nodes": a.stats.asked,
+            "replied": a.stats.replied,
+            "rows": a.stats.rows,
+            "ms": a.stats.ms,
+        },
+        "errors": a.errors,
+    }))
+    .into_response())
+}
+
+pub(super) async fn tables(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let store = s.store.clone();
+    let list = blocking(move || {
+        let mut out = Vec::new();
+        for db in store.databases() {
+            for t in store.tables(&db)? {
+                let cols = store.columns(&db, &t).unwrap_or_default();
+                out.push(json!({
+                    "db": db,
+                    "table": t,
+                    "columns": cols.iter().map(|(c, ty)| json!({"name": c, "type": ty.name()})).collect::<Vec<_>>(),
+                }));
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(list).into_response())
+}
+
+/// `GET /v1/clusters[?verify=true]`: members, liveness, batches, lag.
+pub(super) async fn clusters(
+    State(s): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let verify = match param(q.as_deref(), "verify")?.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(ApiError::new(
+                Code::MalformedRequest,
+                format!("verify must be true or false, not {v:?}"),
+            ));
+        }
+    };
+    let report = crate::cluster::replication::report(&s.mesh, Some(&s.store), verify).await;
+    Ok(Json(report).into_response())
+}
+
+/// One parameter of a query string; unknown parameters are refused.
+fn param(query: Option<&str>, name: &str) -> Result<Option<String>, ApiError> {
+    let mut found = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != name {
+            return Err(ApiError::new(
+                Code::MalformedRequest,
+                format!("unknown parameter {k:?}; this endpoint takes {name:?}"),
+            ));
+        }
+        found = Some(v.to_owned());
+    }
+    Ok(found)
+}
+
+/// `GET /v1/nodes`: every node the ledger knows, by PeerId, with liveness.
+pub(super) async fn nodes(State(mesh): State<Arc<Mesh>>) -> Response {
+    Json(crate::cluster::membership::nodes(&mesh).await).into_response()
+}
+
+#[derive(Deserialize)]
+pub(super) struct PolicyQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// A policy as EdgeLake shows it, with tarn's envelope fields inside.
+pub(super) fn policy_json(p: &tarn_ledger::PolicyRecord) -> serde_json::Value {
+    let mut v = p.policy.clone();
+    if let Some(body) = v.get_mut(&p.kind).and_then(|b| b.as_object_mut()) {
+        body.insert("id".into(), p.id.clone().into());
+        if let Some(peer) = crate::mesh::peer_of(&p.author) {
+            body.insert("author".into(), peer.to_string().into());
+        }
+        body.insert(
+            "date".into(),
+            tarn_query::time::format_iso(p.time_ms as i64 * 1000).into(),
+        );
+    }
+    v
+}
+
+/// `GET /v1/policies[?type=T]`.
+pub(super) async fn policies(
+    State(mesh): State<Arc<Mesh>>,
+    axum::extract::Query(q): axum::extract::Query<PolicyQuery>,
+) -> Response {
+    let list: Vec<serde_json::Value> = mesh.with_view(|view| {
+        view.policies()
+            .filter(|p| q.kind.as_deref().is_none_or(|k| p.kind == k))
+            .map(policy_json)
+            .collect()
+    });
+    Json(list).into_response()
+}
+
+/// `POST /v1/policies`: one policy in EdgeLake's JSON form; the node signs
+/// and publishes it.
+pub(super) async fn add_policy(
+    State(limits): State<BodyLimits>,
+    State(mesh): State<Arc<Mesh>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(&limits, &headers, body).await?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(Code::MalformedJson, "the policy is not UTF-8"))?;
+    let policy = tarn_ledger::policy::Policy::parse(text)
+        .map_err(|e| ApiError::new(Code::InvalidPolicy, e.to_string()))?;
+    let duplicate = mesh.with_view(|v| v.get(&policy.id()).is_some());
+    if !duplicate {
+        mesh.publish(&policy, None).await?;
+    }
+    Ok(Json(json!({"id": policy.id(), "duplicate": duplicate})).into_response())
+}

@@ -1,0 +1,178 @@
+//! `tarn node` and `tarn demo`: a node in this process until Ctrl-C, or a
+//! local mesh of N nodes with sample data.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::client::Client;
+use crate::{Config, LocalMesh, Node};
+
+fn init_logs(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler succeeds on unix");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// `tarn node`: runs a node until Ctrl-C or SIGTERM.
+pub fn run_node(cfg: Config) -> anyhow::Result<()> {
+    init_logs("info");
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let node = Node::builder(cfg)
+            .shutdown_signal(shutdown_signal())
+            .start()
+            .await?;
+        // One plain line on stdout, for people and for scripts that start nodes.
+        println!(
+            "tarn node listening: rest=http://{} peer_id={} p2p={}",
+            node.rest_addr(),
+            node.peer_id(),
+            node.p2p_addrs().join(",")
+        );
+        node.wait().await
+    })
+}
+
+/// `tarn demo`: a local mesh of `n` nodes with sample data, until Ctrl-C.
+pub fn run_demo(n: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=200).contains(&n), "--nodes must be between 1 and 200");
+    init_logs("warn");
+    let tmp = tempfile::tempdir()?;
+    let base = dir.unwrap_or_else(|| tmp.path().to_owned());
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let mesh = start(n, &base).await?;
+        load_samples(&mesh).await?;
+        print_nodes(&mesh);
+        first_query(&mesh, n).await?;
+        print_hints(&mesh);
+        shutdown_signal().await;
+        mesh.shutdown().await
+    })
+}
+
+async fn start(n: usize, base: &Path) -> anyhow::Result<LocalMesh> {
+    let started = Instant::now();
+    let mesh = LocalMesh::start(n, base).await?;
+    println!(
+        "started {n} nodes in {:.1?} (data under {})",
+        started.elapsed(),
+        base.display()
+    );
+    let entries = 4 + (n - 1) * 2;
+    let took = mesh
+        .wait_converged(entries, Duration::from_secs(120))
+        .await?;
+    println!("ledger converged on all {n} nodes ({entries} entries) after {took:.1?}");
+    Ok(mesh)
+}
+
+fn url(node: &Node) -> String {
+    format!("http://{}", node.rest_addr())
+}
+
+/// Each operator holds its own devices.
+async fn load_samples(mesh: &LocalMesh) -> anyhow::Result<()> {
+    for (i, node) in mesh.running() {
+        let client = Client::new(&url(node));
+        let rows: Vec<String> = (0..100)
+            .map(|k| {
+                format!(
+                    "{{\"timestamp\": \"2024-05-01T{:02}:{:02}:00Z\", \"device\": \"dev-{i}-{}\", \"temp\": {:.1}}}",
+                    k / 60,
+                    k % 60,
+                    k % 4,
+                    18.0 + (k as f64 * 0.37 + i as f64).sin() * 4.0
+                )
+            })
+            .collect();
+        let body = rows.join("\n");
+        tokio::task::spawn_blocking(move || client.ingest("demo", "readings", body.as_bytes()))
+            .await??;
+    }
+    Ok(())
+}
+
+fn print_nodes(mesh: &LocalMesh) {
+    println!();
+    println!("{:<8} {:<28} {:<54} services", "node", "REST", "peer_id");
+    for (i, node) in mesh.running() {
+        println!(
+            "{:<8} {:<28} {:<54} {}",
+            format!("node-{i}"),
+            url(node),
+            node.peer_id().to_string(),
+            if i == 0 {
+                "operator,query,master,publisher"
+            } else {
+                "operator,query"
+            }
+        );
+    }
+}
+
+/// One query over every operator, once each node's table is known.
+async fn first_query(mesh: &LocalMesh, n: usize) -> anyhow::Result<()> {
+    let client = Client::new(&url(mesh.node(0).expect("node 0 runs")));
+    let want = 100 * n as i64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = client.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            c.query(
+                "demo",
+                "SELECT count(*), count(DISTINCT device), avg(temp) FROM readings",
+            )
+        })
+        .await??
+        .ok_json()?;
+        if answer["rows"][0][0] == want || Instant::now() > deadline {
+            println!(
+                "network query on node-0 over {} operators: count(*), count(DISTINCT device), avg(temp) = {}",
+                answer["stats"]["replied"], answer["rows"][0]
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn print_hints(mesh: &LocalMesh) {
+    let node = mesh.node(0).expect("node 0 runs");
+    let url = url(node);
+    let p2p = node.p2p_addrs().into_iter().next().unwrap_or_default();
+    println!();
+    println!("try:");
+    println!("  curl -s {url}/v1/nodes");
+    println!("  curl -s {url}/ -H 'command: blockchain get table'");
+    println!(
+        "  curl -s {url}/ -H 'destination: network' -H 'command: sql demo format=table \"select device, count(*), avg(temp) from readings group by device\"'"
+    );
+    println!(
+        "  tarn query --node {url} --db demo \"select increments(minute, 15, timestamp), min(timestamp), avg(temp) from readings\""
+    );
+    println!("  tarn query --peer {p2p} --db demo \"select count(*) from readings\"");
+    println!();
+    println!("Ctrl-C stops the mesh.");
+}

@@ -1,0 +1,111 @@
+//! The policies a node publishes about itself: one per service it runs
+//! (naming it by PeerId, never by IP), its cluster, and one `table` policy
+//! per table it stores.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tarn_ledger::policy::Policy;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+use super::membership::Me;
+use crate::config::Service;
+use crate::mesh::Mesh;
+use crate::store::Storage;
+
+/// Publishes (or supersedes) this node's own policies.
+pub async fn publish_self(mesh: &Arc<Mesh>, me: &Me) -> anyhow::Result<()> {
+    let author = mesh.author();
+    let view = mesh.view();
+    for service in &me.services {
+        let kind = service.name();
+        let mut body = serde_json::json!({
+            "name": me.name,
+            "peer_id": me.peer.to_string(),
+            "services": me.services,
+            "rest": me.rest,
+            "version": env!("CARGO_PKG_VERSION"),
+        });
+        if let Some(c) = &me.cluster {
+            body["cluster"] = c.clone().into();
+        }
+        let policy = Policy::from_value(serde_json::json!({ kind: body }))
+            .map_err(|e| anyhow::anyhow!("building the node policy: {e}"))?;
+        let mine: Vec<String> = view
+            .of_kind(kind)
+            .filter(|p| p.author == author)
+            .map(|p| p.id.clone())
+            .collect();
+        if mine.contains(&policy.id()) {
+            continue;
+        }
+        mesh.publish(&policy, mine.first().cloned())
+            .await
+            .map_err(|e| anyhow::anyhow!("publishing the node policy: {e}"))?;
+        for old in mine.iter().skip(1) {
+            mesh.revoke(old.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("revoking an old node policy: {e}"))?;
+        }
+    }
+    // The cluster itself: every member writes the same body, so it is one
+    // policy; its members are the operators whose policies name it.
+    if let (true, Some(c)) = (me.runs(Service::Operator), &me.cluster) {
+        let policy = Policy::from_value(serde_json::json!({"cluster": {"name": c}}))
+            .map_err(|e| anyhow::anyhow!("building the cluster policy: {e}"))?;
+        if view.get(&policy.id()).is_none() {
+            mesh.publish(&policy, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("publishing the cluster policy: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Announces every local table not yet in the ledger as a `table` policy
+/// `{"table": {"dbms", "name", "cluster"}}`. Operators of one cluster write
+/// the same body, so it is one policy however many of them announce it.
+pub async fn announce_tables(mesh: &Arc<Mesh>, me: &Me, store: &Storage) {
+    let cluster = me.table_cluster();
+    let view = mesh.view();
+    for (db, table) in store.user_tables() {
+        let p = serde_json::json!({"table": {"dbms": db, "name": table, "cluster": cluster}});
+        let Ok(policy) = Policy::from_value(p) else {
+            continue;
+        };
+        if view.get(&policy.id()).is_some() {
+            continue;
+        }
+        if let Err(e) = mesh.publish(&policy, None).await {
+            tracing::warn!("announcing table {db}.{table}: {e}");
+        }
+    }
+}
+
+/// Announces tables as the store creates them, and every 30 s (a notice
+/// lost to a crash is repaired).
+pub fn spawn_table_announcer(
+    mesh: Arc<Mesh>,
+    me: Me,
+    store: Arc<Storage>,
+    mut stop: watch::Receiver<bool>,
+    span: tracing::Span,
+) -> JoinHandle<()> {
+    tokio::spawn(
+        async move {
+            let changed = store.tables_changed.clone();
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    _ = changed.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+                announce_tables(&mesh, &me, &store).await;
+            }
+        }
+        .instrument(span),
+    )
+}

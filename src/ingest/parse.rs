@@ -1,0 +1,282 @@
+//! JSON bodies into typed rows: a JSON array of objects, one object, or
+//! NDJSON (one object per line), straight from bytes into one column list
+//! and one value vector per row (no map per row), because ingest speed is
+//! mostly parse speed.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize as _, Deserializer as _};
+
+use super::IngestError;
+use crate::store::{Rows, SYSTEM_COLUMNS, StoreError, Val, ident};
+
+/// Parses a body: a JSON array of objects, one object, or NDJSON (one object
+/// per line). The whole body is refused if any part of it is malformed.
+pub fn parse_body(body: &[u8]) -> Result<Rows, IngestError> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    let mut acc = Acc::default();
+    match start.map(|i| body[i]) {
+        None => {
+            return Err(IngestError::EmptyBody);
+        }
+        Some(b'[') => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            de.deserialize_seq(ArrayVisitor(&mut acc))
+                .and_then(|()| de.end())
+                .map_err(bad_json)?;
+        }
+        Some(b'{') => {
+            // One object, or several (NDJSON): parse objects until only
+            // white space is left.
+            let mut de = serde_json::Deserializer::from_slice(body);
+            loop {
+                RowSeed(&mut acc).deserialize(&mut de).map_err(bad_json)?;
+                if de.end().is_ok() {
+                    break;
+                }
+            }
+        }
+        Some(_) => {
+            return Err(IngestError::MalformedJson(
+                "expected a JSON object, an array of objects, or one object per line".into(),
+            ));
+        }
+    }
+    acc.finish()
+}
+
+fn bad_json(e: serde_json::Error) -> IngestError {
+    IngestError::MalformedJson(format!("malformed JSON: {e}"))
+}
+
+#[derive(Default)]
+struct Acc {
+    columns: Vec<String>,
+    index: HashMap<String, usize>,
+    rows: Vec<Vec<Val>>,
+}
+
+impl Acc {
+    /// The column index of `key`; names are case-insensitive (stored lower case).
+    fn column(&mut self, key: &str, guess: usize) -> usize {
+        // Rows nearly always repeat the previous row's key order.
+        if self.columns.get(guess).is_some_and(|c| c == key) {
+            return guess;
+        }
+        let lower = key.to_ascii_lowercase();
+        if let Some(i) = self.index.get(&lower) {
+            return *i;
+        }
+        let i = self.columns.len();
+        self.columns.push(lower.clone());
+        self.index.insert(lower, i);
+        i
+    }
+
+    fn finish(self) -> Result<Rows, IngestError> {
+        if self.rows.is_empty() {
+            return Err(IngestError::EmptyBody);
+        }
+        let mut columns = Vec::with_capacity(self.columns.len());
+        for c in &self.columns {
+            let name = ident("column", c)?;
+            if SYSTEM_COLUMNS.contains(&name.as_str()) {
+                return Err(StoreError::InvalidName(format!(
+                    "column {c:?} is set by tarn and cannot be sent"
+                ))
+                .into());
+            }
+            columns.push(name);
+        }
+        let width = columns.len();
+        let mut rows = self.rows;
+        for r in &mut rows {
+            r.resize(width, Val::Null);
+        }
+        Ok(Rows { columns, rows })
+    }
+}
+
+struct ArrayVisitor<'a>(&'a mut Acc);
+
+impl<'de> Visitor<'de> for ArrayVisitor<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of objects")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(RowSeed(self.0))?.is_some() {}
+        Ok(())
+    }
+}
+
+struct RowSeed<'a>(&'a mut Acc);
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object (one row)")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let acc = self.0;
+        let mut row: Vec<Val> = Vec::with_capacity(acc.columns.len());
+        let mut seen = 0usize;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let i = acc.column(&key.0, seen);
+            seen += 1;
+            let v = map.next_value::<JsonVal>()?.0;
+            if row.len() <= i {
+                row.resize(i + 1, Val::Null);
+            } else if row[i] != Val::Null {
+                return Err(de::Error::custom(format!(
+                    "key {:?} appears twice in one row (names are case-insensitive)",
+                    key.0
+                )));
+            }
+            row[i] = v;
+        }
+        if seen == 0 {
+            return Err(de::Error::custom("a row has no keys"));
+        }
+        acc.rows.push(row);
+        Ok(())
+    }
+}
+
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+struct JsonVal(Val);
+
+impl<'de> de::Deserialize<'de> for JsonVal {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = JsonVal;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<JsonVal, E> {
+                Ok(JsonVal(Val::Null))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<JsonVal, E> {
+                Ok(JsonVal(Val::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<JsonVal, E> {
+                Ok(JsonVal(Val::Int(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<JsonVal, E> {
+                i64::try_from(v)
+                    .map(|v| JsonVal(Val::Int(v)))
+                    .map_err(|_| E::custom(format!("integer {v} is out of the 64-bit range")))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<JsonVal, E> {
+                Ok(JsonVal(Val::Float(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<JsonVal, E> {
+                Ok(JsonVal(Val::Text(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<JsonVal, E> {
+                Ok(JsonVal(Val::Text(v)))
+            }
+            // Nested objects and arrays are kept as JSON text.
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<JsonVal, A::Error> {
+                let v = serde_json::Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(JsonVal(Val::Text(v.to_string())))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<JsonVal, A::Error> {
+                let v = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(JsonVal(Val::Text(v.to_string())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(body: &str) -> Rows {
+        parse_body(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e:?}"))
+    }
+
+    #[test]
+    fn parses_array_object_and_ndjson_alike() {
+        let want = Rows {
+            columns: vec!["a".into(), "b".into()],
+            rows: vec![
+                vec![Val::Int(1), Val::Text("x".into())],
+                vec![Val::Float(2.5), Val::Null],
+            ],
+        };
+        assert_eq!(rows(r#"[{"a":1,"b":"x"},{"A":2.5}]"#), want);
+        assert_eq!(rows("{\"a\":1,\"b\":\"x\"}\n\n{\"a\":2.5}\n"), want);
+        assert_eq!(rows("{\"a\":1,\"b\":\"x\"}{\"a\":2.5}").rows.len(), 2);
+        assert_eq!(
+            rows(r#"{"a": {"n": [1, 2]}}"#).rows[0][0],
+            Val::Text(r#"{"n":[1,2]}"#.into())
+        );
+        assert_eq!(
+            rows("{\"b\":1,\"a\":2}\n{\"a\":3,\"b\":4}").rows[1],
+            [Val::Int(4), Val::Int(3)]
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_bodies_whole() {
+        for body in [
+            "",
+            "  ",
+            "[",
+            "[{\"a\":1},]",
+            "{\"a\":1}\n{\"a\":",
+            "{\"a\":1}\nnot json",
+            "[1, 2]",
+            "42",
+            "[]",
+            "{}",
+            r#"{"a":1,"a":2}"#,
+            r#"{"a-b":1}"#,
+            r#"{"row_id":1}"#,
+            r#"{"A":1,"a":2}"#,
+            r#"{"x":18446744073709551615}"#,
+        ] {
+            assert!(
+                parse_body(body.as_bytes()).is_err(),
+                "{body:?} was accepted"
+            );
+        }
+    }
+}

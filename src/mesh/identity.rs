@@ -1,0 +1,51 @@
+//! The node's key (its PeerId and its ledger author) and who a ledger
+//! author is on the network.
+
+use std::path::Path;
+
+use tarn_ledger::Author;
+use tarn_net::{Keypair, PeerId};
+
+/// Loads the node's key from `<data>/identity.key`, creating it on first start.
+pub fn load_or_create(data_dir: &Path) -> anyhow::Result<([u8; 32], Keypair)> {
+    let path = data_dir.join("identity.key");
+    let secret: [u8; 32] = match std::fs::read(&path) {
+        Ok(b) => b
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let kp = Keypair::generate_ed25519();
+            let ed = kp
+                .try_into_ed25519()
+                .expect("an ed25519 key was just generated");
+            let mut secret = [0u8; 32];
+            secret.copy_from_slice(ed.secret().as_ref());
+            write_private(&path, &secret)?;
+            secret
+        }
+        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    };
+    let kp =
+        Keypair::ed25519_from_bytes(secret).map_err(|e| anyhow::anyhow!("identity key: {e}"))?;
+    Ok((secret, kp))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The PeerId of a ledger author (same ed25519 key).
+pub fn peer_of(author: &Author) -> Option<PeerId> {
+    let pk = tarn_net::identity::ed25519::PublicKey::try_from_bytes(&author.0).ok()?;
+    Some(tarn_net::PublicKey::from(pk).to_peer_id())
+}

@@ -1,0 +1,156 @@
+//! The ledger between replicas: entries gossiped in are verified and
+//! applied (a gap starts anti-entropy with the sender); anti-entropy
+//! compares per-author heads and fetches what is missing, author by author,
+//! in bounded batches.
+
+use std::sync::Arc;
+
+use tarn_ledger::entry::Entry;
+use tarn_ledger::{AppendError, Author};
+use tarn_net::PeerId;
+
+use super::{Mesh, Serve};
+use crate::error::Code;
+use crate::proto::ledger::{Request, Response};
+use crate::proto::{Reply, WireError};
+
+impl Mesh {
+    /// Applies an entry from a peer; on a gap, syncs with that peer.
+    pub(super) async fn receive(self: &Arc<Self>, bytes: Vec<u8>, from: Option<PeerId>) {
+        let e = match Entry::verify_bytes(&bytes) {
+            Ok(e) => e,
+            Err(err) => {
+                tracing::warn!("dropping a ledger entry from {from:?}: {err}");
+                return;
+            }
+        };
+        let me = self.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            me.ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply(&e)
+        })
+        .await;
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(AppendError::Gap { .. })) => {
+                if let Some(p) = from {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.sync_with(p).await });
+                }
+            }
+            Ok(Err(err)) => tracing::warn!("refusing a ledger entry from {from:?}: {err}"),
+            Err(err) => tracing::error!("applying a ledger entry: {err}"),
+        }
+    }
+
+    /// Anti-entropy with one peer: exchange heads, fetch what is missing.
+    /// Returns at once if a run with that peer is already going on.
+    pub async fn sync_with(self: &Arc<Self>, peer: PeerId) {
+        if !self.syncing.lock().expect("lock poisoned").insert(peer) {
+            return;
+        }
+        self.sync_once(peer).await;
+        self.syncing.lock().expect("lock poisoned").remove(&peer);
+    }
+
+    async fn sync_once(self: &Arc<Self>, peer: PeerId) {
+        let (heads, _) = self.ledger_state();
+        let theirs = match self.call(peer, &Request::Heads(heads)).await {
+            Ok(Response::Heads(theirs)) => theirs,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!("heads exchange with {peer}: {e}");
+                return;
+            }
+        };
+        let wants = self
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wants(&theirs);
+        for (author, from) in wants {
+            self.fetch_author(peer, author, from).await;
+        }
+    }
+
+    /// Fetches `author`'s entries from `from` on until the peer has no more.
+    async fn fetch_author(self: &Arc<Self>, peer: PeerId, author: Author, mut from: u64) {
+        loop {
+            let batch = match self.call(peer, &Request::Fetch { author, from }).await {
+                Ok(Response::Entries(b)) if !b.is_empty() => b,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!("fetching entries from {peer}: {e}");
+                    return;
+                }
+            };
+            let n = batch.len() as u64;
+            let me = self.clone();
+            let ok = tokio::task::spawn_blocking(move || {
+                let mut l = me.ledger.lock().unwrap_or_else(|p| p.into_inner());
+                for b in batch {
+                    let e = Entry::verify_bytes(&b).map_err(|e| e.to_string())?;
+                    if e.entry().author != author {
+                        return Err("an entry of another author".to_owned());
+                    }
+                    l.apply(&e).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+            .await;
+            match ok {
+                Ok(Ok(())) => from += n,
+                Ok(Err(e)) => {
+                    tracing::warn!("sync with {peer}: {e}");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// The ledger family's handler: heads and entries for peers' anti-entropy.
+pub(super) struct LedgerService(pub(super) Arc<Mesh>);
+
+impl Serve<Request> for LedgerService {
+    async fn serve(&self, from: PeerId, req: Request) -> Reply<Response> {
+        let mesh = &self.0;
+        match req {
+            Request::Heads(theirs) => {
+                let (mine, wants) = {
+                    let l = mesh.ledger.lock().unwrap_or_else(|p| p.into_inner());
+                    (l.heads(), l.wants(&theirs))
+                };
+                // They have what we lack: pull it too (unless already pulling).
+                if !wants.is_empty() && !mesh.syncing.lock().expect("lock poisoned").contains(&from)
+                {
+                    let m = mesh.clone();
+                    tokio::spawn(async move { m.sync_with(from).await });
+                }
+                Ok(Response::Heads(mine))
+            }
+            Request::Fetch { author, from: seq } => {
+                let m = mesh.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    m.ledger
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entries_from(&author, seq, tarn_ledger::MAX_BATCH)
+                })
+                .await;
+                match r {
+                    Ok(Ok(v)) => Ok(Response::Entries(
+                        v.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+                    )),
+                    _ => Err(WireError::new(
+                        Code::Internal,
+                        "the ledger could not be read",
+                    )),
+                }
+            }
+        }
+    }
+}

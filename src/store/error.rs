@@ -1,0 +1,76 @@
+//! What can go wrong in storage. Each error says which stable
+//! [`Code`](crate::error::Code) it is; nothing here knows HTTP.
+
+use crate::error::{Code, Coded, log_internal};
+
+/// A storage error: the batch or query is refused whole and nothing stored
+/// changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A database, table or column name tarn does not accept.
+    #[error("{0}")]
+    InvalidName(String),
+    /// A value that does not fit its column, or a new column given mixed types.
+    #[error("{0}")]
+    TypeMismatch(String),
+    #[error("no database named {0:?} on this node")]
+    UnknownDatabase(String),
+    #[error("{0}")]
+    UnknownTable(String),
+    /// A replicated batch that fails validation.
+    #[error("a replicated batch has an invalid {0}")]
+    InvalidBatch(&'static str),
+    /// A statement this path cannot run.
+    #[error("{0}")]
+    InvalidSql(String),
+    /// SQLite refused the statement.
+    #[error("SQL error: {0}")]
+    Sql(String),
+    #[error("the query ran past its time limit")]
+    Timeout,
+    #[error("the result has more than {0} rows (the node's limit); add a LIMIT or aggregate")]
+    TooManyRows(usize),
+    /// A failure of the node itself; the detail went to the log.
+    #[error("{0} failed; see the node's log")]
+    Internal(&'static str),
+}
+
+impl StoreError {
+    /// A failure of the node: `detail` is logged, never shown.
+    pub fn internal(context: &'static str, detail: impl std::fmt::Display) -> StoreError {
+        StoreError::Internal(log_internal(context, detail))
+    }
+}
+
+impl Coded for StoreError {
+    fn code(&self) -> Code {
+        match self {
+            StoreError::InvalidName(_) => Code::InvalidName,
+            StoreError::TypeMismatch(_) => Code::TypeMismatch,
+            StoreError::UnknownDatabase(_) => Code::UnknownDatabase,
+            StoreError::UnknownTable(_) => Code::UnknownTable,
+            StoreError::InvalidBatch(_) => Code::InvalidBatch,
+            StoreError::InvalidSql(_) => Code::InvalidSql,
+            StoreError::Sql(_) => Code::SqlError,
+            StoreError::Timeout => Code::Timeout,
+            StoreError::TooManyRows(_) => Code::ResultTooLarge,
+            StoreError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// SQLite's error, read as what it means for the client.
+pub(crate) fn sql_error(e: rusqlite::Error) -> StoreError {
+    let msg = e.to_string();
+    if let Some(t) = msg.strip_prefix("no such table: ") {
+        return StoreError::UnknownTable(format!("no table named {t:?} in this database"));
+    }
+    if matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::OperationInterrupted)
+    ) {
+        return StoreError::Timeout;
+    }
+    StoreError::Sql(msg)
+}
