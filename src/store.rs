@@ -12,7 +12,7 @@
 //! - `value`: values, column types, rows (the data model every layer shares)
 //! - `names`: which names are valid and which are reserved
 //! - `schema`: inference, coercion, the DDL of tables and columns
-//! - `database`: one SQLite file: writer, readers, checkpoints, schemas
+//! - `database`: one SQLite file: writer and its queue, readers, checkpoints, schemas
 //! - `write`: group commit, de-duplication, parts of large batches
 //! - `batches`: `tarn_batches` and `almgm`; the replicated batch
 //! - `inventory`: what is held per origin; reading batches back
@@ -41,7 +41,7 @@ mod value;
 mod write;
 
 pub use accumulate::{GroupKey, Groups, KeyVal, State, compare, merge};
-pub use batches::{BatchMeta, Committed, Origin, ReplBatch, member_table};
+pub use batches::{BatchMeta, Committed, Origin, ReplBatch, Written, member_table};
 pub use database::Durability;
 pub use error::StoreError;
 pub use inventory::{Holding, Ranges, insert as insert_id, minus as ranges_minus};
@@ -50,7 +50,6 @@ pub(crate) use read::run_sql;
 pub use read::{PartialGroups, QueryLimits, QueryResult, Statement};
 pub use schema::{NewColumns, TableSchema, coerce, infer};
 pub use value::{ColType, Rows, Val, ValKind, to_val};
-pub use write::Written;
 
 use crate::clock::SharedClock;
 use database::Database;

@@ -64,6 +64,18 @@ pub struct ReplBatch {
     pub rows: Vec<Vec<Val>>,
 }
 
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The batch's id (`tsd_id`); for a duplicate, the id it was stored under.
+    pub tsd_id: i64,
+    /// The PeerId of the member that produced it (with `tsd_id`, the
+    /// batch's identity in its cluster).
+    pub origin: String,
+    pub rows: usize,
+    pub duplicate: bool,
+}
+
 /// A batch this node produced and committed (for the replicator).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Committed {

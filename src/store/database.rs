@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::schema::{TableSchema, load_schemas};
-use super::write::Job;
+use super::batches::{BatchMeta, Origin, Written};
+use super::schema::{NewColumns, TableSchema, load_schemas};
+use super::{ColType, Rows, StoreError};
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -29,6 +30,37 @@ impl Durability {
             Durability::Normal => "NORMAL",
             Durability::Fsync => "FULL",
         }
+    }
+}
+
+/// A batch waiting for the writer (see `Storage::write`).
+pub(super) struct Job {
+    pub(super) table: String,
+    pub(super) meta: BatchMeta,
+    /// Set for a batch another member produced (replication).
+    pub(super) origin: Option<Origin>,
+    /// The peer a replicated batch came from; empty for a batch written here.
+    pub(super) from: String,
+    /// Declared types of the columns (a replicated batch), used for columns
+    /// this node does not have yet instead of inferring them.
+    pub(super) hints: Vec<(String, ColType)>,
+    /// The rows, the schema they were planned against, and the columns they add.
+    pub(super) work: Mutex<Option<(Rows, TableSchema, NewColumns)>>,
+    pub(super) result: Mutex<Option<Result<Written, StoreError>>>,
+}
+
+impl Job {
+    pub(super) fn answer(&self, r: Result<Written, StoreError>) {
+        *self.result.lock().expect("lock poisoned") = Some(r);
+    }
+
+    pub(super) fn take_result(&self) -> Option<Result<Written, StoreError>> {
+        self.result.lock().expect("lock poisoned").take()
+    }
+
+    /// The hints to plan with: a replicated batch's declared types.
+    pub(super) fn replica_hints(&self) -> Option<&[(String, ColType)]> {
+        self.origin.is_some().then_some(self.hints.as_slice())
     }
 }
 

@@ -8,58 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::batches::{BatchMeta, BatchRecord, Committed, Origin, ReplBatch, insert_batch};
-use super::database::Database;
+use super::batches::{BatchMeta, BatchRecord, Committed, Origin, ReplBatch, Written, insert_batch};
+use super::database::{Database, Job};
 use super::names::{ident, user_db};
 use super::schema::{MAX_PARAMS, NewColumns, ROWS_PER_INSERT, TableSchema, alter_sql, insert_sql};
 use super::{ColType, Rows, Storage, StoreError, Val};
 
-/// What a write did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Written {
-    /// The batch's id (`tsd_id`); for a duplicate, the id it was stored under.
-    pub tsd_id: i64,
-    /// The PeerId of the member that produced it (with `tsd_id`, the
-    /// batch's identity in its cluster).
-    pub origin: String,
-    pub rows: usize,
-    pub duplicate: bool,
-}
-
 /// About how many bytes of rows one part of a batch holds (see
 /// [`Storage::write`]): well inside one replication message.
 const PART_BYTES: usize = 2 << 20;
-
-/// A batch waiting for the writer (see [`Storage::write`]).
-pub(super) struct Job {
-    table: String,
-    meta: BatchMeta,
-    /// Set for a batch another member produced (replication).
-    origin: Option<Origin>,
-    /// The peer a replicated batch came from; empty for a batch written here.
-    from: String,
-    /// Declared types of the columns (a replicated batch), used for columns
-    /// this node does not have yet instead of inferring them.
-    hints: Vec<(String, ColType)>,
-    /// The rows, the schema they were planned against, and the columns they add.
-    work: Mutex<Option<(Rows, TableSchema, NewColumns)>>,
-    result: Mutex<Option<Result<Written, StoreError>>>,
-}
-
-impl Job {
-    fn answer(&self, r: Result<Written, StoreError>) {
-        *self.result.lock().expect("lock poisoned") = Some(r);
-    }
-
-    fn take_result(&self) -> Option<Result<Written, StoreError>> {
-        self.result.lock().expect("lock poisoned").take()
-    }
-
-    /// The hints to plan with: a replicated batch's declared types.
-    fn replica_hints(&self) -> Option<&[(String, ColType)]> {
-        self.origin.is_some().then_some(self.hints.as_slice())
-    }
-}
 
 /// What [`Storage::write_one`] did with one batch.
 struct Stored {
