@@ -126,3 +126,157 @@ async fn blocking<T: Send + 'static>(
         ApiError::new(Code::Internal, format!("{what} failed; see the node's log"))
     })?
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt as _;
+
+    use crate::{Config, Node};
+
+    /// A node in this process, on an injected listener; its router is
+    /// driven without sockets.
+    async fn node(dir: &std::path::Path) -> Node {
+        let mut cfg = Config {
+            data_dir: dir.to_owned(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            mdns: false,
+            max_body_bytes: 4096,
+            ..Default::default()
+        };
+        cfg.max_inflight_bytes = 1 << 20;
+        cfg.watch.enabled = false;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Node::builder(cfg)
+            .rest_listener(listener)
+            .start()
+            .await
+            .unwrap()
+    }
+
+    async fn call(
+        app: &axum::Router,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (StatusCode, String) {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = app
+            .clone()
+            .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    fn json(text: &str) -> serde_json::Value {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    async fn count(app: &axum::Router) -> serde_json::Value {
+        let q = r#"{"db": "lab", "sql": "select count(*) from t", "scope": "local"}"#;
+        let (status, body) = call(app, "POST", "/v1/query", &[], q).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        json(&body)["rows"][0][0].clone()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn native_endpoints_answer_and_refuse_bad_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = node(dir.path()).await;
+        let app = node.router();
+        let (status, body) = call(&app, "GET", "/v1/status", &[], "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(json(&body)["status"], "running");
+        let rows = r#"[{"a": 1, "ts": "2024-01-01T00:00:00Z"}, {"a": 2}]"#;
+        let (status, body) = call(&app, "POST", "/v1/data/lab/t", &[], rows).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(json(&body)["duplicate"], false);
+        let (_, body) = call(&app, "POST", "/v1/data/lab/t", &[], rows).await;
+        assert_eq!(json(&body)["duplicate"], true);
+        for (uri, body, status, code) in [
+            ("/v1/data/lab/t", "{not json", 400, "malformed_json"),
+            ("/v1/data/lab/t", r#"{"a": "text"}"#, 400, "type_mismatch"),
+            (
+                "/v1/data/lab/t?consistency=maybe",
+                r#"{"a": 3}"#,
+                400,
+                "bad_consistency",
+            ),
+            ("/v1/data/almgm/t", r#"{"a": 3}"#, 400, "invalid_name"),
+            ("/v1/data/lab/t", &"x".repeat(5000), 413, "body_too_large"),
+            (
+                "/v1/query",
+                r#"{"db": "lab", "sql": "DELETE FROM t"}"#,
+                400,
+                "invalid_sql",
+            ),
+            (
+                "/v1/query",
+                r#"{"db": "nope", "sql": "select 1 from t", "scope": "local"}"#,
+                404,
+                "unknown_database",
+            ),
+            ("/v1/nowhere", "", 404, "not_found"),
+        ] {
+            let (got, text) = call(&app, "POST", uri, &[], body).await;
+            assert_eq!(got.as_u16(), status, "{uri}: {text}");
+            assert_eq!(json(&text)["error"]["code"], code, "{uri}: {text}");
+        }
+        assert_eq!(count(&app).await, 2, "refused writes changed nothing");
+        let (_, body) = call(&app, "GET", "/v1/tables", &[], "").await;
+        let tables = json(&body);
+        assert!(tables.as_array().unwrap().iter().any(|t| t["table"] == "t"));
+        drop(app);
+        node.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn edgelake_commands_and_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = node(dir.path()).await;
+        let app = node.router();
+        let put = [
+            ("type", "json"),
+            ("dbms", "lab"),
+            ("table", "t"),
+            ("mode", "streaming"),
+        ];
+        for v in 1..=3 {
+            let (status, body) = call(&app, "PUT", "/", &put, &format!(r#"{{"a": {v}}}"#)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(json(&body)["AnyLog.status"], "Success");
+        }
+        let (_, body) = call(&app, "GET", "/", &[("command", "flush buffers")], "").await;
+        assert_eq!(body, "");
+        assert_eq!(count(&app).await, 3);
+        let sql = r#"sql lab format=json and stat=false "select a from t order by a""#;
+        let (_, body) = call(&app, "GET", "/", &[("command", sql)], "").await;
+        assert_eq!(body, r#"{"Query":[{"a":1},{"a":2},{"a":3}]}"#);
+        let (_, body) = call(&app, "POST", "/", &[], r#"{"command": "get status"}"#).await;
+        assert!(body.ends_with("running'"), "{body}");
+        let bad = "blockchain\u{2003}\u{2003}get operator bring.count";
+        let (status, body) =
+            call(&app, "POST", "/", &[], &json!({"command": bad}).to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, "1");
+        let (_, body) = call(&app, "GET", "/", &[("command", "frobnicate")], "").await;
+        assert!(json(&body)["err_code"].as_i64().unwrap() > 0);
+        let (status, body) = call(&app, "PUT", "/", &put[..2], r#"{"a": 1}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(json(&body)["AnyLog.status"], "Failed");
+        drop(app);
+        node.shutdown().await.unwrap();
+    }
+
+    use serde_json::json;
+}

@@ -325,7 +325,8 @@ impl Node {
         self.state.mesh.full_listen_addrs()
     }
 
-    /// The REST router over this node's services, to drive in process.
+    /// The REST router over this node's services, to drive in process
+    /// (drop it before [`Node::shutdown`]: it holds the services).
     pub fn router(&self) -> axum::Router {
         api::router(self.state.clone())
     }

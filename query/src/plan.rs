@@ -119,7 +119,8 @@ impl Unit {
     }
 
     /// `t` moved back by `n` units (months and years by the calendar, the
-    /// day clamped to the month's length).
+    /// day clamped to the month's length); `None` when the arithmetic
+    /// overflows or the result is outside the years 0 to 9999.
     fn back(self, t: Micros, n: i64) -> Option<Micros> {
         const S: i64 = 1_000_000;
         let fixed = match self {
@@ -131,11 +132,18 @@ impl Unit {
             Unit::Month | Unit::Year => None,
         };
         if let Some(step) = fixed {
-            return t.checked_sub(step.checked_mul(n)?);
+            return time::in_range(t.checked_sub(step.checked_mul(n)?)?);
         }
-        let months = if self == Unit::Year { n * 12 } else { n };
+        let months = if self == Unit::Year {
+            n.checked_mul(12)?
+        } else {
+            n
+        };
         let (y, mo, d, h, mi, s, us) = time::fields(t);
-        let total = y * 12 + (mo - 1) - months;
+        let total = y
+            .checked_mul(12)?
+            .checked_add(mo - 1)?
+            .checked_sub(months)?;
         let (y2, mo2) = (total.div_euclid(12), total.rem_euclid(12) + 1);
         let d2 = d.min(time::days_in_month(y2, mo2));
         time::from_fields(y2, mo2, d2, h, mi, s, us)
@@ -919,8 +927,11 @@ mod tests {
         fn never_panics_on_time_function_soup(parts in proptest::collection::vec(
             proptest::sample::select(vec![
                 "SELECT ", "count(*)", " FROM t", " WHERE ", "period(", "increments(", "now()",
-                " - ", "1", " day", "'", "\"", "(", ")", ",", "ts", "minute", "'2024-01-01'",
-                " and ", "é", "::float(2)", "::ljust(", " GROUP BY ", "x", ";",
+                " - ", " + ", "1", " day", " year", " month", "'", "\"", "(", ")", ",", "ts",
+                "minute", "'2024-01-01'", "\"2024-03-12 13:42:58\"", "'9999-12-31'",
+                "'0000-01-01'", " and ", "é", "日本", "\u{3000}", "\u{a0}", "::float(2)",
+                "::ljust(", " GROUP BY ", "x", ";", "300000", "9223372036854775807",
+                "99999999999999999999", "-1",
             ]),
             0..24,
         )) {
@@ -934,6 +945,51 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Time arithmetic far out of the calendar is an error, not a panic
+    /// or a literal no time has.
+    #[test]
+    fn time_arithmetic_out_of_range_is_refused() {
+        for sql in [
+            "SELECT * FROM t WHERE ts > now() - 300000 year",
+            "SELECT * FROM t WHERE ts > now() + 300000 year",
+            "SELECT * FROM t WHERE ts > now() - 9223372036854775807 year",
+            "SELECT * FROM t WHERE ts > now() - 9223372036854775807 second",
+            "SELECT * FROM t WHERE ts > now() - 99999999 day",
+        ] {
+            assert!(
+                matches!(Prepared::new(sql, NOW), Err(PlanError::TimeFunction(_))),
+                "{sql}"
+            );
+        }
+        for unit in ["year", "month", "week", "second"] {
+            let sql = format!(
+                "SELECT count(*) FROM t WHERE period({unit}, 9223372036854775807, '2024-01-01', ts)"
+            );
+            let p = Prepared::new(&sql, NOW).unwrap();
+            assert!(p.probe().unwrap().is_some());
+            assert!(
+                matches!(
+                    p.finish(Some("2024-01-01 00:00:00.000000")),
+                    Err(PlanError::TimeFunction(_))
+                ),
+                "{sql}"
+            );
+        }
+        let p = Prepared::new(
+            "SELECT count(*) FROM t WHERE period(year, 300000, '2024-01-01', ts)",
+            NOW,
+        )
+        .unwrap();
+        assert!(p.finish(Some("2024-01-01 00:00:00.000000")).is_err());
+        // The edges of the calendar still work.
+        let p = Prepared::new("SELECT * FROM t WHERE ts > now() - 2000 year", NOW).unwrap();
+        assert!(
+            p.text.contains("'0023-11-14 22:13:20.000000'"),
+            "{}",
+            p.text
+        );
     }
 
     #[test]

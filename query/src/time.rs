@@ -11,6 +11,22 @@ pub type Micros = i64;
 const MICROS_PER_SEC: i64 = 1_000_000;
 const SECS_PER_DAY: i64 = 86_400;
 
+/// The earliest time tarn stores: 0000-01-01 00:00:00 UTC (the stored form
+/// has four digits of year).
+pub fn min_time() -> Micros {
+    days_from_civil(0, 1, 1) * SECS_PER_DAY * MICROS_PER_SEC
+}
+
+/// The latest time tarn stores: 9999-12-31 23:59:59.999999 UTC.
+pub fn max_time() -> Micros {
+    (days_from_civil(9999, 12, 31) + 1) * SECS_PER_DAY * MICROS_PER_SEC - 1
+}
+
+/// `t` if it is within [`min_time`] ..= [`max_time`].
+pub fn in_range(t: Micros) -> Option<Micros> {
+    (min_time()..=max_time()).contains(&t).then_some(t)
+}
+
 /// Parses an ISO 8601 / RFC 3339 timestamp (`T` or space between date and time,
 /// optional seconds and fraction, optional `Z` or `±HH:MM` offset; no offset
 /// means UTC). With `date_only`, a bare `YYYY-MM-DD` is midnight UTC.
@@ -165,9 +181,11 @@ pub fn fields(t: Micros) -> (i64, i64, i64, i64, i64, i64, i64) {
     (y, m, d, sod / 3600, sod % 3600 / 60, sod % 60, micros)
 }
 
-/// Builds a timestamp from UTC fields; `None` when they name no real instant.
+/// Builds a timestamp from UTC fields; `None` when they name no real
+/// instant or one outside the years 0 to 9999.
 pub fn from_fields(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64, us: i64) -> Option<Micros> {
-    if !(1..=12).contains(&mo)
+    if !(0..=9999).contains(&y)
+        || !(1..=12).contains(&mo)
         || d < 1
         || d > days_in_month(y, mo)
         || !(0..24).contains(&h)

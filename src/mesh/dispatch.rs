@@ -70,6 +70,7 @@ impl<R: proto::Request, S: Serve<R>> Handler for Typed<R, S> {
 pub struct Router {
     mesh: Arc<Mesh>,
     handlers: HashMap<Family, Arc<dyn Handler>>,
+    slots: usize,
 }
 
 impl Router {
@@ -78,6 +79,7 @@ impl Router {
         Router {
             mesh,
             handlers: HashMap::new(),
+            slots: MAX_HANDLERS,
         }
         .route(ledger)
     }
@@ -89,6 +91,13 @@ impl Router {
             _request: PhantomData,
         };
         self.handlers.insert(R::FAMILY, Arc::new(handler));
+        self
+    }
+
+    /// At most `n` handlers at once (tests).
+    #[cfg(test)]
+    fn slots(mut self, n: usize) -> Router {
+        self.slots = n;
         self
     }
 
@@ -104,7 +113,7 @@ impl Router {
 
     async fn run(self, mut events: mpsc::Receiver<Event>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(SYNC_EVERY);
-        let slots = Arc::new(Semaphore::new(MAX_HANDLERS));
+        let slots = Arc::new(Semaphore::new(self.slots));
         let mut round = 0usize;
         loop {
             tokio::select! {
@@ -232,4 +241,146 @@ fn spawn(permit: OwnedSemaphorePermit, f: impl Future<Output = ()> + Send + 'sta
         }
         .in_current_span(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::mesh::CallError;
+    use crate::proto::ingest::{Request, Response};
+
+    /// Answers every ingest request with its table name as `rows`, after
+    /// waiting for `gate` when the table is `wait`.
+    struct Echo {
+        gate: Arc<Notify>,
+        waiting: Arc<AtomicUsize>,
+    }
+
+    impl Serve<Request> for Echo {
+        async fn serve(&self, _from: PeerId, req: Request) -> Reply<Response> {
+            let Request::Ingest { table, .. } = req;
+            if table == "wait" {
+                let woken = self.gate.notified();
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                woken.await;
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+            Ok(Response::Ingested {
+                rows: table.len() as u64,
+                batch: 0,
+                duplicate: false,
+            })
+        }
+    }
+
+    fn ingest(table: &str) -> Request {
+        Request::Ingest {
+            db: "lab".into(),
+            table: table.into(),
+            source: String::new(),
+            hash: "h".into(),
+            body: serde_bytes::ByteBuf::new(),
+        }
+    }
+
+    async fn mesh(
+        dir: &std::path::Path,
+        seed: u8,
+        boot: Vec<tarn_net::Multiaddr>,
+    ) -> (Arc<Mesh>, Events) {
+        let key = tarn_net::Keypair::ed25519_from_bytes([seed; 32]).unwrap();
+        let mut cfg = tarn_net::Config::new(key);
+        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        cfg.bootstrap = boot;
+        cfg.mdns = false;
+        cfg.max_request_bytes = MAX_MESSAGE;
+        Mesh::start(dir, cfg, [seed; 32], crate::clock::system())
+            .await
+            .unwrap()
+    }
+
+    /// A routed family reaches its handler; a family nobody registered and
+    /// bytes that are no envelope get a clear error; with every handler
+    /// slot taken a request is answered `busy` at once, and the slots come
+    /// back when the handlers finish.
+    #[tokio::test]
+    async fn requests_reach_their_family_or_get_a_typed_refusal() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, a_events) = mesh(da.path(), 1, Vec::new()).await;
+        let gate = Arc::new(Notify::new());
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let (_stop, stopped) = watch::channel(false);
+        let span = tracing::Span::none();
+        let _ra = Router::new(a.clone())
+            .route(Arc::new(Echo {
+                gate: gate.clone(),
+                waiting: waiting.clone(),
+            }))
+            .slots(2)
+            .spawn(a_events, stopped.clone(), span.clone());
+        a.wait_listening(Duration::from_secs(5)).await;
+        let addr = a.full_listen_addrs()[0].parse().unwrap();
+        let (b, b_events) = mesh(db.path(), 2, vec![addr]).await;
+        let _rb = Router::new(b.clone()).spawn(b_events, stopped, span);
+        let peer = a.peer_id();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !b.alive(&peer) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("b connects to a");
+
+        let r = b.call(peer, &ingest("abc")).await.unwrap();
+        assert!(matches!(r, Response::Ingested { rows: 3, .. }));
+        // b registered no ingest handler.
+        match a.call(b.peer_id(), &ingest("x")).await {
+            Err(CallError::Remote(e)) => assert_eq!(e.code, Code::BadRequest, "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // Not an envelope.
+        let raw = b
+            .net
+            .request(peer, b"\x01\x02 not cbor".to_vec())
+            .await
+            .unwrap();
+        let reply = proto::decode_reply::<Request>(&raw).unwrap();
+        assert_eq!(reply.unwrap_err().code, Code::BadRequest);
+
+        // Two handlers wait (a wait refused while a ledger sync held a slot
+        // is started again); then a request finds no slot.
+        let mut waits: Vec<tokio::task::JoinHandle<_>> = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while waiting.load(Ordering::SeqCst) < 2 {
+                if waits.iter().filter(|w| !w.is_finished()).count() < 2 {
+                    let b = b.clone();
+                    waits.push(tokio::spawn(
+                        async move { b.call(peer, &ingest("wait")).await },
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("two handlers waiting");
+        match b.call(peer, &ingest("now")).await {
+            Err(CallError::Remote(e)) => assert_eq!(e.code, Code::Busy, "{e}"),
+            other => panic!("not refused while both slots are taken: {other:?}"),
+        }
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !waits.iter().all(|w| w.is_finished()) {
+                gate.notify_waiters();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the waiting handlers end");
+        let r = b.call(peer, &ingest("again")).await.unwrap();
+        assert!(matches!(r, Response::Ingested { rows: 5, .. }));
+    }
 }

@@ -1,6 +1,6 @@
 //! Every kind of bad input gets a 4xx JSON error and changes nothing stored.
 
-use crate::harness::{Answer, TestNode};
+use crate::harness::{Answer, Api, LocalNode};
 
 fn assert_refused(a: &Answer, status: u16, code: &str) {
     assert_eq!(a.status, status, "{}", a.body);
@@ -9,7 +9,7 @@ fn assert_refused(a: &Answer, status: u16, code: &str) {
     assert!(!v["error"]["message"].as_str().unwrap().is_empty());
 }
 
-fn snapshot(node: &TestNode) -> (i64, String) {
+fn snapshot(node: &Api) -> (i64, String) {
     let cols = node
         .command("get columns where dbms = lab and table = t and format=json")
         .body;
@@ -18,7 +18,7 @@ fn snapshot(node: &TestNode) -> (i64, String) {
 
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
-    let node = TestNode::start(&["--max-body-bytes", "4096"]);
+    let node = LocalNode::start(|c| c.max_body_bytes = 4096);
     node.post(
         "lab",
         "t",

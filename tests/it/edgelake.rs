@@ -1,9 +1,9 @@
 //! EdgeLake's command protocol, answered in EdgeLake's exact shapes.
 
-use crate::harness::TestNode;
+use crate::harness::LocalNode;
 
-fn seeded() -> TestNode {
-    let node = TestNode::start(&[]);
+fn seeded() -> LocalNode {
+    let node = LocalNode::start(|_| {});
     node.put(
         "lab",
         "ping",

@@ -1,7 +1,11 @@
-//! Test nodes as real `tarn node` processes on 127.0.0.1:0 with their own
-//! data directories, and small helpers (deadline waits, a seeded RNG).
+//! Test nodes with their own data directories on 127.0.0.1:0: real `tarn
+//! node` processes ([`TestNode`], for tests that kill, restart or move
+//! nodes, or need the binary) and nodes in this process ([`LocalNode`]);
+//! both answer through their REST API ([`Api`]). Small helpers too
+//! (deadline waits, a seeded RNG).
 
 use std::io::{BufRead, BufReader};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +21,7 @@ pub struct TestNode {
     /// The host it runs on (a network namespace), if not this one.
     host: Option<Host>,
     child: Option<Child>,
-    pub client: Client,
+    api: Api,
     /// The node's PeerId and its libp2p addresses (with `/p2p/<id>`).
     pub peer_id: String,
     pub p2p: Vec<String>,
@@ -40,7 +44,7 @@ impl TestNode {
             args,
             host,
             child: Some(child),
-            client,
+            api: Api { client },
             peer_id,
             p2p,
         }
@@ -88,11 +92,25 @@ impl TestNode {
         self.kill();
         let (child, client, peer_id, p2p) = spawn(self.dir.path(), &self.args, self.host.as_ref());
         self.child = Some(child);
-        self.client = client;
+        self.api.client = client;
         self.peer_id = peer_id;
         self.p2p = p2p;
     }
+}
 
+/// A node's REST API, with the requests tests make.
+pub struct Api {
+    pub client: Client,
+}
+
+impl Deref for TestNode {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Api {
     /// Runs a query and returns (columns, rows); panics on an error.
     pub fn query(&self, db: &str, sql: &str) -> (Vec<String>, Vec<Vec<serde_json::Value>>) {
         let v = self
@@ -144,6 +162,63 @@ impl TestNode {
 
     pub fn command(&self, cmd: &str) -> Answer {
         self.client.command(cmd, None).unwrap()
+    }
+}
+
+/// A node in this process (its own runtime), for tests that need no
+/// process of their own; stopped cleanly when dropped.
+pub struct LocalNode {
+    dir: tempfile::TempDir,
+    node: Option<tarn::Node>,
+    rt: tokio::runtime::Runtime,
+    api: Api,
+}
+
+impl LocalNode {
+    /// Starts a node with test defaults, then `tweak`'s changes.
+    pub fn start(tweak: impl FnOnce(&mut tarn::Config)) -> LocalNode {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut cfg = tarn::Config {
+            name: "test-node".into(),
+            data_dir: dir.path().join("data"),
+            rest: "127.0.0.1:0".parse().expect("an address"),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            mdns: false,
+            ..Default::default()
+        };
+        tweak(&mut cfg);
+        let rt = tokio::runtime::Runtime::new().expect("a runtime");
+        let node = rt
+            .block_on(tarn::Node::start(cfg))
+            .expect("the node starts");
+        let client = Client::new(&format!("http://{}", node.rest_addr()));
+        LocalNode {
+            dir,
+            node: Some(node),
+            rt,
+            api: Api { client },
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Deref for LocalNode {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Drop for LocalNode {
+    fn drop(&mut self) {
+        if let Some(n) = self.node.take()
+            && let Err(e) = self.rt.block_on(n.shutdown())
+        {
+            eprintln!("a test node did not stop cleanly: {e:#}");
+        }
     }
 }
 

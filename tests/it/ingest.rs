@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::harness::{Rng, TestNode, wait_for};
+use crate::harness::{LocalNode, Rng, TestNode, wait_for};
 
 struct Reading {
     ts_utc: i64, // seconds
@@ -58,7 +58,7 @@ fn row_json(r: &Reading, i: usize) -> String {
 
 #[test]
 fn round_trip_with_computed_expectations() {
-    let node = TestNode::start(&[]);
+    let node = LocalNode::start(|_| {});
     let data = readings(7, 3000);
     // A third as a JSON array, a third as NDJSON, a third as EdgeLake PUT file mode.
     let part = |k: usize| data.iter().enumerate().skip(k * 1000).take(1000);
@@ -160,7 +160,7 @@ fn round_trip_with_computed_expectations() {
 
 #[test]
 fn duplicate_batches_are_stored_once() {
-    let node = TestNode::start(&[]);
+    let node = LocalNode::start(|_| {});
     let body = r#"[{"k": 1, "v": "a"}, {"k": 2, "v": "b"}]"#;
     let first = node.post("lab", "dups", body).ok_json().unwrap();
     assert_eq!(first["duplicate"], false);
@@ -186,7 +186,7 @@ fn duplicate_batches_are_stored_once() {
 
 #[test]
 fn schema_evolves_with_new_keys() {
-    let node = TestNode::start(&[]);
+    let node = LocalNode::start(|_| {});
     node.post("lab", "evo", r#"{"a": 1, "b": "x"}"#)
         .ok_json()
         .unwrap();
@@ -244,7 +244,10 @@ fn schema_evolves_with_new_keys() {
 #[test]
 fn streaming_puts_are_buffered_until_a_threshold_or_flush() {
     // No automatic flush: rows wait for `flush buffers`.
-    let node = TestNode::start(&["--stream-rows", "1000000", "--stream-ms", "3600000"]);
+    let node = LocalNode::start(|c| {
+        c.streaming.threshold_rows = 1_000_000;
+        c.streaming.threshold_ms = 3_600_000;
+    });
     for i in 0..50 {
         let a = node.put(
             "lab",
@@ -280,7 +283,10 @@ fn streaming_puts_are_buffered_until_a_threshold_or_flush() {
     );
 
     // A volume threshold: every 10 rows become one batch.
-    let node = TestNode::start(&["--stream-rows", "10", "--stream-ms", "3600000"]);
+    let node = LocalNode::start(|c| {
+        c.streaming.threshold_rows = 10;
+        c.streaming.threshold_ms = 3_600_000;
+    });
     for i in 0..25 {
         node.put("lab", "vol", "streaming", &format!("{{\"i\": {i}}}"))
             .ok_json()
@@ -289,7 +295,10 @@ fn streaming_puts_are_buffered_until_a_threshold_or_flush() {
     assert_eq!(node.count("lab", "vol"), 20);
 
     // A time threshold.
-    let node = TestNode::start(&["--stream-rows", "1000000", "--stream-ms", "100"]);
+    let node = LocalNode::start(|c| {
+        c.streaming.threshold_rows = 1_000_000;
+        c.streaming.threshold_ms = 100;
+    });
     node.put("lab", "timed", "streaming", "[{\"i\": 1}, {\"i\": 2}]")
         .ok_json()
         .unwrap();
@@ -300,7 +309,7 @@ fn streaming_puts_are_buffered_until_a_threshold_or_flush() {
     );
 
     // write_immediate: visible as soon as the PUT returns.
-    let node = TestNode::start(&["--write-immediate"]);
+    let node = LocalNode::start(|c| c.streaming.write_immediate = true);
     node.put("lab", "now", "streaming", "{\"i\": 1}")
         .ok_json()
         .unwrap();

@@ -4,13 +4,13 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{TestNode, wait_for};
+use crate::harness::{LocalNode, wait_for};
 
-fn node_with_fast_watch() -> TestNode {
-    let cfg = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(cfg.path(), "[watch]\npoll_ms = 50\nsettle_ms = 1500\n").unwrap();
-    let path = cfg.into_temp_path().keep().unwrap();
-    TestNode::start(&["--config", path.to_str().unwrap()])
+fn node_with_fast_watch() -> LocalNode {
+    LocalNode::start(|c| {
+        c.watch.poll_ms = 50;
+        c.watch.settle_ms = 1500;
+    })
 }
 
 fn exists(p: &Path) -> Option<()> {
