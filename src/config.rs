@@ -1,5 +1,8 @@
 //! A node's configuration: a typed struct with defaults and `validate()`.
-//! Only the binary reads TOML files and flags into it.
+//! Only the binary reads TOML files and flags into it; `node.rs` hands each
+//! service its part.
+//!
+//! Uses `store` (durability, valid names).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,7 +1,9 @@
 //! Many nodes in one process on loopback: `tarn demo`, the mesh tests and
-//! the propagation benchmark (above `node`: it only starts nodes). Node 0 runs every service and is the others'
+//! the propagation benchmark. Node 0 runs every service and is the others'
 //! bootstrap; links between nodes can be cut and healed, nodes stopped and
 //! started again on their data directories.
+//!
+//! Uses `node` (it only starts nodes) and `config`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -37,6 +37,8 @@ mod inventory;
 mod names;
 mod read;
 mod schema;
+#[cfg(test)]
+pub(crate) mod testing;
 mod value;
 mod write;
 

@@ -103,17 +103,26 @@ pub(super) const BATCHES_DDL: &str = "CREATE TABLE IF NOT EXISTS tarn_batches (
      CREATE UNIQUE INDEX IF NOT EXISTS tarn_batches_by_hash
         ON tarn_batches (table_name, hash) WHERE first_row IS NOT NULL;";
 
-/// `almgm`'s catalogue of this node's own batches.
-pub(super) const TSD_INFO_DDL: &str = "CREATE TABLE IF NOT EXISTS tsd_info (
-        file_id INTEGER PRIMARY KEY,
+/// The columns of `almgm`'s catalogues (EdgeLake's `tsd_info`).
+macro_rules! catalogue_columns {
+    () => {
+        "file_id INTEGER PRIMARY KEY,
         dbms_name TEXT NOT NULL,
         table_name TEXT NOT NULL,
         source TEXT NOT NULL,
         file_hash TEXT NOT NULL,
         instructions TEXT NOT NULL,
         rows INTEGER NOT NULL,
-        file_time TIMESTAMP NOT NULL,
-        UNIQUE (dbms_name, table_name, file_hash));";
+        file_time TIMESTAMP NOT NULL"
+    };
+}
+
+/// `almgm`'s catalogue of this node's own batches.
+pub(super) const TSD_INFO_DDL: &str = concat!(
+    "CREATE TABLE IF NOT EXISTS tsd_info (",
+    catalogue_columns!(),
+    ", UNIQUE (dbms_name, table_name, file_hash));"
+);
 
 impl BatchRecord {
     pub(super) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRecord> {
@@ -163,20 +172,12 @@ pub fn member_table(peer: &str) -> String {
     format!("tsd_{peer}")
 }
 
+/// `almgm`'s catalogue of the batches another member produced.
 fn member_table_ddl(table: &str) -> String {
     format!(
-        "CREATE TABLE IF NOT EXISTS \"{table}\" (
-            file_id INTEGER PRIMARY KEY,
-            dbms_name TEXT NOT NULL,
-            table_name TEXT NOT NULL,
-            source TEXT NOT NULL,
-            file_hash TEXT NOT NULL,
-            instructions TEXT NOT NULL,
-            rows INTEGER NOT NULL,
-            file_time TIMESTAMP NOT NULL,
-            member_name TEXT NOT NULL,
-            received_from TEXT NOT NULL,
-            stored BOOLEAN NOT NULL);"
+        "CREATE TABLE IF NOT EXISTS \"{table}\" ({}, member_name TEXT NOT NULL, \
+         received_from TEXT NOT NULL, stored BOOLEAN NOT NULL);",
+        catalogue_columns!()
     )
 }
 

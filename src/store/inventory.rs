@@ -368,7 +368,8 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{BatchMeta, Durability, Origin, Rows, Val};
+    use crate::store::testing::{self, rows_of};
+    use crate::store::{BatchMeta, Origin, Val};
 
     struct Member {
         _dir: tempfile::TempDir,
@@ -379,38 +380,8 @@ mod tests {
     fn member(i: usize) -> Member {
         let dir = tempfile::tempdir().unwrap();
         let peer = format!("12D3KooWMember{i}");
-        let s = Storage::open(
-            dir.path(),
-            &format!("m{i}"),
-            &peer,
-            Durability::Normal,
-            crate::clock::system(),
-        )
-        .unwrap();
+        let s = testing::open(dir.path(), &format!("m{i}"), &peer);
         Member { _dir: dir, s, peer }
-    }
-
-    /// Batch `n`: rows with keys `10n..10n+10`; some carry a column the
-    /// others lack, some nulls, so schemas evolve differently per member.
-    fn rows_of(n: u64) -> Rows {
-        let mut columns = vec!["k".to_owned(), "v".to_owned()];
-        if n.is_multiple_of(3) {
-            columns.push(format!("extra{}", n % 2));
-        }
-        let rows = (0..10)
-            .map(|i| {
-                let mut r = vec![Val::Int((n * 10 + i) as i64), Val::Float(i as f64 / 4.0)];
-                if n.is_multiple_of(3) {
-                    r.push(if i % 4 == 0 {
-                        Val::Null
-                    } else {
-                        Val::Text(format!("x{i}"))
-                    });
-                }
-                r
-            })
-            .collect();
-        Rows { columns, rows }
     }
 
     fn write(m: &Member, n: u64) {
@@ -423,22 +394,7 @@ mod tests {
     }
 
     fn keys(m: &Member) -> (i64, i64, Vec<i64>) {
-        let Some(path) = m.s.path_of("lab") else {
-            return (0, 0, Vec::new());
-        };
-        let c = rusqlite::Connection::open(path).unwrap();
-        let (n, d): (i64, i64) = c
-            .query_row("SELECT count(*), count(DISTINCT k) FROM t", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .unwrap();
-        let mut st = c.prepare("SELECT k FROM t ORDER BY k").unwrap();
-        let ks = st
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        (n, d, ks)
+        testing::keys(&m.s)
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::core::{Action, BatchRef, Confirmation, Core, Input, Timing};
 use super::local;
 use crate::cluster::membership::Member;
+use crate::store::testing::{self, rows_of};
 use crate::store::{BatchMeta, Durability, Rows, Storage, Val};
 
 struct Node {
@@ -44,29 +45,6 @@ struct Sim {
     next_waiter: u64,
 }
 
-/// Batch `n`: rows with keys `10n..10n+10`; some carry a column the others
-/// lack, some nulls, so schemas evolve differently per member.
-fn rows_of(n: u64) -> Rows {
-    let mut columns = vec!["k".to_owned(), "v".to_owned()];
-    if n.is_multiple_of(3) {
-        columns.push(format!("extra{}", n % 2));
-    }
-    let rows = (0..10)
-        .map(|i| {
-            let mut r = vec![Val::Int((n * 10 + i) as i64), Val::Float(i as f64 / 4.0)];
-            if n.is_multiple_of(3) {
-                r.push(if i % 4 == 0 {
-                    Val::Null
-                } else {
-                    Val::Text(format!("x{i}"))
-                });
-            }
-            r
-        })
-        .collect();
-    Rows { columns, rows }
-}
-
 impl Sim {
     fn new(n: usize, seed: u64, loss: u64) -> Sim {
         let now = Instant::now();
@@ -79,14 +57,7 @@ impl Sim {
                 let dir = tempfile::tempdir().unwrap();
                 let key = tarn_net::Keypair::ed25519_from_bytes([i as u8 + 1; 32]).unwrap();
                 let peer = key.public().to_peer_id();
-                let store = Storage::open(
-                    dir.path(),
-                    &format!("m{i}"),
-                    &peer.to_string(),
-                    Durability::Normal,
-                    crate::clock::system(),
-                )
-                .unwrap();
+                let store = testing::open(dir.path(), &format!("m{i}"), &peer.to_string());
                 Node {
                     _dir: dir,
                     store: Arc::new(store),
@@ -336,22 +307,7 @@ impl Sim {
 
     /// `(rows, distinct keys, keys)` of `lab.t` on node `i`.
     fn keys(&self, i: usize) -> (i64, i64, Vec<i64>) {
-        let Some(path) = self.nodes[i].store.path_of("lab") else {
-            return (0, 0, Vec::new());
-        };
-        let c = rusqlite::Connection::open(path).unwrap();
-        let (n, d): (i64, i64) = c
-            .query_row("SELECT count(*), count(DISTINCT k) FROM t", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .unwrap();
-        let mut st = c.prepare("SELECT k FROM t ORDER BY k").unwrap();
-        let ks = st
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        (n, d, ks)
+        testing::keys(&self.nodes[i].store)
     }
 }
 
