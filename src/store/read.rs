@@ -243,6 +243,7 @@ fn scan_range(
 }
 
 /// Adds one scanned row to its group's states.
+#[inline]
 fn update(
     states: &mut [State],
     plan: &GroupedAggregate,

@@ -91,49 +91,101 @@ async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut io: JoinSet<Input> = JoinSet::new();
+    // What each task reports if it fails without an answer (it panicked).
+    let mut failures: HashMap<tokio::task::Id, Input> = HashMap::new();
     let mut waiting: HashMap<u64, oneshot::Sender<Confirmation>> = HashMap::new();
     let mut next_waiter = 0u64;
     let origin = deps.store.origin().to_owned();
     loop {
+        let now = Instant::now();
         let actions = tokio::select! {
             biased;
             _ = stop.changed() => break,
             // Finish what is under way before taking more.
-            Some(done) = io.join_next(), if !io.is_empty() => match done {
-                Ok(input) => core.step(input, Instant::now()),
-                Err(e) => {
-                    tracing::error!("a replication task failed: {e}");
-                    Vec::new()
-                }
+            Some(done) = io.join_next_with_id(), if !io.is_empty() => {
+                let input = match done {
+                    Ok((id, input)) => {
+                        failures.remove(&id);
+                        Some(input)
+                    }
+                    Err(e) => {
+                        tracing::error!("a replication task failed: {e}");
+                        failures.remove(&e.id())
+                    }
+                };
+                input.map(|i| core.step(i, now)).unwrap_or_default()
             },
             Some((batches, reply)) = confirms.recv() => {
                 next_waiter += 1;
                 waiting.insert(next_waiter, reply);
-                core.step(Input::Members(members(&deps)), Instant::now());
-                core.step(Input::Confirm { waiter: next_waiter, batches }, Instant::now())
+                let mut a = core.step(Input::Members(members(&deps)), now);
+                a.extend(core.step(Input::Confirm { waiter: next_waiter, batches }, now));
+                a
             }
             Some(c) = committed.recv() => {
                 let b = BatchRef { db: c.db, origin: origin.clone(), id: c.id };
-                core.step(Input::Committed(b), Instant::now())
+                core.step(Input::Committed(b), now)
             }
             _ = tick.tick() => {
-                let mut a = core.step(Input::Members(members(&deps)), Instant::now());
-                a.extend(core.tick(Instant::now()));
+                let mut a = core.step(Input::Members(members(&deps)), now);
+                a.extend(core.tick(now));
                 a
             }
         };
         for action in actions {
-            match action {
+            let io_action = match action {
                 Action::Confirmed { waiter, report } => {
                     if let Some(tx) = waiting.remove(&waiter) {
                         let _ = tx.send(report);
                     }
+                    continue;
                 }
-                other => {
-                    let deps = deps.clone();
-                    io.spawn(perform(deps, other).in_current_span());
-                }
-            }
+                Action::Push { push, batches, to } => Io::Push { push, batches, to },
+                Action::AskInventory(peer) => Io::Ask(peer),
+                Action::Pull { peer, origin, skip } => Io::Pull { peer, origin, skip },
+            };
+            let failure = io_action.failed();
+            let task = io.spawn(perform(deps.clone(), io_action).in_current_span());
+            failures.insert(task.id(), failure);
+        }
+    }
+}
+
+/// The actions that are I/O, each done by a task of its own.
+enum Io {
+    Push {
+        push: u64,
+        batches: Vec<BatchRef>,
+        to: Vec<PeerId>,
+    },
+    Ask(PeerId),
+    Pull {
+        peer: PeerId,
+        origin: String,
+        skip: Vec<i64>,
+    },
+}
+
+impl Io {
+    /// What the core is told when the task ends without an answer.
+    fn failed(&self) -> Input {
+        let lost = "the task failed".to_owned();
+        match self {
+            Io::Push { push, to, .. } => Input::Pushed {
+                push: *push,
+                missing: Vec::new(),
+                results: to.iter().map(|p| (*p, Err(lost.clone()))).collect(),
+            },
+            Io::Ask(peer) => Input::Inventory {
+                peer: *peer,
+                theirs: Err(lost),
+                mine: Vec::new(),
+            },
+            Io::Pull { peer, origin, .. } => Input::Pulled {
+                peer: *peer,
+                origin: origin.clone(),
+                result: Err(lost),
+            },
         }
     }
 }
@@ -151,9 +203,9 @@ fn members(deps: &Deps) -> Vec<(Member, bool)> {
 }
 
 /// Carries out one action; returns its result as the core's next input.
-async fn perform(deps: Arc<Deps>, action: Action) -> Input {
-    match action {
-        Action::Push { push, batches, to } => {
+async fn perform(deps: Arc<Deps>, io: Io) -> Input {
+    match io {
+        Io::Push { push, batches, to } => {
             let (missing, results) = push_to(&deps, &batches, &to).await;
             Input::Pushed {
                 push,
@@ -161,7 +213,7 @@ async fn perform(deps: Arc<Deps>, action: Action) -> Input {
                 results,
             }
         }
-        Action::AskInventory(peer) => {
+        Io::Ask(peer) => {
             let theirs = inventory(&deps.mesh, peer, false, deps.timing.ack_timeout)
                 .await
                 .map(|(h, _)| h);
@@ -171,7 +223,7 @@ async fn perform(deps: Arc<Deps>, action: Action) -> Input {
                 mine: deps.store.inventory(),
             }
         }
-        Action::Pull { peer, origin, skip } => {
+        Io::Pull { peer, origin, skip } => {
             let result = pull(&deps, peer, &origin, skip).await;
             Input::Pulled {
                 peer,
@@ -179,7 +231,6 @@ async fn perform(deps: Arc<Deps>, action: Action) -> Input {
                 result,
             }
         }
-        Action::Confirmed { .. } => unreachable!("answered by the loop itself"),
     }
 }
 
