@@ -28,17 +28,8 @@ pub fn parse_body(body: &[u8]) -> Result<Rows, IngestError> {
                 .and_then(|()| de.end())
                 .map_err(bad_json)?;
         }
-        Some(b'{') => {
-            // One object, or several (NDJSON): parse objects until only
-            // white space is left.
-            let mut de = serde_json::Deserializer::from_slice(body);
-            loop {
-                RowSeed(&mut acc).deserialize(&mut de).map_err(bad_json)?;
-                if de.end().is_ok() {
-                    break;
-                }
-            }
-        }
+        // One object, or several (NDJSON, or objects one after another).
+        Some(b'{') => objects(body, &mut acc)?,
         Some(_) => {
             return Err(IngestError::MalformedJson(
                 "expected a JSON object, an array of objects, or one object per line".into(),
@@ -52,11 +43,76 @@ fn bad_json(e: serde_json::Error) -> IngestError {
     IngestError::MalformedJson(format!("malformed JSON: {e}"))
 }
 
+/// Objects one after another, each parsed on its own slice. (Asking one
+/// parser whether only white space is left after each object would cost
+/// a scan from the start of the body per object: quadratic.)
+fn objects(body: &[u8], acc: &mut Acc) -> Result<(), IngestError> {
+    let mut at = 0;
+    loop {
+        while body.get(at).is_some_and(u8::is_ascii_whitespace) {
+            at += 1;
+        }
+        let Some(&first) = body.get(at) else {
+            return Ok(());
+        };
+        let line = || 1 + body[..at].iter().filter(|b| **b == b'\n').count();
+        if first != b'{' {
+            return Err(IngestError::MalformedJson(format!(
+                "malformed JSON: expected an object at line {}",
+                line()
+            )));
+        }
+        // Without a closing brace, the parser says what is wrong.
+        let end = object_end(body, at).unwrap_or(body.len());
+        let mut de = serde_json::Deserializer::from_slice(&body[at..end]);
+        RowSeed(acc)
+            .deserialize(&mut de)
+            .and_then(|()| de.end())
+            .map_err(|e| {
+                IngestError::MalformedJson(format!(
+                    "malformed JSON: {e} (in the object starting at line {})",
+                    line()
+                ))
+            })?;
+        at = end;
+    }
+}
+
+/// Where the object opening at `at` ends (just past its `}`), by strings
+/// and nesting alone; the parser checks everything else. `None` if it does
+/// not end.
+fn object_end(b: &[u8], at: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = at;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 #[derive(Default)]
 struct Acc {
     columns: Vec<String>,
     index: HashMap<String, usize>,
     rows: Vec<Vec<Val>>,
+    /// Per column, the number (from 1) of the last row that set it.
+    stamps: Vec<usize>,
 }
 
 impl Acc {
@@ -135,13 +191,19 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
             let i = acc.column(&key.0, seen);
             seen += 1;
             let v = map.next_value::<JsonVal>()?.0;
-            if row.len() <= i {
-                row.resize(i + 1, Val::Null);
-            } else if row[i] != Val::Null {
+            if acc.stamps.len() <= i {
+                acc.stamps.resize(i + 1, 0);
+            }
+            // Stamped with this row's number once set (a null counts too).
+            if acc.stamps[i] == acc.rows.len() + 1 {
                 return Err(de::Error::custom(format!(
                     "key {:?} appears twice in one row (names are case-insensitive)",
                     key.0
                 )));
+            }
+            acc.stamps[i] = acc.rows.len() + 1;
+            if row.len() <= i {
+                row.resize(i + 1, Val::Null);
             }
             row[i] = v;
         }
@@ -271,6 +333,11 @@ mod tests {
             r#"{"a-b":1}"#,
             r#"{"row_id":1}"#,
             r#"{"A":1,"a":2}"#,
+            r#"{"a":null,"a":2}"#,
+            r#"{"a":1}
+{"b":2,"b":null}"#,
+            "{\"a\":1}\n[1]",
+            "{\"a\":1}\n{\"a\":\"x}",
             r#"{"x":18446744073709551615}"#,
         ] {
             assert!(

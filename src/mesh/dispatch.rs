@@ -3,7 +3,11 @@
 //! family. Handlers run as tasks, at most [`MAX_HANDLERS`] at once; a
 //! request that finds no free slot is answered `busy` at once, so this
 //! loop never waits, and the network loop behind it (through which every
-//! answer goes) never waits for it.
+//! answer goes) never waits for it. The mesh's own work has room of its
+//! own, so it never takes a slot a peer's request needs: gossiped entries
+//! queue for one ledger worker ([`GOSSIP_QUEUE`]), and anti-entropy runs
+//! with at most [`MAX_SYNCS`] peers at once; what finds no room is left to
+//! the next round of anti-entropy.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,6 +28,10 @@ use crate::proto::{self, Envelope, Family, MAX_MESSAGE, Reply, WireError};
 /// Most peer messages handled at once; more requests are answered `busy`,
 /// more gossip is left to anti-entropy.
 pub const MAX_HANDLERS: usize = 256;
+/// Gossiped ledger entries waiting to be applied.
+pub const GOSSIP_QUEUE: usize = 4096;
+/// Anti-entropy runs at once.
+pub const MAX_SYNCS: usize = 32;
 /// How often each node compares ledger heads with a few peers.
 const SYNC_EVERY: Duration = Duration::from_secs(3);
 /// Peers compared with per round: enough to repair, cheap at any size.
@@ -113,61 +121,71 @@ impl Router {
 
     async fn run(self, mut events: mpsc::Receiver<Event>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(SYNC_EVERY);
-        let slots = Arc::new(Semaphore::new(self.slots));
+        let room = Room {
+            slots: Arc::new(Semaphore::new(self.slots)),
+            syncs: Arc::new(Semaphore::new(MAX_SYNCS)),
+            gossip: self.ledger_worker(),
+        };
         let mut round = 0usize;
         loop {
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
                 ev = events.recv() => match ev {
-                    Some(ev) => self.event(ev, &slots),
+                    Some(ev) => self.event(ev, &room),
                     None => break,
                 },
                 _ = tick.tick() => {
                     round = round.wrapping_add(1);
-                    self.sync_round(round, &slots);
+                    self.sync_round(round, &room.syncs);
                 }
             }
         }
     }
 
-    fn event(&self, ev: Event, slots: &Arc<Semaphore>) {
+    /// Applies gossiped entries one after another (the ledger takes one
+    /// writer at a time anyway); ends when the loop does.
+    fn ledger_worker(&self) -> mpsc::Sender<(Vec<u8>, Option<PeerId>)> {
+        let (tx, mut rx) = mpsc::channel::<(Vec<u8>, Option<PeerId>)>(GOSSIP_QUEUE);
+        let mesh = self.mesh.clone();
+        tokio::spawn(
+            async move {
+                while let Some((data, from)) = rx.recv().await {
+                    mesh.receive(data, from).await;
+                }
+            }
+            .in_current_span(),
+        );
+        tx
+    }
+
+    fn event(&self, ev: Event, room: &Room) {
         let mesh = &self.mesh;
         match ev {
             Event::Listening(a) => mesh.listen.lock().expect("lock poisoned").push(a),
             Event::Connected(p) => {
                 mesh.note(p, Some(true));
-                if let Some(permit) = free(slots) {
+                if let Some(permit) = free(&room.syncs) {
                     let m = mesh.clone();
                     spawn(permit, async move { m.sync_with(p).await });
                 }
             }
             Event::Disconnected(p) => mesh.note(p, Some(false)),
             Event::Gossip { from, topic, data } if topic == LEDGER_TOPIC && !data.is_empty() => {
-                mesh.count_in(
-                    &mesh.stats.gossip_in_msgs,
-                    &mesh.stats.gossip_in_bytes,
-                    data.len(),
-                );
+                let stats = &mesh.stats;
+                mesh.count_in(&stats.gossip_in_msgs, &stats.gossip_in_bytes, data.len());
                 if let Some(p) = from {
                     mesh.note(p, None);
                 }
-                match free(slots) {
-                    Some(permit) => {
-                        let m = mesh.clone();
-                        spawn(permit, async move { m.receive(data, from).await });
-                    }
-                    None => tracing::debug!("too busy for a ledger entry: anti-entropy repairs it"),
+                if room.gossip.try_send((data, from)).is_err() {
+                    tracing::debug!("too busy for a ledger entry: anti-entropy repairs it");
                 }
             }
             Event::Gossip { .. } => {}
             Event::Request { from, id, data } => {
-                mesh.count_in(
-                    &mesh.stats.rpc_in_msgs,
-                    &mesh.stats.rpc_in_bytes,
-                    data.len(),
-                );
-                self.request(from, id, data, slots);
+                let stats = &mesh.stats;
+                mesh.count_in(&stats.rpc_in_msgs, &stats.rpc_in_bytes, data.len());
+                self.request(from, id, data, &room.slots);
             }
         }
     }
@@ -209,7 +227,7 @@ impl Router {
     }
 
     /// Anti-entropy with a few connected peers, a different few each round.
-    fn sync_round(&self, round: usize, slots: &Arc<Semaphore>) {
+    fn sync_round(&self, round: usize, syncs: &Arc<Semaphore>) {
         let mut peers: Vec<PeerId> = self
             .mesh
             .peer_states()
@@ -221,11 +239,18 @@ impl Router {
         let n = peers.len();
         for k in 0..n.min(SYNC_FANOUT) {
             let p = peers[(round * SYNC_FANOUT + k) % n];
-            let Some(permit) = free(slots) else { return };
+            let Some(permit) = free(syncs) else { return };
             let m = self.mesh.clone();
             spawn(permit, async move { m.sync_with(p).await });
         }
     }
+}
+
+/// Where work goes: peers' requests, the mesh's anti-entropy, gossip.
+struct Room {
+    slots: Arc<Semaphore>,
+    syncs: Arc<Semaphore>,
+    gossip: mpsc::Sender<(Vec<u8>, Option<PeerId>)>,
 }
 
 fn free(slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
