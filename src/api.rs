@@ -28,9 +28,11 @@ mod error;
 pub mod format;
 mod native;
 mod put;
+mod serve;
 
 pub use body::BodyLimits;
 pub use error::{ApiError, status_of};
+pub use serve::serve;
 
 use crate::config::{Service, StreamingConfig};
 use crate::error::Code;
@@ -101,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tables", get(native::tables))
         .route("/v1/nodes", get(native::nodes))
         .route("/v1/clusters", get(native::clusters))
+        .route("/v1/streams/replay", post(native::replay_streams))
         .route(
             "/v1/policies",
             get(native::policies).post(native::add_policy),

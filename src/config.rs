@@ -62,10 +62,20 @@ pub struct Config {
     pub durability: Durability,
     /// Largest request body accepted, in bytes (larger: 413).
     pub max_body_bytes: usize,
-    /// Request bodies held in memory at once, in bytes; more requests wait.
+    /// Request bodies held in memory at once, in bytes: a body takes its
+    /// share as its bytes arrive; more requests wait.
     pub max_inflight_bytes: usize,
+    /// Longest a request body may go without sending a byte (ms); then it
+    /// is answered 408 and the connection closed.
+    pub body_timeout_ms: u64,
+    /// Longest a connection may wait for a request's headers, or idle
+    /// between requests (ms).
+    pub idle_timeout_ms: u64,
     /// Most rows a query may return through the REST API.
     pub max_result_rows: usize,
+    /// Most bytes of values a query may hold (its answer, and the partial
+    /// results on the query node), and the largest single value it may read.
+    pub max_result_bytes: usize,
     /// Longest a query may run, in milliseconds, unless the request says less.
     pub query_timeout_ms: u64,
     pub streaming: StreamingConfig,
@@ -165,7 +175,10 @@ impl Default for Config {
             durability: Durability::Normal,
             max_body_bytes: 64 * 1024 * 1024,
             max_inflight_bytes: 512 * 1024 * 1024,
+            body_timeout_ms: 30_000,
+            idle_timeout_ms: 30_000,
             max_result_rows: 1_000_000,
+            max_result_bytes: 128 << 20,
             query_timeout_ms: 60_000,
             streaming: StreamingConfig::default(),
             watch: WatchConfig::default(),
@@ -224,15 +237,19 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return Err("max_body_bytes must be at least 1024".into());
         }
-        if self.max_inflight_bytes < self.max_body_bytes
-            || self.max_inflight_bytes > (u32::MAX as usize) * 1024
-        {
+        if self.max_inflight_bytes < self.max_body_bytes || self.max_inflight_bytes > 1 << 40 {
             return Err(
-                "max_inflight_bytes must be at least max_body_bytes (and under 4 TiB)".into(),
+                "max_inflight_bytes must be at least max_body_bytes (and at most 1 TiB)".into(),
             );
+        }
+        if self.body_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return Err("body_timeout_ms and idle_timeout_ms must be positive".into());
         }
         if self.max_result_rows == 0 || self.query_timeout_ms == 0 {
             return Err("max_result_rows and query_timeout_ms must be positive".into());
+        }
+        if self.max_result_bytes < 1 << 20 || self.max_result_bytes > 1 << 30 {
+            return Err("max_result_bytes must be between 1 MiB and 1 GiB".into());
         }
         if self.streaming.threshold_rows == 0 || self.streaming.threshold_ms == 0 {
             return Err("streaming thresholds must be positive".into());

@@ -48,6 +48,8 @@ use crate::store::{QueryLimits, QueryResult, RESERVED_DBS, Storage, Val};
 pub struct Limits {
     /// Most rows (or groups) a query may hold, partial results included.
     pub max_result_rows: usize,
+    /// Most bytes of values a query may hold, partial results included.
+    pub max_result_bytes: usize,
     /// Longest a query may run.
     pub query_timeout: Duration,
 }
@@ -56,6 +58,15 @@ impl Limits {
     /// The time a query gets: what it asks for, at most the node's limit.
     pub fn timeout(&self, asked: Option<Duration>) -> Duration {
         asked.map_or(self.query_timeout, |t| t.min(self.query_timeout))
+    }
+
+    /// The limits of one statement that must end by `deadline`.
+    pub fn until(&self, deadline: Instant) -> QueryLimits {
+        QueryLimits {
+            max_rows: self.max_result_rows,
+            max_bytes: self.max_result_bytes,
+            timeout: deadline.saturating_duration_since(Instant::now()),
+        }
     }
 }
 
@@ -249,10 +260,7 @@ impl Exec {
             }
         }
         let store = self.store.clone().ok_or(ExecError::NoOperator)?;
-        let limits = QueryLimits {
-            max_rows: self.limits.max_result_rows,
-            timeout: run.deadline.saturating_duration_since(Instant::now()),
-        };
+        let limits = self.limits.until(run.deadline);
         let db = run.db.clone();
         tokio::task::spawn_blocking(move || {
             let select = tarn_query::rewrite_increments(select)?;

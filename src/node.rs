@@ -202,6 +202,7 @@ impl Node {
         ));
         let limits = Limits {
             max_result_rows: cfg.max_result_rows,
+            max_result_bytes: cfg.max_result_bytes,
             query_timeout: cfg.query_timeout(),
         };
         let exec = Arc::new(Exec::new(me, data, mesh.clone(), limits, clock));
@@ -223,7 +224,11 @@ impl Node {
             store: o.store,
             streams: o.streams,
             publisher: o.publisher,
-            body: BodyLimits::new(cfg.max_body_bytes, cfg.max_inflight_bytes),
+            body: BodyLimits::new(
+                cfg.max_body_bytes,
+                cfg.max_inflight_bytes,
+                Duration::from_millis(cfg.body_timeout_ms),
+            ),
         };
         Node {
             state,
@@ -254,12 +259,9 @@ impl Node {
             .route(Arc::new(ingest::Server(s.ingest.clone())));
         self.tasks
             .push(router.spawn(events, stopped.clone(), span.clone()));
-        self.tasks.push(serve_rest(
-            listener,
-            api::router(s.clone()),
-            stopped.clone(),
-            span,
-        ));
+        let idle = Duration::from_millis(cfg.idle_timeout_ms);
+        let rest = api::serve(listener, api::router(s.clone()), stopped.clone(), idle);
+        self.tasks.push(tokio::spawn(rest.instrument(span.clone())));
         let streams = s.streams.clone();
         let period = Duration::from_millis((cfg.streaming.threshold_ms / 4).clamp(10, 250));
         self.tasks
@@ -440,25 +442,6 @@ fn net_config(cfg: &Config, o: &Opened) -> tarn_net::Config {
     // batches): as large as any message the node accepts.
     net.max_request_bytes = crate::proto::MAX_MESSAGE;
     net
-}
-
-fn serve_rest(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    mut stop: watch::Receiver<bool>,
-    span: &tracing::Span,
-) -> JoinHandle<()> {
-    tokio::spawn(
-        async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stop.changed().await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!("REST server stopped: {e}");
-            }
-        }
-        .instrument(span.clone()),
-    )
 }
 
 /// Runs blocking `work` every `period` until `stop` changes. Ticks are

@@ -47,7 +47,7 @@ pub use batches::{BatchMeta, Committed, Origin, ReplBatch, Written, member_table
 pub use database::Durability;
 pub use error::StoreError;
 pub use inventory::{Holding, Ranges, insert as insert_id, minus as ranges_minus};
-pub use names::{MAX_IDENT, RESERVED_DBS, SYSTEM_COLUMNS, ident, user_db};
+pub use names::{MAX_COLUMNS, MAX_IDENT, RESERVED_DBS, SYSTEM_COLUMNS, column, ident, user_db};
 pub(crate) use read::run_sql;
 pub use read::{PartialGroups, QueryLimits, QueryResult, Statement};
 pub use schema::{NewColumns, TableSchema, coerce, infer};
@@ -206,6 +206,23 @@ impl Storage {
             .expect("lock poisoned")
             .get(db)?
             .schema(table)
+    }
+
+    /// Checks that rows may go to `db.table`: a table that exists, or a
+    /// name no other object of the database has. (Streaming rows are
+    /// checked before they are acknowledged; the write checks again.)
+    pub fn check_table(&self, db: &str, table: &str) -> Result<(), StoreError> {
+        let Some(database) = self.dbs.read().expect("lock poisoned").get(db).cloned() else {
+            return Ok(());
+        };
+        if database.schema(table).is_some() {
+            return Ok(());
+        }
+        match database.with_reader(|c| write::taken(c, table)) {
+            Ok(None) => Ok(()),
+            Ok(Some(kind)) => Err(write::name_taken(table, &kind)),
+            Err(e) => Err(StoreError::internal("reading the schema", e)),
+        }
     }
 
     /// Path of a database's file.

@@ -1,11 +1,15 @@
-//! Request bodies: read up to the node's limit, each holding its share of
-//! the node's in-flight budget, so that many large requests at once queue
+//! Request bodies: read up to the node's limit, each taking its share of
+//! the node's in-flight budget as its bytes arrive (a client that sends
+//! headers and then nothing holds nothing), and cut when no byte has come
+//! for the body timeout. Many large requests at once queue for the budget
 //! instead of exhausting memory.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
+use futures::StreamExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApiError;
@@ -16,15 +20,20 @@ use crate::error::Code;
 pub struct BodyLimits {
     /// Largest body accepted, in bytes (larger: 413).
     pub max_body_bytes: usize,
-    /// Bodies in memory at once, in KiB.
+    /// Bytes of bodies in memory at once.
     pub inflight: Arc<Semaphore>,
+    /// Longest a body may go without a byte (and wait for the budget).
+    pub timeout: Duration,
 }
 
 impl BodyLimits {
-    pub fn new(max_body_bytes: usize, max_inflight_bytes: usize) -> BodyLimits {
+    pub fn new(max_body_bytes: usize, max_inflight_bytes: usize, timeout: Duration) -> BodyLimits {
         BodyLimits {
             max_body_bytes,
-            inflight: Arc::new(Semaphore::new(max_inflight_bytes.div_ceil(1024))),
+            inflight: Arc::new(Semaphore::new(
+                max_inflight_bytes.min(Semaphore::MAX_PERMITS),
+            )),
+            timeout,
         }
     }
 }
@@ -33,7 +42,7 @@ impl BodyLimits {
 /// (released when this is dropped).
 pub struct Loaded {
     pub bytes: Bytes,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl std::ops::Deref for Loaded {
@@ -43,8 +52,7 @@ impl std::ops::Deref for Loaded {
     }
 }
 
-/// Reads a body up to the node's limit (a larger one is a 413), first
-/// waiting for room in the in-flight budget.
+/// Reads a body up to the node's limit (a larger one is a 413).
 pub async fn read_body(
     limits: &BodyLimits,
     headers: &HeaderMap,
@@ -64,18 +72,51 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let kib = declared.unwrap_or(limit).div_ceil(1024).max(1) as u32;
-    let permit = limits
-        .inflight
-        .clone()
-        .acquire_many_owned(kib)
+    let secs = limits.timeout.as_secs_f64();
+    let stalled = || {
+        ApiError::new(
+            Code::BodyTimeout,
+            format!("no byte of the body came for {secs:.0} s"),
+        )
+    };
+    let mut stream = body.into_data_stream();
+    // Grown as bytes arrive, never by what a header claims.
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(64 << 10));
+    let mut permit: Option<OwnedSemaphorePermit> = None;
+    loop {
+        let next = tokio::time::timeout(limits.timeout, stream.next())
+            .await
+            .map_err(|_| stalled())?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk
+            .map_err(|e| ApiError::new(Code::MalformedRequest, format!("reading the body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        if chunk.is_empty() {
+            continue;
+        }
+        let n = u32::try_from(chunk.len()).map_err(|_| too_large())?;
+        let share = tokio::time::timeout(
+            limits.timeout,
+            limits.inflight.clone().acquire_many_owned(n),
+        )
         .await
+        .map_err(|_| {
+            ApiError::new(
+                Code::Busy,
+                "the node holds as many request bodies as it may; retry",
+            )
+        })?
         .map_err(|_| ApiError::new(Code::Internal, "the node is stopping"))?;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
+        match &mut permit {
+            Some(p) => p.merge(share),
+            None => permit = Some(share),
+        }
+        buf.extend_from_slice(&chunk);
+    }
     Ok(Loaded {
-        bytes,
+        bytes: Bytes::from(buf),
         _permit: permit,
     })
 }

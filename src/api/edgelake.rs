@@ -157,6 +157,16 @@ pub async fn run(s: &AppState, command: &str, destination: Option<&str>, body: &
         ("blockchain", "get") => blockchain::get(s, after_words(cmd, 2)),
         ("blockchain", "insert") => blockchain::insert(s, cmd, body).await,
         ("test", "network") => network::test(s, kv()).await,
+        // tarn's own: rows `stream/error/` keeps, written again.
+        ("replay", "stream") if word(2) == "errors" => {
+            let streams = s.streams.clone();
+            match tokio::task::spawn_blocking(move || streams.replay_errors()).await {
+                Ok((stored, left)) => Reply::Json(
+                    serde_json::json!({"stored_rows": stored, "rows_left": left}).to_string(),
+                ),
+                Err(e) => Reply::err(code::INTERNAL, format!("the replay failed: {e}")),
+            }
+        }
         ("flush", "buffers") => {
             let streams = s.streams.clone();
             match tokio::task::spawn_blocking(move || streams.flush_all()).await {

@@ -21,10 +21,11 @@ use crate::mesh::Mesh;
 
 pub(super) async fn status(State(s): State<AppState>) -> Response {
     let (store, streams) = (s.store.clone(), s.streams.clone());
-    let (dbs, pending) =
-        tokio::task::spawn_blocking(move || (store.databases(), streams.pending()))
-            .await
-            .unwrap_or_default();
+    let (dbs, pending, (error_files, error_rows)) = tokio::task::spawn_blocking(move || {
+        (store.databases(), streams.pending(), streams.errors())
+    })
+    .await
+    .unwrap_or_default();
     let info = &s.info;
     Json(json!({
         "name": info.name,
@@ -37,6 +38,7 @@ pub(super) async fn status(State(s): State<AppState>) -> Response {
         "uptime_s": info.started.elapsed().as_secs(),
         "databases": dbs,
         "buffered_rows": pending.iter().map(|(_, _, n)| n).sum::<usize>(),
+        "stream_errors": {"files": error_files, "rows": error_rows},
         "peer_id": s.mesh.peer_id().to_string(),
         "listen": s.mesh.full_listen_addrs(),
         "peers": s.mesh.connected_count(),
@@ -166,6 +168,14 @@ pub(super) async fn tables(State(s): State<AppState>) -> Result<Response, ApiErr
     })
     .await?;
     Ok(Json(list).into_response())
+}
+
+/// `POST /v1/streams/replay`: writes again the streamed rows kept in
+/// `stream/error/` (once what kept them there is fixed).
+pub(super) async fn replay_streams(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let streams = s.streams.clone();
+    let (stored, left) = blocking(move || Ok(streams.replay_errors())).await?;
+    Ok(Json(json!({"stored_rows": stored, "rows_left": left})).into_response())
 }
 
 /// `GET /v1/clusters[?verify=true]`: members, liveness, batches, lag.

@@ -67,9 +67,24 @@ pub async fn publish_self(mesh: &Arc<Mesh>, me: &Me) -> anyhow::Result<()> {
 /// Announces every local table not yet in the ledger as a `table` policy
 /// `{"table": {"dbms", "name", "cluster"}}`. Operators of one cluster write
 /// the same body, so it is one policy however many of them announce it.
+/// The table policies this node published for another cluster (it was
+/// alone, or in another cluster, before) are withdrawn: its rows are its
+/// cluster's now, and counting them under both would count them twice.
 pub async fn announce_tables(mesh: &Arc<Mesh>, me: &Me, store: &Storage) {
     let cluster = me.table_cluster();
     let view = mesh.view();
+    let author = mesh.author();
+    let stale: Vec<String> = view
+        .of_kind("table")
+        .filter(|p| p.author == author)
+        .filter(|p| p.policy["table"]["cluster"].as_str() != Some(cluster.as_str()))
+        .map(|p| p.id.clone())
+        .collect();
+    for id in stale {
+        if let Err(e) = mesh.revoke(id).await {
+            tracing::warn!("withdrawing a table policy of an old cluster: {e}");
+        }
+    }
     for (db, table) in store.user_tables() {
         let p = serde_json::json!({"table": {"dbms": db, "name": table, "cluster": cluster}});
         let Ok(policy) = Policy::from_value(p) else {

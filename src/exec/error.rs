@@ -30,6 +30,11 @@ pub enum ExecError {
         "the operators' partial results exceed {0} rows (the node's limit); add a LIMIT or aggregate"
     )]
     TooLarge(usize),
+    /// ... or exceed the bytes it keeps in memory.
+    #[error(
+        "the operators' partial results hold more than {0} bytes (the node's limit); add a LIMIT or aggregate"
+    )]
+    TooManyBytes(usize),
     /// An operator refused the query in a way every member would.
     #[error("{peer}: {message}")]
     Peer {
@@ -75,7 +80,7 @@ impl Coded for ExecError {
             ExecError::NoOperator => Code::NoOperator,
             ExecError::NoQuery => Code::NoQuery,
             ExecError::NodesUnavailable(_) => Code::NodesUnavailable,
-            ExecError::TooLarge(_) => Code::ResultTooLarge,
+            ExecError::TooLarge(_) | ExecError::TooManyBytes(_) => Code::ResultTooLarge,
             ExecError::Peer { code, .. } => *code,
             ExecError::Busy => Code::Busy,
             ExecError::Internal(_) => Code::Internal,

@@ -13,7 +13,7 @@ use super::{Exec, ExecError, Part};
 use crate::error::Code;
 use crate::mesh::CallError;
 use crate::proto::query::{Chunk, Request};
-use crate::store::{GroupKey, PartialGroups, QueryLimits, State, Val};
+use crate::store::{GroupKey, KeyVal, PartialGroups, State, Val};
 
 /// How long the query node waits for any answer from an operator before
 /// moving to another member of its cluster.
@@ -33,32 +33,76 @@ fn fatal(code: Code) -> bool {
     )
 }
 
-/// Rows an attempt counted against the query's budget; given back if the
+/// What the partial results of one query hold on the query node, in rows
+/// (or groups, or distinct values) and in bytes, across its operators.
+#[derive(Debug, Default)]
+pub(super) struct Budget {
+    pub rows: AtomicUsize,
+    pub bytes: AtomicUsize,
+}
+
+/// What an attempt counted against the query's budget; given back if the
 /// attempt fails and another member is asked instead.
 struct Held<'a> {
-    budget: &'a AtomicUsize,
-    mine: usize,
-    max: usize,
+    budget: &'a Budget,
+    rows: usize,
+    bytes: usize,
+    max_rows: usize,
+    max_bytes: usize,
 }
 
 impl Held<'_> {
-    fn take(&mut self, n: usize) -> Result<(), Failure> {
-        self.mine += n;
-        if self.budget.fetch_add(n, Ordering::Relaxed) + n > self.max {
-            return Err(Failure::Fatal(ExecError::TooLarge(self.max)));
+    fn take(&mut self, (rows, bytes): (usize, usize)) -> Result<(), Failure> {
+        self.rows += rows;
+        self.bytes += bytes;
+        if self.budget.rows.fetch_add(rows, Ordering::Relaxed) + rows > self.max_rows {
+            return Err(Failure::Fatal(ExecError::TooLarge(self.max_rows)));
+        }
+        if self.budget.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > self.max_bytes {
+            return Err(Failure::Fatal(ExecError::TooManyBytes(self.max_bytes)));
         }
         Ok(())
     }
 
-    /// The attempt succeeded: its rows stay counted.
+    /// The attempt succeeded: what it holds stays counted.
     fn keep(mut self) {
-        self.mine = 0;
+        (self.rows, self.bytes) = (0, 0);
     }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.budget.fetch_sub(self.mine, Ordering::Relaxed);
+        self.budget.rows.fetch_sub(self.rows, Ordering::Relaxed);
+        self.budget.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+fn row_bytes(row: &[Val]) -> usize {
+    row.iter().map(Val::approx_size).sum::<usize>() + 8
+}
+
+fn group_bytes(key: &[KeyVal], states: &[State]) -> usize {
+    let key: usize = key
+        .iter()
+        .map(|k| match k {
+            KeyVal::Text(t) | KeyVal::Blob(t) => t.len() + 8,
+            _ => 9,
+        })
+        .sum();
+    key + states
+        .iter()
+        .map(|s| 32 + s.distinct_len() * 16)
+        .sum::<usize>()
+}
+
+/// What a part weighs: rows (or groups and distinct values), and bytes.
+fn part_weight(part: &Part) -> (usize, usize) {
+    match part {
+        Part::Rows { rows, .. } => (rows.len(), rows.iter().map(|r| row_bytes(r)).sum()),
+        Part::Groups(g) => (
+            g.groups.len(),
+            g.groups.iter().map(|(k, s)| group_bytes(&k.0, s)).sum(),
+        ),
     }
 }
 
@@ -74,18 +118,17 @@ pub(super) struct Ask<'a> {
 
 impl Exec {
     /// One operator's whole partial result.
-    pub(super) async fn fetch(&self, ask: Ask<'_>, budget: &AtomicUsize) -> Result<Part, Failure> {
+    pub(super) async fn fetch(&self, ask: Ask<'_>, budget: &Budget) -> Result<Part, Failure> {
         let mut held = Held {
             budget,
-            mine: 0,
-            max: self.limits.max_result_rows,
+            rows: 0,
+            bytes: 0,
+            max_rows: self.limits.max_result_rows,
+            max_bytes: self.limits.max_result_bytes,
         };
         let part = if ask.peer == self.me.peer {
             let part = self.fetch_here(&ask).await?;
-            held.take(match &part {
-                Part::Rows { rows, .. } => rows.len(),
-                Part::Groups(g) => g.groups.len(),
-            })?;
+            held.take(part_weight(&part))?;
             part
         } else {
             self.fetch_from(&ask, &mut held).await?
@@ -100,10 +143,7 @@ impl Exec {
             .clone()
             .ok_or_else(|| Failure::Retry("this node stores no data".into()))?;
         let (db, sql, groups) = (ask.db.to_owned(), ask.sql.to_owned(), ask.agg.is_some());
-        let limits = QueryLimits {
-            max_rows: self.limits.max_result_rows,
-            timeout: ask.deadline.saturating_duration_since(Instant::now()),
-        };
+        let limits = self.limits.until(ask.deadline);
         let r = tokio::task::spawn_blocking(move || {
             super::local::run_partial(&store, &db, &sql, groups, limits)
         })
@@ -175,15 +215,22 @@ impl<'a> Gather<'a> {
         }
     }
 
-    /// What a chunk costs in memory here: rows, groups, and the values of
-    /// `count(distinct)` sets (a peer's sets are memory held here).
-    fn weight(&self, chunk: &Chunk) -> usize {
+    /// What a chunk costs in memory here: rows, groups and the values of
+    /// `count(distinct)` sets (a peer's sets are memory held here), and
+    /// their bytes.
+    fn weight(&self, chunk: &Chunk) -> (usize, usize) {
         let distinct: usize = chunk
             .groups
             .iter()
             .flat_map(|(_, states)| states.iter().map(State::distinct_len))
             .sum();
-        chunk.rows.len() + chunk.groups.len() + distinct
+        let bytes = chunk.rows.iter().map(|r| row_bytes(r)).sum::<usize>()
+            + chunk
+                .groups
+                .iter()
+                .map(|(k, s)| group_bytes(k, s))
+                .sum::<usize>();
+        (chunk.rows.len() + chunk.groups.len() + distinct, bytes)
     }
 
     fn add(&mut self, chunk: Chunk) -> Result<(), &'static str> {

@@ -70,6 +70,7 @@ mod tests {
     fn limits() -> QueryLimits {
         QueryLimits {
             max_rows: 100_000,
+            max_bytes: 1 << 30,
             timeout: Duration::from_secs(60),
         }
     }

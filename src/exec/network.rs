@@ -7,17 +7,17 @@ use std::sync::Arc;
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tarn_net::PeerId;
 use tarn_query::{GroupedAggregate, Plan, Shape};
 
-use super::fetch::Ask;
+use super::fetch::{Ask, Budget};
 use super::scatter::{Fetch, Outcome, Scatter, Target};
 use super::{Exec, ExecError, NodeError, Part, QueryRequest, Run};
 use crate::cluster::membership;
-use crate::store::{QueryLimits, QueryResult, Val};
+use crate::store::{QueryResult, Val};
 
 /// What every fetch of one query shares.
 struct Job {
@@ -25,7 +25,7 @@ struct Job {
     sql: HashMap<(String, String), String>,
     agg: Option<Arc<GroupedAggregate>>,
     deadline: Instant,
-    budget: Arc<AtomicUsize>,
+    budget: Budget,
 }
 
 impl Exec {
@@ -50,8 +50,11 @@ impl Exec {
             }
         }
         let mut targets: Vec<((String, String), Target)> = Vec::new();
+        let mut ignored = Vec::new();
         for (d, t) in &sources {
-            for target in self.route(d, t)? {
+            let (found, left_out) = self.route(d, t)?;
+            ignored.extend(left_out);
+            for target in found {
                 targets.push(((d.clone(), t.clone()), target));
             }
         }
@@ -76,12 +79,12 @@ impl Exec {
             sql: per_source,
             agg,
             deadline: run.deadline,
-            budget: Arc::new(AtomicUsize::new(0)),
+            budget: Budget::default(),
         };
         let outcome = self.gather(&job, &targets).await?;
         run.stats.asked += outcome.asked;
         run.stats.replied += outcome.replied;
-        run.stats.rows += job.budget.load(Ordering::Relaxed);
+        run.stats.rows += job.budget.rows.load(Ordering::Relaxed);
         let mut parts = Vec::with_capacity(outcome.parts.len());
         let names = self.names(&req.extend);
         for (i, (peer, mut part)) in outcome.parts {
@@ -90,10 +93,8 @@ impl Exec {
             parts.push(part);
         }
         self.unavailable(run, outcome.errors, req.subset)?;
-        let limits = QueryLimits {
-            max_rows: self.limits.max_result_rows,
-            timeout: run.deadline.saturating_duration_since(Instant::now()),
-        };
+        run.errors.extend(ignored);
+        let limits = self.limits.until(run.deadline);
         if whole {
             return Ok(match parts.pop() {
                 Some(Part::Rows { columns, rows }) => super::finish::result_of(columns, rows),

@@ -18,7 +18,7 @@ use crate::error::Code;
 use crate::mesh::Serve;
 use crate::proto::query::{Chunk, Request};
 use crate::proto::{Reply, WireError};
-use crate::store::{PartialGroups, QueryLimits, Val};
+use crate::store::{PartialGroups, Val};
 
 /// How long an operator holds a pull before answering an empty chunk.
 pub const HEARTBEAT: Duration = Duration::from_millis(1000);
@@ -137,10 +137,8 @@ impl Server {
     ) -> Result<u64, ExecError> {
         let store = self.exec.store.clone().ok_or(ExecError::NoOperator)?;
         let (id, tx) = self.cursors.open(from)?;
-        let limits = QueryLimits {
-            max_rows: self.exec.limits.max_result_rows,
-            timeout: Duration::from_millis(timeout_ms).min(self.exec.limits.query_timeout),
-        };
+        let timeout = Duration::from_millis(timeout_ms).min(self.exec.limits.query_timeout);
+        let limits = self.exec.limits.until(Instant::now() + timeout);
         tokio::task::spawn_blocking(move || {
             match super::local::run_partial(&store, &db, &sql, groups, limits) {
                 Err(e) => {

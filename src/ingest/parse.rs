@@ -11,7 +11,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize as _, Deserializer as _};
 
 use super::IngestError;
-use crate::store::{Rows, SYSTEM_COLUMNS, StoreError, Val, ident};
+use crate::store::{Rows, Val, column};
 
 /// Parses a body: a JSON array of objects, one object, or NDJSON (one object
 /// per line). The whole body is refused if any part of it is malformed.
@@ -37,6 +37,27 @@ pub fn parse_body(body: &[u8]) -> Result<Rows, IngestError> {
         }
     }
     acc.finish()
+}
+
+/// One row as a JSON object, as a client would send it (nulls left out: a
+/// missing key and a null are stored alike, and a column seen only as null
+/// must not be created with a guessed type).
+pub fn row_json(columns: &[String], row: &[Val]) -> Vec<u8> {
+    let obj: serde_json::Map<String, serde_json::Value> = columns
+        .iter()
+        .zip(row)
+        .filter_map(|(c, v)| {
+            let j = match v {
+                Val::Null => return None,
+                Val::Int(i) => (*i).into(),
+                Val::Float(f) => serde_json::Number::from_f64(*f)?.into(),
+                Val::Bool(b) => (*b).into(),
+                Val::Text(t) => t.clone().into(),
+            };
+            Some((c.clone(), j))
+        })
+        .collect();
+    serde_json::to_vec(&obj).expect("a JSON object serializes")
 }
 
 fn bad_json(e: serde_json::Error) -> IngestError {
@@ -138,13 +159,7 @@ impl Acc {
         }
         let mut columns = Vec::with_capacity(self.columns.len());
         for c in &self.columns {
-            let name = ident("column", c)?;
-            if SYSTEM_COLUMNS.contains(&name.as_str()) {
-                return Err(StoreError::InvalidName(format!(
-                    "column {c:?} is set by tarn and cannot be sent"
-                ))
-                .into());
-            }
+            let name = column(c)?;
             columns.push(name);
         }
         let width = columns.len();

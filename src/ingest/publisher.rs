@@ -13,37 +13,20 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use tokio::sync::Notify;
 
-use super::parse::parse_body;
+use super::parse::{parse_body, row_json};
 use super::{IngestError, batch_hash};
 use crate::config::{PublisherConfig, Route};
-use crate::store::{Durability, Rows, Val, ident, user_db};
+use crate::store::{Durability, Rows, ident, user_db};
 
 /// Largest batch body sent to an operator in one message (well under the
 /// RPC limit); larger bodies are split.
 const MAX_FORWARD: usize = 4 << 20;
 
-/// Rows as NDJSON bodies of at most about `max` bytes each. Nulls are left
-/// out: a missing key and a null are stored alike, and a part whose column
-/// is all null must not create that column with a guessed type.
+/// Rows as NDJSON bodies of at most about `max` bytes each.
 fn split(rows: &Rows, max: usize) -> Vec<Vec<u8>> {
     let mut out = vec![Vec::new()];
     for row in &rows.rows {
-        let obj: serde_json::Map<String, serde_json::Value> = rows
-            .columns
-            .iter()
-            .zip(row)
-            .filter_map(|(c, v)| {
-                let j = match v {
-                    Val::Null => return None,
-                    Val::Int(i) => (*i).into(),
-                    Val::Float(f) => serde_json::Number::from_f64(*f)?.into(),
-                    Val::Bool(b) => (*b).into(),
-                    Val::Text(t) => t.clone().into(),
-                };
-                Some((c.clone(), j))
-            })
-            .collect();
-        let line = serde_json::to_vec(&obj).expect("a JSON object serializes");
+        let line = row_json(&rows.columns, row);
         let cur = out.last_mut().expect("never empty");
         if !cur.is_empty() && cur.len() + line.len() + 1 > max {
             out.push(Vec::new());

@@ -2,11 +2,20 @@
 //! as one batch when a row count or an age threshold passes, or on
 //! `flush buffers`.
 //!
-//! A PUT is acknowledged only once its body is appended to the buffer's
-//! journal file (and fsynced, with `durability = "fsync"`), so an
-//! acknowledged row survives `kill -9` even before its batch is written. At
-//! start, journals left behind are written as batches; their batch hash is
-//! the journal's name, so one that was already written is not written twice.
+//! A PUT is checked against the table it will land in (names, types, the
+//! table's width, the table's name itself) and acknowledged only once its
+//! body is appended to the buffer's journal file (and fsynced, with
+//! `durability = "fsync"`), so an acknowledged row survives `kill -9` even
+//! before its batch is written. At start, journals left behind are written
+//! as batches; their batch hash is the journal's name, so one that was
+//! already written is not written twice.
+//!
+//! If a buffer still cannot be written (another write changed the table in
+//! between), its rows are written one by one against the table as it is:
+//! the rows that fit are stored, only those that do not go to
+//! `stream/error/` with their reason, never the others with them. What is
+//! there is counted in the node's status and written again by
+//! [`Streams::replay_errors`] once its cause is fixed.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -17,10 +26,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::IngestError;
-use super::parse::parse_body;
+use super::parse::{parse_body, row_json};
 use crate::clock::SharedClock;
 use crate::config::StreamingConfig;
-use crate::store::{BatchMeta, Durability, Rows, Storage, TableSchema, ident, user_db};
+use crate::store::{
+    BatchMeta, Durability, Rows, Storage, StoreError, TableSchema, Val, ident, user_db,
+};
 
 /// Largest journal record accepted when replaying (bodies are capped far below).
 const MAX_RECORD: usize = 1 << 30;
@@ -95,6 +106,9 @@ impl Streams {
                 .unwrap_or_default();
             let schema = stored.extended(&b.new_columns.columns);
             let new = schema.plan(&mut rows)?;
+            if stored.columns.is_empty() {
+                self.storage.check_table(&db, &table)?;
+            }
             self.journal(&mut b, &db, &table, body)
                 .map_err(|e| IngestError::internal("writing the stream journal", e))?;
             b.new_columns.columns.extend(new);
@@ -200,49 +214,167 @@ impl Streams {
         Ok(())
     }
 
-    /// Writes a taken buffer as one batch and drops its journal. A batch the
-    /// store refuses (a column's type changed under it) keeps its journal in
-    /// `stream/error/` with the reason, so nothing acknowledged disappears.
-    fn write(&self, t: Taken) {
-        // The journal's name is unique on this node; the origin makes it
-        // unique in the cluster, where replicas compare hashes.
-        let hash = format!("stream:{}:{}", self.storage.origin(), file_name(&t.journal));
-        let meta = BatchMeta {
+    /// The batch identity of a journal: its name is unique on this node,
+    /// the origin makes it unique in the cluster, where replicas compare
+    /// hashes.
+    fn meta(&self, journal: &Path) -> BatchMeta {
+        BatchMeta {
             source: "streaming".into(),
-            hash,
+            hash: format!("stream:{}:{}", self.storage.origin(), file_name(journal)),
             instructions: String::new(),
-        };
+        }
+    }
+
+    /// Writes a taken buffer as one batch and drops its journal.
+    fn write(&self, t: Taken) {
+        let meta = self.meta(&t.journal);
         match self.storage.write(&t.db, &t.table, t.rows, &meta) {
-            Ok(_) => {
-                if let Err(e) = std::fs::remove_file(&t.journal) {
-                    tracing::warn!("removing journal {}: {e}", t.journal.display());
-                }
-            }
+            Ok(_) => remove(&t.journal),
+            Err(e @ StoreError::Internal(_)) => self.set_aside(&t.journal, &format!("{e}")),
             Err(e) => {
-                tracing::error!(
-                    "streamed rows for {}.{} could not be written ({e}); journal kept in stream/error",
+                tracing::warn!(
+                    "streamed rows for {}.{} could not be written as one batch ({e}); writing them one by one",
                     t.db,
                     t.table,
                 );
-                let err_dir = self.dir.join("error");
-                let _ = std::fs::create_dir_all(&err_dir);
-                let dest = err_dir.join(file_name(&t.journal));
-                let _ = std::fs::rename(&t.journal, &dest);
-                let _ = std::fs::write(dest.with_extension("err.txt"), format!("{e}\n"));
+                self.salvage(&t.db, &t.table, &t.journal, meta);
             }
         }
     }
 
+    /// Writes the journal's rows that fit the table as it is now, and sets
+    /// aside in `stream/error/` only those that do not, each with its reason.
+    fn salvage(&self, db: &str, table: &str, journal: &Path, meta: BatchMeta) {
+        let rows = match read_journal(journal) {
+            Ok(r) => r,
+            Err(e) => return self.set_aside(journal, &format!("reading the journal: {e}")),
+        };
+        let mut schema = self
+            .storage
+            .schema(db, table)
+            .map(|s| (*s).clone())
+            .unwrap_or_default();
+        let mut good = Rows::default();
+        let mut bad: Vec<(Vec<u8>, String)> = Vec::new();
+        for row in rows.rows {
+            let json = row_json(&rows.columns, &row);
+            // The row's own values only: a column it leaves null must not
+            // be created from it with a guessed type.
+            let (columns, vals): (Vec<String>, Vec<Val>) = rows
+                .columns
+                .iter()
+                .cloned()
+                .zip(row)
+                .filter(|(_, v)| *v != Val::Null)
+                .unzip();
+            let mut one = Rows {
+                columns,
+                rows: vec![vals],
+            };
+            match schema.plan(&mut one) {
+                Ok(new) => {
+                    schema = schema.extended(&new);
+                    good.append(one);
+                }
+                Err(e) => bad.push((json, e.to_string())),
+            }
+        }
+        if !good.rows.is_empty() {
+            let meta = BatchMeta {
+                hash: format!("{}:fitting", meta.hash),
+                ..meta
+            };
+            if let Err(e) = self.storage.write(db, table, good, &meta) {
+                return self.set_aside(journal, &format!("{e}"));
+            }
+        }
+        if !bad.is_empty() {
+            tracing::error!(
+                "{} streamed rows for {db}.{table} do not fit the table; kept in stream/error",
+                bad.len()
+            );
+            if let Err(e) = self.keep_rows(journal, &bad) {
+                return self.set_aside(journal, &format!("keeping the rows that do not fit: {e}"));
+            }
+        }
+        remove(journal);
+    }
+
+    /// Writes rows that do not fit into `stream/error/` as a journal of
+    /// their own (named like the one they came from), with one reason a row.
+    fn keep_rows(&self, journal: &Path, bad: &[(Vec<u8>, String)]) -> std::io::Result<()> {
+        let dir = self.dir.join("error");
+        std::fs::create_dir_all(&dir)?;
+        let dest = dir.join(file_name(journal));
+        let mut data = Vec::new();
+        let mut reasons = String::new();
+        for (json, why) in bad {
+            data.extend_from_slice(&(json.len() as u32).to_le_bytes());
+            data.extend_from_slice(json);
+            reasons.push_str(&format!("{why}\n"));
+        }
+        let tmp = dest.with_extension("tmp");
+        std::fs::write(&tmp, &data)?;
+        File::open(&tmp)?.sync_all()?;
+        std::fs::write(dest.with_extension("err.txt"), reasons)?;
+        std::fs::rename(&tmp, &dest)
+    }
+
+    /// Moves a whole journal into `stream/error/` with the reason beside it.
+    fn set_aside(&self, journal: &Path, why: &str) {
+        tracing::error!("streamed rows kept in stream/error: {why}");
+        let err_dir = self.dir.join("error");
+        let _ = std::fs::create_dir_all(&err_dir);
+        let dest = err_dir.join(file_name(journal));
+        let _ = std::fs::write(dest.with_extension("err.txt"), format!("{why}\n"));
+        if let Err(e) = std::fs::rename(journal, &dest) {
+            tracing::error!("moving {} to stream/error: {e}", journal.display());
+        }
+    }
+
+    /// Journals in `stream/error/`: how many, and how many rows they hold.
+    pub fn errors(&self) -> (usize, usize) {
+        let files = journals(&self.dir.join("error"));
+        let rows = files
+            .iter()
+            .map(|p| read_journal(p).map_or(0, |r| r.rows.len()))
+            .sum();
+        (files.len(), rows)
+    }
+
+    /// Writes again what `stream/error/` holds (once its cause is fixed):
+    /// the rows that fit now are stored; the others stay, with their
+    /// reasons updated. Returns the rows stored and the rows left. Blocking.
+    pub fn replay_errors(&self) -> (usize, usize) {
+        let (mut stored, mut left) = (0, 0);
+        for path in journals(&self.dir.join("error")) {
+            let Some((db, table)) = db_table(&path) else {
+                continue;
+            };
+            let Ok(rows) = read_journal(&path) else {
+                continue;
+            };
+            let n = rows.rows.len();
+            let meta = self.meta(&path);
+            let reason = path.with_extension("err.txt");
+            match self.storage.write(&db, &table, rows, &meta) {
+                Ok(_) => {
+                    stored += n;
+                    remove(&path);
+                    let _ = std::fs::remove_file(&reason);
+                }
+                Err(e) => {
+                    left += n;
+                    let _ = std::fs::write(&reason, format!("{e}\n"));
+                }
+            }
+        }
+        (stored, left)
+    }
+
     fn replay(&self) -> anyhow::Result<()> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "journal"))
-            .collect();
-        files.sort();
-        for path in files {
-            let name = file_name(&path);
-            let mut parts = name.splitn(3, '.');
-            let (Some(db), Some(table)) = (parts.next(), parts.next()) else {
+        for path in journals(&self.dir) {
+            let Some((db, table)) = db_table(&path) else {
                 continue;
             };
             let rows = read_journal(&path)?;
@@ -251,15 +383,43 @@ impl Streams {
                 std::fs::remove_file(&path)?;
                 continue;
             }
-            tracing::info!("replaying {n} streamed rows for {db}.{table} from {name}");
+            tracing::info!(
+                "replaying {n} streamed rows for {db}.{table} from {}",
+                file_name(&path)
+            );
             self.write(Taken {
-                db: db.to_owned(),
-                table: table.to_owned(),
+                db,
+                table,
                 rows,
-                journal: path.clone(),
+                journal: path,
             });
         }
         Ok(())
+    }
+}
+
+/// The journals in `dir`, oldest first.
+fn journals(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The database and table a journal's name says it is for.
+fn db_table(path: &Path) -> Option<(String, String)> {
+    let name = file_name(path);
+    let mut parts = name.splitn(3, '.');
+    Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+}
+
+fn remove(journal: &Path) {
+    if let Err(e) = std::fs::remove_file(journal) {
+        tracing::warn!("removing journal {}: {e}", journal.display());
     }
 }
 

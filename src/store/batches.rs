@@ -5,7 +5,7 @@
 
 use rusqlite::{Transaction, params};
 
-use super::names::{SYSTEM_COLUMNS, ident, user_db};
+use super::names::{column, ident, user_db};
 use super::{ColType, Storage, StoreError, Val};
 
 /// Where a batch came from and how it is identified.
@@ -207,8 +207,7 @@ impl ReplBatch {
             return Err(StoreError::InvalidBatch("shape"));
         }
         for (c, t) in &self.columns {
-            ident("column", c)?;
-            if SYSTEM_COLUMNS.contains(&c.as_str()) || ColType::from_sql(t).is_none() {
+            if column(c).is_err() || ColType::from_sql(t).is_none() {
                 return Err(StoreError::InvalidBatch("column"));
             }
         }

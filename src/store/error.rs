@@ -14,6 +14,9 @@ pub enum StoreError {
     /// A value that does not fit its column, or a new column given mixed types.
     #[error("{0}")]
     TypeMismatch(String),
+    /// More columns than a table may have.
+    #[error("{0}")]
+    TooManyColumns(String),
     #[error("no database named {0:?} on this node")]
     UnknownDatabase(String),
     #[error("{0}")]
@@ -31,6 +34,13 @@ pub enum StoreError {
     Timeout,
     #[error("the result has more than {0} rows (the node's limit); add a LIMIT or aggregate")]
     TooManyRows(usize),
+    /// The answer, or one value in it, is larger than the node holds.
+    #[error(
+        "the result holds more than {0} bytes (the node's limit); add a LIMIT, aggregate, or read less of each value"
+    )]
+    TooLarge(usize),
+    #[error("a value is larger than the node's limit (max_result_bytes); read less of it")]
+    ValueTooLarge,
     /// A failure of the node itself; the detail went to the log.
     #[error("{0} failed; see the node's log")]
     Internal(&'static str),
@@ -48,13 +58,16 @@ impl Coded for StoreError {
         match self {
             StoreError::InvalidName(_) => Code::InvalidName,
             StoreError::TypeMismatch(_) => Code::TypeMismatch,
+            StoreError::TooManyColumns(_) => Code::TooManyColumns,
             StoreError::UnknownDatabase(_) => Code::UnknownDatabase,
             StoreError::UnknownTable(_) => Code::UnknownTable,
             StoreError::InvalidBatch(_) => Code::InvalidBatch,
             StoreError::InvalidSql(_) => Code::InvalidSql,
             StoreError::Sql(_) => Code::SqlError,
             StoreError::Timeout => Code::Timeout,
-            StoreError::TooManyRows(_) => Code::ResultTooLarge,
+            StoreError::TooManyRows(_) | StoreError::TooLarge(_) | StoreError::ValueTooLarge => {
+                Code::ResultTooLarge
+            }
             StoreError::Internal(_) => Code::Internal,
         }
     }
@@ -66,11 +79,11 @@ pub(crate) fn sql_error(e: rusqlite::Error) -> StoreError {
     if let Some(t) = msg.strip_prefix("no such table: ") {
         return StoreError::UnknownTable(format!("no table named {t:?} in this database"));
     }
-    if matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::OperationInterrupted)
-    ) {
-        return StoreError::Timeout;
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::OperationInterrupted) => return StoreError::Timeout,
+        // A value past the connection's length limit (see `with_deadline`).
+        Some(rusqlite::ErrorCode::TooBig) => return StoreError::ValueTooLarge,
+        _ => {}
     }
     StoreError::Sql(msg)
 }

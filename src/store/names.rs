@@ -8,6 +8,12 @@ use super::StoreError;
 /// Columns every stored row carries besides its own.
 pub const SYSTEM_COLUMNS: [&str; 4] = ["row_id", "insert_timestamp", "tsd_name", "tsd_id"];
 
+/// Names SQLite gives every table's row id: a column may not take them.
+pub const ROWID_ALIASES: [&str; 3] = ["rowid", "oid", "_rowid_"];
+
+/// Most columns a table may have, tarn's four included (SQLite's limit).
+pub const MAX_COLUMNS: usize = 2000;
+
 /// Names no user database may take.
 pub const RESERVED_DBS: [&str; 2] = ["almgm", "system_query"];
 
@@ -37,6 +43,23 @@ pub fn ident(kind: &str, name: &str) -> Result<String, StoreError> {
              (not first), at most {MAX_IDENT} characters, not starting with sqlite_ or tarn_"
         )))
     }
+}
+
+/// A column's name as rows may send it, in lower case: a valid name that
+/// is neither one of tarn's own columns nor one of SQLite's row id.
+pub fn column(name: &str) -> Result<String, StoreError> {
+    let lower = ident("column", name)?;
+    if SYSTEM_COLUMNS.contains(&lower.as_str()) {
+        return Err(StoreError::InvalidName(format!(
+            "column {name:?} is set by tarn and cannot be sent"
+        )));
+    }
+    if ROWID_ALIASES.contains(&lower.as_str()) {
+        return Err(StoreError::InvalidName(format!(
+            "column {name:?} is a name SQLite keeps for the row id; rename it"
+        )));
+    }
+    Ok(lower)
 }
 
 /// A user database's name, in lower case (not one tarn reserves).
@@ -78,5 +101,9 @@ mod tests {
             assert!(ident("table", bad).is_err(), "{bad}");
         }
         assert!(user_db("almgm").is_err());
+        for bad in ["row_id", "ROWID", "oid", "_rowid_", "tsd_name"] {
+            assert!(column(bad).is_err(), "{bad}");
+        }
+        assert_eq!(column("Temp").unwrap(), "temp");
     }
 }

@@ -18,6 +18,9 @@ use super::{ColType, Storage, StoreError, Val};
 #[derive(Debug, Clone, Copy)]
 pub struct QueryLimits {
     pub max_rows: usize,
+    /// Bytes of values held at most (also the largest value SQLite may
+    /// build for it).
+    pub max_bytes: usize,
     pub timeout: Duration,
 }
 
@@ -170,7 +173,7 @@ impl Statement {
                         lo + span * p as i64 / parts,
                         lo + span * (p as i64 + 1) / parts,
                     );
-                    s.spawn(move || scan_range(c, plan, a, b, deadline, limits.max_rows))
+                    s.spawn(move || scan_range(c, plan, (a, b), deadline, limits))
                 })
                 .collect();
             handles
@@ -200,15 +203,17 @@ impl Statement {
 fn scan_range(
     conn: &mut Connection,
     plan: &GroupedAggregate,
-    lo: i64,
-    hi: i64,
+    (lo, hi): (i64, i64),
     deadline: Instant,
-    max_groups: usize,
+    limits: QueryLimits,
 ) -> Result<Groups, StoreError> {
-    with_deadline(conn, deadline, |conn| {
+    let max_groups = limits.max_rows;
+    with_deadline(conn, deadline, limits.max_bytes, |conn| {
         let mut st = conn.prepare_cached(&plan.scan_sql).map_err(sql_error)?;
         let mut rows = st.query(rusqlite::params![lo, hi]).map_err(sql_error)?;
         let mut groups = Groups::new();
+        // What the groups' keys take, counted against the byte limit.
+        let mut key_bytes = 0usize;
         while let Some(r) = rows.next().map_err(sql_error)? {
             let mut refs = [ValueRef::Null; 8];
             let key: Vec<ValueRef<'_>>;
@@ -230,6 +235,10 @@ fn scan_range(
                 None => {
                     if groups.len() >= max_groups {
                         return Err(StoreError::TooManyRows(max_groups));
+                    }
+                    key_bytes += key.0.iter().map(|v| ref_size(*v)).sum::<usize>();
+                    if key_bytes > limits.max_bytes {
+                        return Err(StoreError::TooLarge(limits.max_bytes));
                     }
                     let mut states: Vec<State> =
                         plan.aggs.iter().map(|a| State::new(a.kind)).collect();
@@ -263,12 +272,17 @@ fn update(
     Ok(())
 }
 
-/// Runs `f` with SQLite interrupting it past `deadline`.
+/// Runs `f` with SQLite interrupting it past `deadline` and refusing to
+/// build a value larger than `max_value` bytes.
 fn with_deadline<T>(
     conn: &mut Connection,
     deadline: Instant,
+    max_value: usize,
     f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
+    let cap = i32::try_from(max_value).unwrap_or(i32::MAX);
+    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, cap)
+        .map_err(|e| StoreError::internal("setting a value limit", e))?;
     conn.progress_handler(10_000, Some(move || Instant::now() > deadline))
         .map_err(|e| StoreError::internal("setting a query deadline", e))?;
     let result = f(conn);
@@ -276,15 +290,24 @@ fn with_deadline<T>(
     result
 }
 
+/// About how many bytes a value SQLite hands out takes once kept.
+fn ref_size(v: ValueRef<'_>) -> usize {
+    match v {
+        ValueRef::Text(t) | ValueRef::Blob(t) => t.len() + 4,
+        _ => 9,
+    }
+}
+
 /// Runs one statement on `conn` (a store's reader, or an in-memory table of
-/// a query's final step), within `limits`.
+/// a query's final step), within `limits`: rows and bytes are counted as
+/// the answer is built, not after.
 pub(crate) fn run_sql(
     conn: &mut Connection,
     sql: &str,
     limits: QueryLimits,
 ) -> Result<QueryResult, StoreError> {
     let deadline = Instant::now() + limits.timeout;
-    with_deadline(conn, deadline, |conn| {
+    with_deadline(conn, deadline, limits.max_bytes, |conn| {
         let mut stmt = conn.prepare(sql).map_err(sql_error)?;
         let columns: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
         let types: Vec<Option<ColType>> = stmt
@@ -293,6 +316,7 @@ pub(crate) fn run_sql(
             .collect();
         let width = columns.len();
         let mut rows = Vec::new();
+        let mut bytes = 0usize;
         let mut q = stmt.query([]).map_err(sql_error)?;
         while let Some(r) = q.next().map_err(sql_error)? {
             if rows.len() >= limits.max_rows {
@@ -300,7 +324,14 @@ pub(crate) fn run_sql(
             }
             let mut row = Vec::with_capacity(width);
             for (i, ty) in types.iter().enumerate() {
-                row.push(match r.get_ref(i).map_err(sql_error)? {
+                let v = r.get_ref(i).map_err(sql_error)?;
+                // A blob is kept as hex text: twice its size.
+                bytes += ref_size(v)
+                    + matches!(v, ValueRef::Blob(b) if !b.is_empty()) as usize * ref_size(v);
+                if bytes > limits.max_bytes {
+                    return Err(StoreError::TooLarge(limits.max_bytes));
+                }
+                row.push(match v {
                     ValueRef::Null => Val::Null,
                     ValueRef::Integer(v) if *ty == Some(ColType::Boolean) => Val::Bool(v != 0),
                     ValueRef::Integer(v) => Val::Int(v),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rusqlite::Connection;
 
-use super::names::SYSTEM_COLUMNS;
+use super::names::{MAX_COLUMNS, SYSTEM_COLUMNS};
 use super::{ColType, Rows, StoreError, Val, ValKind};
 
 /// The user columns of one table, in order, with their types.
@@ -63,6 +63,12 @@ impl TableSchema {
                 }
             };
             types.push(ty);
+        }
+        let width = SYSTEM_COLUMNS.len() + self.columns.len() + new.len();
+        if width > MAX_COLUMNS {
+            return Err(StoreError::TooManyColumns(format!(
+                "the table would have {width} columns; at most {MAX_COLUMNS} (tarn's 4 included)"
+            )));
         }
         for row in &mut rows.rows {
             for ((v, ty), c) in row.iter_mut().zip(&types).zip(&rows.columns) {
@@ -210,8 +216,12 @@ pub(super) fn create_table_sql(table: &str, cols: &[(String, ColType)]) -> Strin
 
 // Every timestamp column is indexed: time-range scans are the common query.
 // Names are quoted everywhere: a valid tarn name may still be an SQL keyword.
+// An index's name starts with `tarn_` and holds a `:`, which no table's name
+// may, so it never takes a table's name nor another index's.
 pub(super) fn index_sql(table: &str, column: &str) -> String {
-    format!("CREATE INDEX IF NOT EXISTS \"{table}__{column}__idx\" ON \"{table}\" (\"{column}\");")
+    format!(
+        "CREATE INDEX IF NOT EXISTS \"tarn_idx:{table}:{column}\" ON \"{table}\" (\"{column}\");"
+    )
 }
 
 /// The DDL that brings `table` from `schema` to `schema + new`.

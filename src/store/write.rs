@@ -288,6 +288,11 @@ impl Storage {
                 Err(e) => return Ok(Err(e)),
             }
         };
+        if schema.columns.is_empty()
+            && let Some(kind) = taken(tx, table)?
+        {
+            return Ok(Err(name_taken(table, &kind)));
+        }
         if !new_cols.is_empty() {
             tx.execute_batch(&alter_sql(table, schema, &new_cols))?;
         }
@@ -403,6 +408,20 @@ impl Storage {
             },
         }
     }
+}
+
+/// What already has the name `table` in the database (an index, say, of a
+/// table from before tarn named its indexes apart), if anything.
+pub(super) fn taken(conn: &Connection, table: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT type FROM sqlite_master WHERE name = ?1 COLLATE NOCASE")?
+        .query_row([table], |r| r.get(0))
+        .optional()
+}
+
+pub(super) fn name_taken(table: &str, kind: &str) -> StoreError {
+    StoreError::InvalidName(format!(
+        "the name {table:?} is taken by an {kind} in this database; choose another table name"
+    ))
 }
 
 /// A batch's record as `tarn_batches` keeps it.

@@ -177,27 +177,43 @@ pub struct LocalNode {
 impl LocalNode {
     /// Starts a node with test defaults, then `tweak`'s changes.
     pub fn start(tweak: impl FnOnce(&mut tarn::Config)) -> LocalNode {
-        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut n = LocalNode {
+            dir: tempfile::tempdir().expect("a temp dir"),
+            node: None,
+            rt: tokio::runtime::Runtime::new().expect("a runtime"),
+            api: Api {
+                client: Client::new("http://127.0.0.1:1"),
+            },
+        };
+        n.boot(tweak);
+        n
+    }
+
+    /// Stops the node cleanly and starts it again on its data directory,
+    /// with test defaults and `tweak`'s changes.
+    pub fn restart(&mut self, tweak: impl FnOnce(&mut tarn::Config)) {
+        if let Some(n) = self.node.take() {
+            self.rt.block_on(n.shutdown()).expect("a clean stop");
+        }
+        self.boot(tweak);
+    }
+
+    fn boot(&mut self, tweak: impl FnOnce(&mut tarn::Config)) {
         let mut cfg = tarn::Config {
             name: "test-node".into(),
-            data_dir: dir.path().join("data"),
+            data_dir: self.data_dir(),
             rest: "127.0.0.1:0".parse().expect("an address"),
             listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
             mdns: false,
             ..Default::default()
         };
         tweak(&mut cfg);
-        let rt = tokio::runtime::Runtime::new().expect("a runtime");
-        let node = rt
+        let node = self
+            .rt
             .block_on(tarn::Node::start(cfg))
             .expect("the node starts");
-        let client = Client::new(&format!("http://{}", node.rest_addr()));
-        LocalNode {
-            dir,
-            node: Some(node),
-            rt,
-            api: Api { client },
-        }
+        self.api.client = Client::new(&format!("http://{}", node.rest_addr()));
+        self.node = Some(node);
     }
 
     pub fn data_dir(&self) -> PathBuf {

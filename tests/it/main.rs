@@ -11,4 +11,5 @@ mod harness;
 mod ingest;
 mod mesh;
 mod netns;
+mod robust;
 mod watch;

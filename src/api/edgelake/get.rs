@@ -6,6 +6,7 @@ use crate::config::Service;
 pub(super) fn status(s: &AppState, kv: Vec<(String, String)>) -> Reply {
     let status = format!("{}@{} running", s.info.name, s.info.rest);
     if wants_json(&kv) {
+        let (files, rows) = s.streams.errors();
         Reply::Json(
             serde_json::json!({
                 "status": status,
@@ -13,6 +14,7 @@ pub(super) fn status(s: &AppState, kv: Vec<(String, String)>) -> Reply {
                 "version": env!("CARGO_PKG_VERSION"),
                 "services": s.info.services,
                 "uptime_s": s.info.started.elapsed().as_secs(),
+                "stream_errors": {"files": files, "rows": rows},
             })
             .to_string(),
         )
