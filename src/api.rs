@@ -117,6 +117,12 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async {
             ApiError::new(Code::NotFound, "no such endpoint; see GET /v1/status")
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                Code::MethodNotAllowed,
+                "this endpoint does not take that method; see the README's REST API",
+            )
+        })
         .with_state(state)
 }
 

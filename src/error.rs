@@ -30,6 +30,7 @@ pub enum Code {
     InvalidName,
     InvalidPolicy,
     NotFound,
+    MethodNotAllowed,
     // Data.
     TypeMismatch,
     TooManyColumns,
@@ -74,6 +75,7 @@ impl Code {
             Code::InvalidName => "invalid_name",
             Code::InvalidPolicy => "invalid_policy",
             Code::NotFound => "not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
             Code::TypeMismatch => "type_mismatch",
             Code::TooManyColumns => "too_many_columns",
             Code::InvalidBatch => "invalid_batch",

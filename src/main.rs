@@ -10,6 +10,11 @@ use tarn::cli::OutFormat;
 use tarn::client::DEFAULT_NODE;
 use tarn::{Config, Durability, Service};
 
+// An allocator that gives memory back to the system once it is free (the
+// system's keeps what a burst of ingest and queries took).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tarn",

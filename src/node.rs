@@ -31,6 +31,9 @@ use crate::store::Storage;
 
 type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// How long the store is idle before SQLite gives back its caches.
+const IDLE_RELEASE: Duration = Duration::from_secs(20);
+
 /// How a node is started: its configuration and what the embedding
 /// program provides.
 pub struct Builder {
@@ -270,7 +273,8 @@ impl Node {
         let period = Duration::from_millis(200);
         self.tasks
             .push(every(period, stopped.clone(), span, move || {
-                store.checkpoint()
+                store.checkpoint();
+                store.release_if_idle(IDLE_RELEASE);
             }));
         if cfg.has(Service::Operator) && cfg.watch.enabled {
             let dir = cfg.watch_dir();

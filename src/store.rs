@@ -73,6 +73,11 @@ pub struct Storage {
     index: Mutex<inventory::Index>,
     /// Told of every batch this node produces (set by the replicator).
     committed: OnceLock<tokio::sync::mpsc::Sender<Committed>>,
+    /// When the databases were last read or written (ms since `opened`),
+    /// and whether their memory was given back since.
+    last_use: std::sync::atomic::AtomicU64,
+    released: std::sync::atomic::AtomicBool,
+    opened: std::time::Instant,
 }
 
 impl Storage {
@@ -115,6 +120,9 @@ impl Storage {
             tables_changed: Arc::new(tokio::sync::Notify::new()),
             committed: OnceLock::new(),
             index: Mutex::new(inventory::Index::default()),
+            last_use: Default::default(),
+            released: Default::default(),
+            opened: std::time::Instant::now(),
         };
         let max = storage.reconcile()?;
         storage.next_tsd.store(max + 1, Ordering::SeqCst);
@@ -147,6 +155,29 @@ impl Storage {
             db.checkpoint();
         }
         self.almgm.checkpoint();
+    }
+
+    /// Notes that the databases are in use (see [`Storage::release_if_idle`]).
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_use.store(ms, Ordering::Relaxed);
+        self.released.store(false, Ordering::Relaxed);
+    }
+
+    /// Gives back the memory SQLite holds (idle readers closed, caches
+    /// shrunk) once nothing was read or written for `idle`. Called
+    /// periodically by the node; blocking.
+    pub fn release_if_idle(&self, idle: std::time::Duration) {
+        let since =
+            self.opened.elapsed().as_millis() as u64 - self.last_use.load(Ordering::Relaxed);
+        if since < idle.as_millis() as u64 || self.released.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        for (_, db) in self.all_dbs() {
+            db.release_memory();
+        }
+        self.almgm.release_memory();
+        tracing::debug!("idle: gave back SQLite's caches");
     }
 
     /// Every user table, as `(db, table)`.

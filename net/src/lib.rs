@@ -151,7 +151,7 @@ pub async fn start(cfg: Config) -> Result<(Client, mpsc::Receiver<Event>), NetEr
     for a in &cfg.listen {
         swarm
             .listen_on(a.clone())
-            .map_err(|e| NetError::Listen(format!("{a}: {e}")))?;
+            .map_err(|e| NetError::Listen(format!("{a}: {}", chain(&e))))?;
     }
     for a in &cfg.bootstrap {
         if let Err(e) = swarm.dial(a.clone()) {
@@ -163,6 +163,24 @@ pub async fn start(cfg: Config) -> Result<(Client, mpsc::Receiver<Event>), NetEr
     let (ev_tx, ev_rx) = mpsc::channel(1024);
     tokio::spawn(EventLoop::new(swarm, rx, ev_tx, cfg.bootstrap.clone()).run());
     Ok((Client { tx, peer_id }, ev_rx))
+}
+
+/// An error and its sources, as one line (libp2p's transport errors keep
+/// the OS's words in their source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 impl Client {

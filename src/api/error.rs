@@ -21,6 +21,7 @@ pub fn status_of(code: Code) -> StatusCode {
     match code {
         Code::UnknownDatabase | Code::UnknownTable | Code::NotFound => StatusCode::NOT_FOUND,
         Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         Code::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         Code::ResultTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
         Code::NodesUnavailable => StatusCode::BAD_GATEWAY,

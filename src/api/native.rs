@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -54,11 +55,13 @@ pub(super) async fn status(State(s): State<AppState>) -> Response {
 pub(super) async fn post_data(
     State(limits): State<BodyLimits>,
     State(ingest): State<Arc<crate::ingest::Ingest>>,
-    Path((db, table)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let Path((db, table)) =
+        path.map_err(|e| ApiError::new(Code::MalformedRequest, e.body_text()))?;
     let consistency = Consistency::parse(param(q.as_deref(), "consistency")?.as_deref())?;
     let source = headers
         .get("x-tarn-source")
@@ -197,31 +200,54 @@ pub(super) async fn clusters(
     Ok(Json(report).into_response())
 }
 
-/// One parameter of a query string; unknown parameters are refused.
+/// One parameter of a query string, percent-decoded; unknown parameters
+/// are refused.
 fn param(query: Option<&str>, name: &str) -> Result<Option<String>, ApiError> {
     let mut found = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (decode(k)?, decode(v)?);
         if k != name {
             return Err(ApiError::new(
                 Code::MalformedRequest,
                 format!("unknown parameter {k:?}; this endpoint takes {name:?}"),
             ));
         }
-        found = Some(v.to_owned());
+        found = Some(v);
     }
     Ok(found)
+}
+
+/// `%XX` escapes and `+` (a space) of a query string, decoded.
+fn decode(s: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::new(
+            Code::MalformedRequest,
+            format!("{s:?} is not a valid query string part"),
+        )
+    };
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).ok_or_else(bad)?;
+                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| bad())
 }
 
 /// `GET /v1/nodes`: every node the ledger knows, by PeerId, with liveness.
 pub(super) async fn nodes(State(mesh): State<Arc<Mesh>>) -> Response {
     Json(crate::cluster::membership::nodes(&mesh).await).into_response()
-}
-
-#[derive(Deserialize)]
-pub(super) struct PolicyQuery {
-    #[serde(rename = "type")]
-    kind: Option<String>,
 }
 
 /// A policy as EdgeLake shows it, with tarn's envelope fields inside.
@@ -243,15 +269,16 @@ pub(super) fn policy_json(p: &tarn_ledger::PolicyRecord) -> serde_json::Value {
 /// `GET /v1/policies[?type=T]`.
 pub(super) async fn policies(
     State(mesh): State<Arc<Mesh>>,
-    axum::extract::Query(q): axum::extract::Query<PolicyQuery>,
-) -> Response {
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let kind = param(q.as_deref(), "type")?;
     let list: Vec<serde_json::Value> = mesh.with_view(|view| {
         view.policies()
-            .filter(|p| q.kind.as_deref().is_none_or(|k| p.kind == k))
+            .filter(|p| kind.as_deref().is_none_or(|k| p.kind == k))
             .map(policy_json)
             .collect()
     });
-    Json(list).into_response()
+    Ok(Json(list).into_response())
 }
 
 /// `POST /v1/policies`: one policy in EdgeLake's JSON form; the node signs

@@ -36,7 +36,47 @@ pub fn parse_body(body: &[u8]) -> Result<Rows, IngestError> {
             ));
         }
     }
+    // The parser reads an integer past 64 bits as a float: refused like one
+    // just past the range, rather than stored with its digits lost.
+    if acc.suspect
+        && let Some(n) = long_integer(body)
+    {
+        return Err(IngestError::MalformedJson(format!(
+            "integer {n} is out of the 64-bit range"
+        )));
+    }
     acc.finish()
+}
+
+/// The first integer literal (no fraction, no exponent) of twenty digits or
+/// more outside a string, if any.
+fn long_integer(b: &[u8]) -> Option<String> {
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let token = &b[start..i];
+                let digits = token.iter().filter(|c| c.is_ascii_digit()).count();
+                if digits >= 20 && token.iter().all(|c| c.is_ascii_digit() || *c == b'-') {
+                    return Some(String::from_utf8_lossy(token).into_owned());
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// One row as a JSON object, as a client would send it (nulls left out: a
@@ -134,6 +174,9 @@ struct Acc {
     rows: Vec<Vec<Val>>,
     /// Per column, the number (from 1) of the last row that set it.
     stamps: Vec<usize>,
+    /// A whole number too large for a float to be told from an integer
+    /// literal past 64 bits was seen (see [`long_integer`]).
+    suspect: bool,
 }
 
 impl Acc {
@@ -217,6 +260,12 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                 )));
             }
             acc.stamps[i] = acc.rows.len() + 1;
+            if let Val::Float(f) = v
+                && f.fract() == 0.0
+                && f.abs() >= 9.2e18
+            {
+                acc.suspect = true;
+            }
             if row.len() <= i {
                 row.resize(i + 1, Val::Null);
             }
@@ -329,6 +378,12 @@ mod tests {
             rows("{\"b\":1,\"a\":2}\n{\"a\":3,\"b\":4}").rows[1],
             [Val::Int(4), Val::Int(3)]
         );
+        // Large floats are floats; large digits in text are text.
+        assert_eq!(rows(r#"{"x": 1e30}"#).rows[0][0], Val::Float(1e30));
+        assert_eq!(
+            rows(r#"{"x": 1.0e30, "s": "123456789012345678901234567890"}"#).rows[0][0],
+            Val::Float(1e30)
+        );
     }
 
     #[test]
@@ -354,6 +409,8 @@ mod tests {
             "{\"a\":1}\n[1]",
             "{\"a\":1}\n{\"a\":\"x}",
             r#"{"x":18446744073709551615}"#,
+            r#"{"x":123456789012345678901234567890}"#,
+            r#"[{"x":-99999999999999999999999}]"#,
         ] {
             assert!(
                 parse_body(body.as_bytes()).is_err(),

@@ -230,7 +230,7 @@ impl Streams {
         let meta = self.meta(&t.journal);
         match self.storage.write(&t.db, &t.table, t.rows, &meta) {
             Ok(_) => remove(&t.journal),
-            Err(e @ StoreError::Internal(_)) => self.set_aside(&t.journal, &format!("{e}")),
+            Err(e @ StoreError::Internal { .. }) => self.set_aside(&t.journal, &e.detail()),
             Err(e) => {
                 tracing::warn!(
                     "streamed rows for {}.{} could not be written as one batch ({e}); writing them one by one",
@@ -285,7 +285,7 @@ impl Streams {
                 ..meta
             };
             if let Err(e) = self.storage.write(db, table, good, &meta) {
-                return self.set_aside(journal, &format!("{e}"));
+                return self.set_aside(journal, &e.detail());
             }
         }
         if !bad.is_empty() {
@@ -365,7 +365,7 @@ impl Streams {
                 }
                 Err(e) => {
                     left += n;
-                    let _ = std::fs::write(&reason, format!("{e}\n"));
+                    let _ = std::fs::write(&reason, format!("{}\n", e.detail()));
                 }
             }
         }

@@ -106,6 +106,16 @@ impl Watcher {
             let path = entry.path();
             let Ok(meta) = entry.metadata() else { continue };
             let name = entry.file_name().to_string_lossy().into_owned();
+            if meta.file_type().is_symlink() && !name.starts_with('.') {
+                // Following it could read anything the node may read.
+                self.move_to(
+                    &path,
+                    &name,
+                    "error",
+                    Some("a symbolic link is not read; move the file itself in"),
+                );
+                continue;
+            }
             // Hidden and temporary names are files still being written.
             if !meta.is_file()
                 || name.starts_with('.')

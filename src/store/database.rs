@@ -184,6 +184,27 @@ impl Database {
         r
     }
 
+    /// Closes the idle readers (their page caches and maps go with them)
+    /// and has the writer and the checkpointer give back the cache they
+    /// hold: for a node that has been idle a while.
+    pub(super) fn release_memory(&self) {
+        self.readers.lock().expect("lock poisoned").clear();
+        for conn in [
+            Some(&*self.writer()),
+            self.checkpointer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Err(e) = conn.execute_batch("PRAGMA shrink_memory;") {
+                tracing::debug!("shrinking {}: {e}", self.path.display());
+            }
+        }
+    }
+
     /// Copies the WAL back into the database from a connection of its own,
     /// so the writer does not stop to do it.
     pub(super) fn checkpoint(&self) {

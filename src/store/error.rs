@@ -41,15 +41,31 @@ pub enum StoreError {
     TooLarge(usize),
     #[error("a value is larger than the node's limit (max_result_bytes); read less of it")]
     ValueTooLarge,
-    /// A failure of the node itself; the detail went to the log.
-    #[error("{0} failed; see the node's log")]
-    Internal(&'static str),
+    /// A failure of the node itself. The detail went to the log and is
+    /// never shown to a client or a peer.
+    #[error("{context} failed; see the node's log")]
+    Internal {
+        context: &'static str,
+        detail: String,
+    },
 }
 
 impl StoreError {
     /// A failure of the node: `detail` is logged, never shown.
     pub fn internal(context: &'static str, detail: impl std::fmt::Display) -> StoreError {
-        StoreError::Internal(log_internal(context, detail))
+        let detail = detail.to_string();
+        StoreError::Internal {
+            context: log_internal(context, &detail),
+            detail,
+        }
+    }
+
+    /// The whole story, for the node's own files (never for a client).
+    pub fn detail(&self) -> String {
+        match self {
+            StoreError::Internal { context, detail } => format!("{context}: {detail}"),
+            other => other.to_string(),
+        }
     }
 }
 
@@ -68,7 +84,7 @@ impl Coded for StoreError {
             StoreError::TooManyRows(_) | StoreError::TooLarge(_) | StoreError::ValueTooLarge => {
                 Code::ResultTooLarge
             }
-            StoreError::Internal(_) => Code::Internal,
+            StoreError::Internal { .. } => Code::Internal,
         }
     }
 }

@@ -53,6 +53,7 @@ pub struct Statement {
 impl Storage {
     /// Binds `select` to `db` (an unknown database is an error).
     pub fn statement(&self, db: &str, mut select: Select) -> Result<Statement, StoreError> {
+        self.touch();
         let database = self.database(db)?;
         let ts_cols: Vec<String> = {
             let schemas = database.schemas.read().expect("lock poisoned");

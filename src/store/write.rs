@@ -104,6 +104,7 @@ impl Storage {
         origin: Option<(Origin, String)>,
         hints: Vec<(String, ColType)>,
     ) -> Result<Written, StoreError> {
+        self.touch();
         let db_name = user_db(db)?;
         let table = ident("table", table)?;
         let existing = self

@@ -289,3 +289,58 @@ fn stalled_bodies_hold_nothing_and_are_cut() {
         }
     }
 }
+
+/// The smaller refusals: every one a JSON answer that says why, and
+/// nothing stored.
+#[test]
+fn smaller_refusals_say_why() {
+    let node = LocalNode::start(|c| {
+        c.watch.poll_ms = 50;
+        c.watch.settle_ms = 200;
+    });
+    let c = &node.client;
+    let a = c.put("/v1/status", &[], b"").unwrap();
+    assert_eq!(a.status, 405, "{}", a.body);
+    assert_eq!(a.json().unwrap()["error"]["code"], "method_not_allowed");
+    let a = c.get("/v1/policies?type=%ZZ", &[]).unwrap();
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.json().unwrap()["error"]["code"], "malformed_request");
+    let a = c.get("/v1/policies?type=oper%61tor", &[]).unwrap();
+    assert_eq!(a.json().unwrap().as_array().unwrap().len(), 1, "{}", a.body);
+    let a = c
+        .post(
+            "/v1/data/lab/t",
+            &[],
+            br#"{"x": 123456789012345678901234567890}"#,
+        )
+        .unwrap();
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.json().unwrap()["error"]["code"], "malformed_json");
+    let a = c
+        .post(
+            "/",
+            &[("command", "blockchain insert where policy = !x")],
+            b"x={\"s\": {\"n\": \"\xff\"}}",
+        )
+        .unwrap();
+    assert!(
+        a.json().unwrap()["err_code"].as_i64().unwrap() > 0,
+        "{}",
+        a.body
+    );
+    assert_eq!(
+        node.command("blockchain get s bring.count").body,
+        "0",
+        "nothing was published"
+    );
+    // A symbolic link in the watched directory is set aside, with the reason.
+    let watch = node.data_dir().join("watch");
+    let target = node.data_dir().join("elsewhere.json");
+    std::fs::write(&target, r#"{"a": 1}"#).unwrap();
+    std::os::unix::fs::symlink(&target, watch.join("lab.linked.json")).unwrap();
+    let reason = wait_for("the link set aside", Duration::from_secs(20), || {
+        std::fs::read_to_string(watch.join("error/lab.linked.json.err.txt")).ok()
+    });
+    assert!(reason.contains("symbolic link"), "{reason}");
+    assert_eq!(node.count("lab", "linked"), 0);
+}

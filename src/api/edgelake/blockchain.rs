@@ -180,7 +180,9 @@ fn edgelake_policies(s: &AppState) -> Vec<(String, serde_json::Value)> {
 
 /// `blockchain insert where policy = !x ...` with `x={...}` or the bare policy in the body.
 pub(super) async fn insert(s: &AppState, cmd: &str, body: &[u8]) -> Reply {
-    let text = String::from_utf8_lossy(body);
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Reply::err(code::COMMAND, "the policy is not UTF-8");
+    };
     let mut text = text.trim();
     if let Some(i) = text.find('=')
         && !text.starts_with('{')
