@@ -163,6 +163,9 @@ pub struct WatchConfig {
     pub poll_ms: u64,
     /// A file is read only once its size and time have not changed for this long (ms).
     pub settle_ms: u64,
+    /// A file that ends in the middle of its JSON is waited for this long
+    /// after its last change before it goes to `error/` (ms).
+    pub incomplete_ms: u64,
 }
 
 impl Default for Config {
@@ -212,6 +215,7 @@ impl Default for WatchConfig {
             dir: None,
             poll_ms: 500,
             settle_ms: 1_000,
+            incomplete_ms: 60_000,
         }
     }
 }

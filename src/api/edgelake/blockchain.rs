@@ -211,3 +211,49 @@ pub(super) async fn insert(s: &AppState, cmd: &str, body: &[u8]) -> Reply {
         Err(e) => Reply::from_error(&e),
     }
 }
+
+/// `blockchain get`'s filter language over arbitrary text: parsed and run
+/// over sample policies, or refused, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn policies() -> Vec<(String, Value)> {
+        let p = |k: &str, v: Value| (k.to_owned(), serde_json::json!({ k: v }));
+        vec![
+            p(
+                "operator",
+                serde_json::json!({"name": "a", "port": 7, "cluster": "c1"}),
+            ),
+            p(
+                "table",
+                serde_json::json!({"dbms": "lab", "name": "t", "cluster": "c1"}),
+            ),
+            p(
+                "sensor",
+                serde_json::json!({"name": "é日", "n": null, "list": [1, 2]}),
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_filters_never_panic(parts in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "operator", "table", "sensor", "*", "(", ")", ",", " where ", " and ", "name",
+                " = ", "'a'", "\"lab\"", " bring", ".count", ".first", ".last", ".unique", "[",
+                "]", "[*]", "[name]", " separator=", "'", "\"", "é", "\u{2003}", " ", "7",
+            ]),
+            0..24,
+        )) {
+            if let Ok(q) = Query::parse(&parts.concat()) {
+                let matches = q.select(policies());
+                if let Some(b) = &q.bring {
+                    let _ = bring(matches, b);
+                }
+            }
+        }
+    }
+}
