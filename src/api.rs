@@ -27,6 +27,7 @@ mod edgelake;
 mod error;
 pub mod format;
 mod native;
+mod network;
 mod put;
 mod serve;
 
@@ -104,6 +105,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes", get(native::nodes))
         .route("/v1/clusters", get(native::clusters))
         .route("/v1/streams/replay", post(native::replay_streams))
+        .route("/v1/members", get(network::members))
+        .route("/v1/ledger/head", get(network::head))
+        .route("/v1/ledger/entries", post(network::submit))
         .route(
             "/v1/policies",
             get(native::policies).post(native::add_policy),

@@ -6,6 +6,7 @@
 //! - `ingest`: `tarn ingest`
 //! - `admin`: `tarn status`, `nodes`, `policies`, `policy add`, `cluster`
 //! - `demo`: `tarn node` and `tarn demo`
+//! - `network`: `tarn network create`, `admit`, `revoke`
 //!
 //! Uses the REST [`crate::client`], the libp2p client and, for `node` and
 //! `demo`, the node itself.
@@ -13,9 +14,11 @@
 mod admin;
 mod demo;
 mod ingest;
+mod network;
 mod query;
 
 pub use admin::{cluster, nodes, policies, policy_add, status};
 pub use demo::{run_demo, run_node, shutdown_signal};
 pub use ingest::ingest;
+pub use network::{Admission, admit, network_create, revoke};
 pub use query::{OutFormat, query};

@@ -86,6 +86,12 @@ pub struct Config {
     pub bootstrap: Vec<String>,
     /// The cluster this operator belongs to.
     pub cluster: Option<String>,
+    /// A closed network's id (its root key, as a PeerId, from `tarn network
+    /// create`): only members take part. `None`: an open network.
+    pub network: Option<String>,
+    /// The network's root key: the node admits itself with it (and the
+    /// network is the key's when `network` is not set).
+    pub admin_key: Option<PathBuf>,
     /// Find peers on the local network by mDNS.
     pub mdns: bool,
     pub replication: ReplicationConfig,
@@ -191,6 +197,8 @@ impl Default for Config {
             ],
             bootstrap: Vec::new(),
             cluster: None,
+            network: None,
+            admin_key: None,
             mdns: true,
             replication: ReplicationConfig::default(),
             publisher: PublisherConfig::default(),
@@ -260,6 +268,13 @@ impl Config {
         }
         if self.listen.is_empty() {
             return Err("at least one listen address is needed".into());
+        }
+        if let Some(n) = &self.network
+            && tarn_ledger::member::author_of_peer_id(n).is_none()
+        {
+            return Err(format!(
+                "network {n:?} is not a network id (the 12D3KooW... that `tarn network create` prints)"
+            ));
         }
         for a in self.listen.iter().chain(&self.bootstrap) {
             a.parse::<tarn_net::Multiaddr>().map_err(|e| {

@@ -126,6 +126,50 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// Closed networks: `tarn network create` makes the root key.
+    Network {
+        #[command(subcommand)]
+        action: NetworkAction,
+    },
+    /// Admit a peer to a closed network: signs a `member` policy with an
+    /// admin key here and hands it to a node, which spreads it.
+    Admit {
+        /// The peer's id (12D3KooW..., printed at its start and in /v1/status).
+        peer: String,
+        /// What it may run, comma separated.
+        #[arg(long, value_delimiter = ',', value_parser = Service::parse, required = true)]
+        services: Vec<Service>,
+        /// An operator's cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// It may admit and revoke others too.
+        #[arg(long)]
+        admin: bool,
+        /// The network's root key (or an admin's).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+    },
+    /// Revoke a member: within seconds every node closes its connections
+    /// and ignores its later policies.
+    Revoke {
+        peer: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetworkAction {
+    /// Make a closed network's root key and print the network's id.
+    Create {
+        /// Where to write the key (never overwritten; keep it safe).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -184,6 +228,13 @@ struct NodeArgs {
     /// The cluster this operator belongs to.
     #[arg(long)]
     cluster: Option<String>,
+    /// A closed network's id (from `tarn network create`): only admitted
+    /// members take part [default: an open network].
+    #[arg(long)]
+    network: Option<String>,
+    /// The network's root key: this node admits itself with it.
+    #[arg(long)]
+    admin_key: Option<PathBuf>,
     /// Do not look for peers on the local network by mDNS.
     #[arg(long)]
     no_mdns: bool,
@@ -251,6 +302,12 @@ impl NodeArgs {
         if let Some(c) = self.cluster {
             cfg.cluster = Some(c);
         }
+        if let Some(n) = self.network {
+            cfg.network = Some(n);
+        }
+        if let Some(k) = self.admin_key {
+            cfg.admin_key = Some(k);
+        }
         if self.no_mdns {
             cfg.mdns = false;
         }
@@ -309,6 +366,30 @@ fn main() -> ExitCode {
         Command::Policy {
             action: PolicyAction::Add { node, file },
         } => tarn::cli::policy_add(&node, &file, &mut std::io::stdout()),
+        Command::Network {
+            action: NetworkAction::Create { out },
+        } => tarn::cli::network_create(&out, &mut std::io::stdout()),
+        Command::Admit {
+            peer,
+            services,
+            cluster,
+            admin,
+            key,
+            node,
+        } => tarn::cli::admit(
+            &node,
+            &key,
+            &tarn::cli::Admission {
+                peer,
+                services,
+                cluster,
+                admin,
+            },
+            &mut std::io::stdout(),
+        ),
+        Command::Revoke { peer, key, node } => {
+            tarn::cli::revoke(&node, &key, &peer, &mut std::io::stdout())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

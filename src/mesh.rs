@@ -25,7 +25,9 @@ mod identity;
 mod ledger_sync;
 
 pub use dispatch::{Events, Router, Serve};
-pub use identity::{load_or_create as identity, peer_of};
+pub use identity::{
+    author_of, create_key_file, load_or_create as identity, peer_of, read_key_file,
+};
 
 use crate::clock::SharedClock;
 use crate::error::{Code, Coded};
@@ -33,6 +35,9 @@ use crate::proto::{self, WireError};
 
 /// The gossip topic of ledger entries.
 pub const LEDGER_TOPIC: &str = "tarn/ledger/1";
+
+/// Most strangers kept on the block list at once.
+const MAX_SHUT_OUT: usize = 4096;
 
 /// What the node knows about a peer's connection.
 #[derive(Debug, Clone)]
@@ -76,12 +81,20 @@ impl Coded for CallError {
 
 /// Why a policy could not be published.
 #[derive(Debug, thiserror::Error)]
-#[error("writing the ledger: {0}")]
-pub struct PublishError(String);
+#[non_exhaustive]
+pub enum PublishError {
+    #[error("this node is not a member of its network yet: an admin must admit it")]
+    NotAdmitted,
+    #[error("writing the ledger: {0}")]
+    Ledger(String),
+}
 
 impl Coded for PublishError {
     fn code(&self) -> Code {
-        Code::Internal
+        match self {
+            PublishError::NotAdmitted => Code::NotAdmitted,
+            PublishError::Ledger(_) => Code::Internal,
+        }
     }
 }
 
@@ -97,6 +110,15 @@ pub struct Mesh {
     peers: Mutex<HashMap<PeerId, PeerState>>,
     listen: Mutex<Vec<Multiaddr>>,
     clock: SharedClock,
+    /// The closed network's root key; `None`: open.
+    network: Option<Author>,
+    /// The members' keys (root included), refreshed when the ledger's
+    /// members change: read for every peer message, so never the ledger's lock.
+    members: std::sync::RwLock<HashSet<Author>>,
+    /// Peers shut out because they are not members (closed networks).
+    shut_out: Mutex<HashSet<PeerId>>,
+    /// The members epoch the connections were last checked against.
+    enforced: AtomicU64,
 }
 
 impl Mesh {
@@ -107,10 +129,11 @@ impl Mesh {
         net_cfg: tarn_net::Config,
         secret: [u8; 32],
         clock: SharedClock,
+        network: Option<Author>,
     ) -> anyhow::Result<(Arc<Mesh>, Events)> {
         let ledger = {
             let path = data_dir.join("ledger.redb");
-            tokio::task::spawn_blocking(move || Ledger::open(&path)).await??
+            tokio::task::spawn_blocking(move || Ledger::open_network(&path, network)).await??
         };
         let (net, events) = tarn_net::start(net_cfg).await?;
         net.publish(LEDGER_TOPIC, Vec::new()).await.ok();
@@ -123,7 +146,12 @@ impl Mesh {
             stats: MeshStats::default(),
             syncing: Mutex::new(HashSet::new()),
             clock,
+            network,
+            members: std::sync::RwLock::new(HashSet::new()),
+            shut_out: Mutex::new(HashSet::new()),
+            enforced: AtomicU64::new(u64::MAX),
         });
+        mesh.refresh_members();
         Ok((mesh, Events(events)))
     }
 
@@ -138,6 +166,110 @@ impl Mesh {
     /// The network loop's handle (links are cut through it in tests).
     pub fn net(&self) -> &tarn_net::Client {
         &self.net
+    }
+
+    /// The closed network's root key; `None` when the network is open.
+    pub fn network(&self) -> Option<Author> {
+        self.network
+    }
+
+    /// Whether a peer may take part: any peer in an open network; in a
+    /// closed one, the members (by a `member` policy in force).
+    pub fn admits(&self, peer: &PeerId) -> bool {
+        self.network.is_none()
+            || author_of(peer).is_some_and(|a| {
+                self.members
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&a)
+            })
+    }
+
+    /// Whether this node itself is a member (always, in an open network).
+    pub fn admitted(&self) -> bool {
+        self.network.is_none()
+            || self
+                .members
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&self.author())
+    }
+
+    /// Reads the members from the ledger's view if they changed since the
+    /// last time; returns whether they did.
+    fn refresh_members(&self) -> bool {
+        let Some(root) = self.network else {
+            return false;
+        };
+        let epoch = self.with_view(|v| v.members_epoch());
+        if self.enforced.swap(epoch, Ordering::SeqCst) == epoch {
+            return false;
+        }
+        let set: HashSet<Author> = self.with_view(|v| {
+            std::iter::once(root)
+                .chain(v.members().map(|m| m.author))
+                .collect()
+        });
+        *self.members.write().unwrap_or_else(|p| p.into_inner()) = set;
+        true
+    }
+
+    /// After the members changed: closes the connections of peers that are
+    /// not members any more and lets back in those that now are. A node
+    /// that is not yet a member itself shuts nobody out (it is still
+    /// learning the ledger from the peers it dialled).
+    pub(super) async fn enforce_members(&self) {
+        if !self.refresh_members() || !self.admitted() {
+            return;
+        }
+        let connected: Vec<PeerId> = self
+            .peer_states()
+            .into_iter()
+            .filter(|(_, s)| s.connected)
+            .map(|(p, _)| p)
+            .collect();
+        for p in connected {
+            self.shut_out_unless_admitted(p).await;
+        }
+        let back: Vec<PeerId> = {
+            let out = self.shut_out.lock().expect("lock poisoned");
+            out.iter().filter(|p| self.admits(p)).copied().collect()
+        };
+        for p in back {
+            self.shut_out.lock().expect("lock poisoned").remove(&p);
+            tracing::info!("{p} is a member again: letting it back in");
+            let _ = self.net.set_blocked(p, false).await;
+        }
+    }
+
+    /// Closes every connection of `peer` and refuses new ones, unless it
+    /// is a member (or this node is not one yet). Returns whether it was shut out.
+    pub(super) async fn shut_out_unless_admitted(&self, peer: PeerId) -> bool {
+        if self.admits(&peer) || !self.admitted() {
+            return false;
+        }
+        let evicted = {
+            let mut out = self.shut_out.lock().expect("lock poisoned");
+            if !out.insert(peer) {
+                None
+            } else {
+                tracing::warn!("{peer} is not a member of this network: connection refused");
+                // Strangers can make keys without end: the list is bounded,
+                // and one let go is only shut out again when it comes back.
+                let old = (out.len() > MAX_SHUT_OUT)
+                    .then(|| out.iter().find(|p| **p != peer).copied())
+                    .flatten();
+                if let Some(o) = old {
+                    out.remove(&o);
+                }
+                old
+            }
+        };
+        if let Some(o) = evicted {
+            let _ = self.net.set_blocked(o, false).await;
+        }
+        let _ = self.net.set_blocked(peer, true).await;
+        true
     }
 
     /// Signs and publishes a policy; supersedes `old` (an id of this node's).
@@ -159,14 +291,85 @@ impl Mesh {
     }
 
     async fn append(self: &Arc<Self>, op: Op) -> Result<VerifiedEntry, PublishError> {
+        self.append_as(self.key.clone(), op).await
+    }
+
+    /// Admits this node to its closed network with the network's root key
+    /// (or an admin's), unless it is a member already.
+    pub async fn admit_self(
+        self: &Arc<Self>,
+        admin: SigningKey,
+        services: &[String],
+        cluster: Option<&str>,
+    ) -> Result<(), PublishError> {
+        if self.admitted() {
+            return Ok(());
+        }
+        let policy = Policy::from_value(serde_json::json!({"member": {
+            "peer": self.peer_id().to_string(),
+            "services": services,
+            "cluster": cluster,
+            "admin": true,
+            "admitted_ms": self.clock.now_ms(),
+        }}))
+        .map_err(|e| PublishError::Ledger(e.to_string()))?;
+        let op = Op::Put {
+            policy: String::from_utf8(policy.canonical()).expect("canonical JSON is UTF-8"),
+            supersedes: None,
+        };
+        self.append_as(admin, op).await?;
+        tracing::info!("admitted itself to the network with the admin key");
+        Ok(())
+    }
+
+    /// Adds an entry signed elsewhere (`tarn admit`, `tarn revoke`) and
+    /// gossips it.
+    pub async fn submit(
+        self: &Arc<Self>,
+        e: VerifiedEntry,
+    ) -> Result<(), tarn_ledger::AppendError> {
+        let me = self.clone();
+        let bytes = e.bytes().to_vec();
+        tokio::task::spawn_blocking(move || {
+            me.ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply(&e)
+        })
+        .await
+        .map_err(|e| tarn_ledger::AppendError::Storage(e.to_string()))??;
+        self.enforce_members().await;
+        if let Err(e) = self.net.publish(LEDGER_TOPIC, bytes).await {
+            tracing::debug!("gossiping a ledger entry: {e}");
+        }
+        Ok(())
+    }
+
+    /// An author's head in this replica: its last seq and entry hash, and
+    /// the Lamport clock (what a remote signer needs to extend its chain).
+    pub fn head_of(&self, author: &Author) -> (u64, Option<[u8; 32]>, u64) {
+        let l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let (seq, hash) = l.head(author).map_or((0, None), |(s, h)| (s, Some(h)));
+        (seq, hash, l.lamport())
+    }
+
+    async fn append_as(
+        self: &Arc<Self>,
+        key: SigningKey,
+        op: Op,
+    ) -> Result<VerifiedEntry, PublishError> {
         let me = self.clone();
         let e = tokio::task::spawn_blocking(move || {
             let mut l = me.ledger.lock().unwrap_or_else(|p| p.into_inner());
-            l.append_local(&me.key, op, me.clock.now_ms())
+            l.append_local(&key, op, me.clock.now_ms())
         })
         .await
-        .map_err(|e| PublishError(e.to_string()))?
-        .map_err(|e| PublishError(e.to_string()))?;
+        .map_err(|e| PublishError::Ledger(e.to_string()))?
+        .map_err(|e| match e {
+            tarn_ledger::AppendError::NotAdmitted(_) => PublishError::NotAdmitted,
+            e => PublishError::Ledger(e.to_string()),
+        })?;
+        self.enforce_members().await;
         if let Err(e) = self.net.publish(LEDGER_TOPIC, e.bytes().to_vec()).await {
             // Anti-entropy delivers it later.
             tracing::debug!("gossiping a ledger entry: {e}");

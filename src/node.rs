@@ -131,13 +131,33 @@ impl Node {
                 let _ = stop.send(true);
             });
         }
+        let (network, admin) = network_of(&cfg)?;
         let (mesh, events) = Mesh::start(
             &cfg.data_dir,
             net_config(&cfg, &opened),
             opened.secret,
             clock.clone(),
+            network,
         )
         .await?;
+        match network {
+            None => tracing::warn!(
+                parent: &span,
+                "open network: any peer that reaches this node may join, read and write \
+                 (start with --network <id> for a closed one)"
+            ),
+            Some(n) => tracing::info!(
+                parent: &span,
+                "closed network {}: only admitted members take part",
+                tarn_ledger::member::peer_id_of(&n)
+            ),
+        }
+        if let Some(key) = admin {
+            let services: Vec<String> = cfg.services.iter().map(|s| s.name().to_owned()).collect();
+            mesh.admit_self(key, &services, cfg.cluster.as_deref())
+                .await
+                .context("admitting this node with the admin key")?;
+        }
         let listener = match listener {
             Some(l) => l,
             None => tokio::net::TcpListener::bind(cfg.rest)
@@ -298,7 +318,23 @@ impl Node {
         // The start line prints the swarm's listen addresses.
         s.mesh.wait_listening(Duration::from_secs(5)).await;
         let me = me_of(&s, cfg);
-        announce::publish_self(&s.mesh, &me).await?;
+        if s.mesh.admitted() {
+            announce::publish_self(&s.mesh, &me).await?;
+        } else {
+            tracing::warn!(
+                parent: span,
+                "not a member of network {} yet: ask an admin to run `tarn admit {}`",
+                cfg.network.as_deref().unwrap_or_default(),
+                s.mesh.peer_id()
+            );
+            self.tasks.push(announce::spawn_when_admitted(
+                s.mesh.clone(),
+                me.clone(),
+                cfg.has(Service::Operator).then(|| s.store.clone()),
+                stopped.clone(),
+                span.clone(),
+            ));
+        }
         if cfg.has(Service::Operator) {
             announce::announce_tables(&s.mesh, &me, &s.store).await;
             self.tasks.push(announce::spawn_table_announcer(
@@ -374,6 +410,33 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// The closed network the node is in (`None`: open), and the admin key it
+/// admits itself with.
+fn network_of(
+    cfg: &Config,
+) -> anyhow::Result<(
+    Option<tarn_ledger::Author>,
+    Option<ed25519_dalek::SigningKey>,
+)> {
+    let named = cfg
+        .network
+        .as_deref()
+        .and_then(tarn_ledger::member::author_of_peer_id);
+    let Some(path) = &cfg.admin_key else {
+        return Ok((named, None));
+    };
+    let key = crate::mesh::read_key_file(path)?;
+    let root = tarn_ledger::Author(key.verifying_key().to_bytes());
+    if named.is_some_and(|n| n != root) {
+        anyhow::bail!(
+            "{} is not the key of network {}",
+            path.display(),
+            cfg.network.as_deref().unwrap_or_default()
+        );
+    }
+    Ok((Some(root), Some(key)))
 }
 
 /// This node as the network knows it.

@@ -92,7 +92,11 @@ pub async fn query(
 
 async fn call(net: &tarn_net::Client, peer: PeerId, msg: &Request) -> anyhow::Result<Chunk> {
     let data = crate::proto::encode_request(msg)?;
-    let bytes = net.request(peer, data).await?;
+    let bytes = net.request(peer, data).await.map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (a node of a closed network closes the connections of peers it has not admitted)"
+        )
+    })?;
     match crate::proto::decode_reply::<Request>(&bytes)? {
         Ok(chunk) => Ok(chunk),
         Err(e) => anyhow::bail!("{} ({})", e.message, e.code),

@@ -11,6 +11,7 @@
 //! - [`entry`]: signed entries and their verification at the boundary
 //! - `store`: the log in redb, hash chains, the Lamport clock ([`Ledger`])
 //! - `view`: the policies in force ([`View`])
+//! - [`member`]: closed networks: who is admitted, by `member` policies
 //!
 //! ```
 //! use tarn_ledger::{Ledger, Op, policy::Policy};
@@ -27,6 +28,7 @@
 //! ```
 
 pub mod entry;
+pub mod member;
 pub mod policy;
 mod schema;
 mod store;

@@ -40,6 +40,9 @@ pub enum AppendError {
     Conflict { author: Author, seq: u64 },
     #[error("invalid entry: {0}")]
     Invalid(#[from] VerifyError),
+    /// A closed network's ledger takes entries only from its members.
+    #[error("{0} is not a member of this network")]
+    NotAdmitted(Author),
     #[error("ledger storage: {0}")]
     Storage(String),
 }
@@ -66,19 +69,31 @@ impl Ledger {
     /// Opens (or creates) the ledger in a redb file and rebuilds heads and
     /// view from it, verifying every stored entry.
     pub fn open(path: &Path) -> Result<Ledger, StoreError> {
+        Ledger::open_network(path, None)
+    }
+
+    /// Opens the ledger of a closed network named by its root key (`None`:
+    /// an open network). Entries already stored stay; the view shows what
+    /// the network's members published.
+    pub fn open_network(path: &Path, root: Option<Author>) -> Result<Ledger, StoreError> {
         let db = redb::Database::create(path).map_err(|e| StoreError(e.to_string()))?;
-        Ledger::load(db)
+        Ledger::load(db, root)
     }
 
     /// A ledger in memory (tests, simulations).
     pub fn in_memory() -> Result<Ledger, StoreError> {
+        Ledger::in_memory_network(None)
+    }
+
+    /// A closed network's ledger in memory (tests, simulations).
+    pub fn in_memory_network(root: Option<Author>) -> Result<Ledger, StoreError> {
         let db = redb::Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| StoreError(e.to_string()))?;
-        Ledger::load(db)
+        Ledger::load(db, root)
     }
 
-    fn load(db: redb::Database) -> Result<Ledger, StoreError> {
+    fn load(db: redb::Database, root: Option<Author>) -> Result<Ledger, StoreError> {
         let err = |e: &dyn std::fmt::Display| StoreError(e.to_string());
         {
             let w = db.begin_write().map_err(|e| err(&e))?;
@@ -90,7 +105,7 @@ impl Ledger {
             db,
             heads: BTreeMap::new(),
             lamport: 0,
-            view: View::default(),
+            view: root.map_or_else(View::default, View::closed),
             entries: 0,
         };
         let r = ledger.db.begin_read().map_err(|e| err(&e))?;
@@ -141,6 +156,9 @@ impl Ledger {
     pub fn apply(&mut self, e: &VerifiedEntry) -> Result<Applied, AppendError> {
         let entry = e.entry();
         let author = entry.author;
+        if !self.view.admitted(&author) {
+            return Err(AppendError::NotAdmitted(author));
+        }
         let have = self.heads.get(&author).map_or(0, |(s, _)| *s);
         if entry.seq <= have {
             return match self.stored_hash(&author, entry.seq)? {
@@ -194,15 +212,22 @@ impl Ledger {
             .map(|v| *blake3::hash(v.value()).as_bytes()))
     }
 
+    /// One author's latest sequence number and entry hash.
+    pub fn head(&self, author: &Author) -> Option<(u64, Hash)> {
+        self.heads.get(author).copied()
+    }
+
     /// Each author's latest sequence number: what anti-entropy exchanges.
     pub fn heads(&self) -> Vec<(Author, u64)> {
         self.heads.iter().map(|(a, (s, _))| (*a, *s)).collect()
     }
 
-    /// Given a peer's heads, the `(author, first seq)` this ledger lacks.
+    /// Given a peer's heads, the `(author, first seq)` this ledger lacks
+    /// (of admitted authors only, in a closed network).
     pub fn wants(&self, remote: &[(Author, u64)]) -> Vec<(Author, u64)> {
         remote
             .iter()
+            .filter(|(a, _)| self.view.admitted(a))
             .filter_map(|(a, s)| {
                 let have = self.heads.get(a).map_or(0, |(h, _)| *h);
                 (*s > have).then_some((*a, have + 1))

@@ -22,6 +22,7 @@ pub fn status_of(code: Code) -> StatusCode {
         Code::UnknownDatabase | Code::UnknownTable | Code::NotFound => StatusCode::NOT_FOUND,
         Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Code::NotAdmitted => StatusCode::FORBIDDEN,
         Code::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         Code::ResultTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
         Code::NodesUnavailable => StatusCode::BAD_GATEWAY,

@@ -43,6 +43,11 @@ pub(super) async fn status(State(s): State<AppState>) -> Response {
         "peer_id": s.mesh.peer_id().to_string(),
         "listen": s.mesh.full_listen_addrs(),
         "peers": s.mesh.connected_count(),
+        "network": s.mesh.network().map_or_else(
+            || "open".to_owned(),
+            |n| tarn_ledger::member::peer_id_of(&n),
+        ),
+        "admitted": s.mesh.admitted(),
         "cluster": info.cluster,
         "publisher_queue": s.publisher.as_ref().map(|p| {
             let (batches, bytes) = p.pending();
@@ -202,7 +207,7 @@ pub(super) async fn clusters(
 
 /// One parameter of a query string, percent-decoded; unknown parameters
 /// are refused.
-fn param(query: Option<&str>, name: &str) -> Result<Option<String>, ApiError> {
+pub(super) fn param(query: Option<&str>, name: &str) -> Result<Option<String>, ApiError> {
     let mut found = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-use super::membership::Me;
+use super::membership::{Me, cluster_name};
 use crate::config::Service;
 use crate::mesh::Mesh;
 use crate::store::Storage;
@@ -71,8 +71,12 @@ pub async fn publish_self(mesh: &Arc<Mesh>, me: &Me) -> anyhow::Result<()> {
 /// alone, or in another cluster, before) are withdrawn: its rows are its
 /// cluster's now, and counting them under both would count them twice.
 pub async fn announce_tables(mesh: &Arc<Mesh>, me: &Me, store: &Storage) {
-    let cluster = me.table_cluster();
+    if !mesh.admitted() {
+        // A closed network takes nothing from a node it has not admitted.
+        return;
+    }
     let view = mesh.view();
+    let cluster = cluster_name(me.cluster_in(&view).as_deref(), &me.peer);
     let author = mesh.author();
     let stale: Vec<String> = view
         .of_kind("table")
@@ -97,6 +101,40 @@ pub async fn announce_tables(mesh: &Arc<Mesh>, me: &Me, store: &Storage) {
             tracing::warn!("announcing table {db}.{table}: {e}");
         }
     }
+}
+
+/// Publishes this node's own policies once it is admitted to its closed
+/// network (checked twice a second), then ends.
+pub fn spawn_when_admitted(
+    mesh: Arc<Mesh>,
+    me: Me,
+    store: Option<Arc<Storage>>,
+    mut stop: watch::Receiver<bool>,
+    span: tracing::Span,
+) -> JoinHandle<()> {
+    tokio::spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                if mesh.admitted() {
+                    break;
+                }
+            }
+            tracing::info!("admitted to the network");
+            if let Err(e) = publish_self(&mesh, &me).await {
+                tracing::error!("{e:#}");
+            }
+            // The table announcer goes round at once.
+            if let Some(s) = store {
+                s.tables_changed.notify_one();
+            }
+        }
+        .instrument(span),
+    )
 }
 
 /// Announces tables as the store creates them, and every 30 s (a notice

@@ -42,6 +42,15 @@ impl Me {
         cluster_name(self.cluster.as_deref(), &self.peer)
     }
 
+    /// The cluster this node is in as the network sees it: in a closed
+    /// network the one its member policy names (whatever `--cluster` says).
+    pub fn cluster_in(&self, view: &View) -> Option<String> {
+        match (view.network(), crate::mesh::author_of(&self.peer)) {
+            (Some(_), Some(a)) => view.member(&a).and_then(|m| m.cluster.clone()),
+            _ => self.cluster.clone(),
+        }
+    }
+
     /// This node as a member of its cluster.
     pub fn as_member(&self) -> Member {
         Member {
@@ -58,13 +67,32 @@ pub fn cluster_name(cluster: Option<&str>, peer: &PeerId) -> String {
 }
 
 /// `operator` policies with the PeerId they describe, only those signed by
-/// that peer's own key.
+/// that peer's own key (and, in a closed network, only of members admitted
+/// as operators).
 pub fn operators(view: &View) -> impl Iterator<Item = (PeerId, &serde_json::Value)> {
-    view.of_kind("operator").filter_map(|p| {
+    view.of_kind("operator").filter_map(move |p| {
         let body = &p.policy["operator"];
         let peer = body["peer_id"].as_str()?.parse::<PeerId>().ok()?;
+        if view.network().is_some()
+            && !view
+                .member(&p.author)
+                .is_some_and(|m| m.services.iter().any(|s| s == "operator"))
+        {
+            return None;
+        }
         (peer_of(&p.author) == Some(peer)).then_some((peer, body))
     })
+}
+
+/// The cluster an operator is in: in a closed network the one its member
+/// policy names, never its own claim; in an open one the one its policy
+/// names. Without one, a cluster of its own.
+pub fn cluster_of(view: &View, peer: &PeerId, body: &serde_json::Value) -> String {
+    let claimed = match (view.network(), crate::mesh::author_of(peer)) {
+        (Some(_), Some(a)) => view.member(&a).and_then(|m| m.cluster.clone()),
+        _ => body["cluster"].as_str().map(str::to_owned),
+    };
+    cluster_name(claimed.as_deref(), peer)
 }
 
 /// Every cluster the ledger knows and its operators, by cluster name;
@@ -72,9 +100,7 @@ pub fn operators(view: &View) -> impl Iterator<Item = (PeerId, &serde_json::Valu
 pub fn clusters(view: &View) -> BTreeMap<String, Vec<Member>> {
     let mut out: BTreeMap<String, Vec<Member>> = BTreeMap::new();
     for (peer, body) in operators(view) {
-        let m = out
-            .entry(cluster_name(body["cluster"].as_str(), &peer))
-            .or_default();
+        let m = out.entry(cluster_of(view, &peer, body)).or_default();
         if !m.iter().any(|x| x.peer == peer) {
             m.push(Member {
                 peer,
@@ -92,11 +118,11 @@ pub fn clusters(view: &View) -> BTreeMap<String, Vec<Member>> {
 /// The other operators of `me`'s cluster (none for a node that names no
 /// cluster: its cluster of its own has no other member).
 pub fn members(view: &View, me: &Me) -> Vec<Member> {
-    let Some(cluster) = &me.cluster else {
+    let Some(cluster) = me.cluster_in(view) else {
         return Vec::new();
     };
     clusters(view)
-        .remove(cluster)
+        .remove(&cluster)
         .unwrap_or_default()
         .into_iter()
         .filter(|m| m.peer != me.peer)
@@ -104,10 +130,15 @@ pub fn members(view: &View, me: &Me) -> Vec<Member> {
 }
 
 /// The clusters whose `table` policies name `db.table` (names compared
-/// without regard to case).
+/// without regard to case). In a closed network a `table` policy counts
+/// only from an operator of the cluster it names.
 pub fn holders(view: &View, db: &str, table: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
+    let closed = view.network().is_some();
     for p in view.of_kind("table") {
+        if closed && !table_author_ok(view, p) {
+            continue;
+        }
         let t = &p.policy["table"];
         if t["dbms"]
             .as_str()
@@ -121,6 +152,16 @@ pub fn holders(view: &View, db: &str, table: &str) -> BTreeSet<String> {
         }
     }
     out
+}
+
+/// Whether a `table` policy's author is an operator of the cluster it names.
+fn table_author_ok(view: &View, p: &tarn_ledger::PolicyRecord) -> bool {
+    let (Some(peer), Some(m)) = (peer_of(&p.author), view.member(&p.author)) else {
+        return false;
+    };
+    m.services.iter().any(|s| s == "operator")
+        && p.policy["table"]["cluster"].as_str()
+            == Some(cluster_name(m.cluster.as_deref(), &peer).as_str())
 }
 
 /// A node as `GET /v1/nodes` shows it.

@@ -165,12 +165,22 @@ impl Router {
             Event::Listening(a) => mesh.listen.lock().expect("lock poisoned").push(a),
             Event::Connected(p) => {
                 mesh.note(p, Some(true));
+                let m = mesh.clone();
                 if let Some(permit) = free(&room.syncs) {
-                    let m = mesh.clone();
-                    spawn(permit, async move { m.sync_with(p).await });
+                    spawn(permit, async move {
+                        if !m.shut_out_unless_admitted(p).await {
+                            m.sync_with(p).await;
+                        }
+                    });
+                } else {
+                    tokio::spawn(
+                        async move { m.shut_out_unless_admitted(p).await }.in_current_span(),
+                    );
                 }
             }
             Event::Disconnected(p) => mesh.note(p, Some(false)),
+            // Only members' gossip (its entries would be refused anyway).
+            Event::Gossip { from, .. } if from.is_some_and(|p| !mesh.admits(&p)) => {}
             Event::Gossip { from, topic, data } if topic == LEDGER_TOPIC && !data.is_empty() => {
                 let stats = &mesh.stats;
                 mesh.count_in(&stats.gossip_in_msgs, &stats.gossip_in_bytes, data.len());
@@ -197,6 +207,15 @@ impl Router {
             let bytes = proto::encode_reply::<()>(&Err(e));
             tokio::spawn(async move { net.respond(id, bytes).await }.in_current_span());
         };
+        // In a closed network only members are answered, whatever they ask.
+        if !self.mesh.admits(&from) {
+            let m = self.mesh.clone();
+            tokio::spawn(async move { m.shut_out_unless_admitted(from).await }.in_current_span());
+            return refuse(WireError::new(
+                Code::NotAdmitted,
+                "this node answers only members of its network",
+            ));
+        }
         let env = match tarn_net::codec::decode::<Envelope>(&data, MAX_MESSAGE) {
             Ok(env) => env,
             Err(e) => {
@@ -324,7 +343,7 @@ mod tests {
         cfg.bootstrap = boot;
         cfg.mdns = false;
         cfg.max_request_bytes = MAX_MESSAGE;
-        Mesh::start(dir, cfg, [seed; 32], crate::clock::system())
+        Mesh::start(dir, cfg, [seed; 32], crate::clock::system(), None)
             .await
             .unwrap()
     }

@@ -33,12 +33,15 @@ impl Mesh {
         })
         .await;
         match r {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => self.enforce_members().await,
             Ok(Err(AppendError::Gap { .. })) => {
                 if let Some(p) = from {
                     let me = self.clone();
                     tokio::spawn(async move { me.sync_with(p).await });
                 }
+            }
+            Ok(Err(err @ AppendError::NotAdmitted(_))) => {
+                tracing::debug!("refusing a ledger entry from {from:?}: {err}")
             }
             Ok(Err(err)) => tracing::warn!("refusing a ledger entry from {from:?}: {err}"),
             Err(err) => tracing::error!("applying a ledger entry: {err}"),
@@ -70,8 +73,26 @@ impl Mesh {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .wants(&theirs);
-        for (author, from) in wants {
-            self.fetch_author(peer, author, from).await;
+        // Fetched entries may admit new authors (a closed network's member
+        // policies): ask again for what those wrote, a few rounds at most.
+        let mut wants = wants;
+        for _ in 0..4 {
+            if wants.is_empty() {
+                break;
+            }
+            let epoch = self.with_view(|v| v.members_epoch());
+            for (author, from) in wants {
+                self.fetch_author(peer, author, from).await;
+            }
+            self.enforce_members().await;
+            if self.with_view(|v| v.members_epoch()) == epoch {
+                break;
+            }
+            wants = self
+                .ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .wants(&theirs);
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod closed;
 mod cluster;
 mod crash;
 mod distributed;
