@@ -22,6 +22,7 @@ use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{get, post};
 
+pub mod auth;
 mod body;
 mod edgelake;
 mod error;
@@ -75,6 +76,10 @@ pub struct AppState {
     /// The publisher's queue (publisher service only).
     pub publisher: Option<Arc<Publisher>>,
     pub body: BodyLimits,
+    /// REST authentication (`None`: off).
+    pub auth: Option<Arc<auth::Auth>>,
+    /// Where changes and refusals are recorded.
+    pub audit: crate::audit::Sink,
 }
 
 impl FromRef<AppState> for Arc<Ingest> {
@@ -86,6 +91,12 @@ impl FromRef<AppState> for Arc<Ingest> {
 impl FromRef<AppState> for Arc<Mesh> {
     fn from_ref(s: &AppState) -> Self {
         s.mesh.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<crate::store::Storage> {
+    fn from_ref(s: &AppState) -> Self {
+        s.store.clone()
     }
 }
 
@@ -106,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/clusters", get(native::clusters))
         .route("/v1/streams/replay", post(native::replay_streams))
         .route("/v1/members", get(network::members))
+        .route("/v1/audit", get(network::audit))
         .route("/v1/ledger/head", get(network::head))
         .route("/v1/ledger/entries", post(network::submit))
         .route(
@@ -127,6 +139,10 @@ pub fn router(state: AppState) -> Router {
                 "this endpoint does not take that method; see the README's REST API",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::layer,
+        ))
         .with_state(state)
 }
 

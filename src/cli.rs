@@ -20,5 +20,5 @@ mod query;
 pub use admin::{cluster, nodes, policies, policy_add, status};
 pub use demo::{run_demo, run_node, shutdown_signal};
 pub use ingest::ingest;
-pub use network::{Admission, admit, network_create, revoke};
+pub use network::{Admission, admit, network_create, revoke, user_add, user_remove};
 pub use query::{OutFormat, query};

@@ -1,5 +1,6 @@
 //! A small blocking HTTP client for a node's REST API, used by the CLI
 //! commands (`tarn query`, `tarn ingest`, `tarn status`) and by tests.
+//! A node with authentication takes the token in `TARN_TOKEN`.
 
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ pub const DEFAULT_NODE: &str = "http://127.0.0.1:32049";
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    /// Sent as `Authorization: Bearer ...`.
+    token: Option<String>,
 }
 
 /// An answer: the HTTP status and the body as text.
@@ -55,7 +58,21 @@ impl Client {
         Client {
             base: base.trim_end_matches('/').to_owned(),
             agent,
+            token: std::env::var("TARN_TOKEN").ok().filter(|t| !t.is_empty()),
         }
+    }
+
+    /// The same node, with a user's token (or none).
+    pub fn with_token(mut self, token: Option<&str>) -> Client {
+        self.token = token.map(str::to_owned);
+        self
+    }
+
+    fn auth<B>(&self, mut req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req
     }
 
     pub fn base(&self) -> &str {
@@ -79,7 +96,7 @@ impl Client {
     }
 
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Answer> {
-        let mut req = self.agent.get(format!("{}{path}", self.base));
+        let mut req = self.auth(self.agent.get(format!("{}{path}", self.base)));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -92,7 +109,7 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> anyhow::Result<Answer> {
-        let mut req = self.agent.post(format!("{}{path}", self.base));
+        let mut req = self.auth(self.agent.post(format!("{}{path}", self.base)));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -100,7 +117,7 @@ impl Client {
     }
 
     pub fn put(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<Answer> {
-        let mut req = self.agent.put(format!("{}{path}", self.base));
+        let mut req = self.auth(self.agent.put(format!("{}{path}", self.base)));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

@@ -96,6 +96,36 @@ pub struct Config {
     pub mdns: bool,
     pub replication: ReplicationConfig,
     pub publisher: PublisherConfig,
+    pub auth: AuthConfig,
+    pub audit: AuditConfig,
+}
+
+/// The audit log (`almgm.audit`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Rows older than this are deleted (hourly).
+    pub retention_days: u32,
+    /// At most this many rows are kept (the newest).
+    pub max_rows: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention_days: 30,
+            max_rows: 1_000_000,
+        }
+    }
+}
+
+/// REST authentication.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Every REST request needs a user's token (a closed network's `user`
+    /// policies; see `tarn user add`).
+    pub enabled: bool,
 }
 
 /// Copies between the operators of one cluster.
@@ -202,6 +232,8 @@ impl Default for Config {
             mdns: true,
             replication: ReplicationConfig::default(),
             publisher: PublisherConfig::default(),
+            auth: AuthConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -268,6 +300,14 @@ impl Config {
         }
         if self.listen.is_empty() {
             return Err("at least one listen address is needed".into());
+        }
+        if self.audit.retention_days == 0 || self.audit.max_rows == 0 {
+            return Err("audit retention_days and max_rows must be positive".into());
+        }
+        if self.auth.enabled && self.network.is_none() && self.admin_key.is_none() {
+            return Err(
+                "auth needs a closed network (--network): its admins sign the users".into(),
+            );
         }
         if let Some(n) = &self.network
             && tarn_ledger::member::author_of_peer_id(n).is_none()

@@ -27,6 +27,7 @@
 //! ```
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod clock;

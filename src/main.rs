@@ -151,10 +151,41 @@ enum Command {
         #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
         node: String,
     },
+    /// REST users of a closed network (for nodes started with --auth).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Revoke a member: within seconds every node closes its connections
     /// and ignores its later policies.
     Revoke {
         peer: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add a user, signed with an admin key; prints its token once.
+    Add {
+        name: String,
+        /// reader (queries, get), writer (also ingest, flush), admin (also policies).
+        #[arg(long, value_parser = tarn::api::auth::Role::parse)]
+        role: tarn::api::auth::Role,
+        /// Limit the user to these databases (repeat or comma separate) [default: all].
+        #[arg(long, value_delimiter = ',')]
+        db: Vec<String>,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+    },
+    /// Remove a user: its tokens stop working on every node.
+    Remove {
+        name: String,
         #[arg(long)]
         key: PathBuf,
         #[arg(long, env = "TARN_NODE", default_value = DEFAULT_NODE)]
@@ -235,6 +266,9 @@ struct NodeArgs {
     /// The network's root key: this node admits itself with it.
     #[arg(long)]
     admin_key: Option<PathBuf>,
+    /// Every REST request needs a user's token (see `tarn user add`).
+    #[arg(long)]
+    auth: bool,
     /// Do not look for peers on the local network by mDNS.
     #[arg(long)]
     no_mdns: bool,
@@ -307,6 +341,9 @@ impl NodeArgs {
         }
         if let Some(k) = self.admin_key {
             cfg.admin_key = Some(k);
+        }
+        if self.auth {
+            cfg.auth.enabled = true;
         }
         if self.no_mdns {
             cfg.mdns = false;
@@ -387,6 +424,19 @@ fn main() -> ExitCode {
             },
             &mut std::io::stdout(),
         ),
+        Command::User {
+            action:
+                UserAction::Add {
+                    name,
+                    role,
+                    db,
+                    key,
+                    node,
+                },
+        } => tarn::cli::user_add(&node, &key, &name, role, &db, &mut std::io::stdout()),
+        Command::User {
+            action: UserAction::Remove { name, key, node },
+        } => tarn::cli::user_remove(&node, &key, &name, &mut std::io::stdout()),
         Command::Revoke { peer, key, node } => {
             tarn::cli::revoke(&node, &key, &peer, &mut std::io::stdout())
         }

@@ -36,6 +36,11 @@ use crate::proto::{self, WireError};
 /// The gossip topic of ledger entries.
 pub const LEDGER_TOPIC: &str = "tarn/ledger/1";
 
+/// Policies clients may publish through one node per second, on average
+/// (a burst of [`POLICY_BURST`] first): every node stores every policy.
+pub const POLICY_RATE: u32 = 10;
+const POLICY_BURST: f64 = 100.0;
+
 /// Most strangers kept on the block list at once.
 const MAX_SHUT_OUT: usize = 4096;
 
@@ -85,6 +90,10 @@ impl Coded for CallError {
 pub enum PublishError {
     #[error("this node is not a member of its network yet: an admin must admit it")]
     NotAdmitted,
+    #[error("this node has written its share of the network's ledger ({} MiB)", tarn_ledger::MAX_AUTHOR_BYTES >> 20)]
+    Quota,
+    #[error("more than {POLICY_RATE} policies a second from clients: try again shortly")]
+    TooFast,
     #[error("writing the ledger: {0}")]
     Ledger(String),
 }
@@ -93,6 +102,7 @@ impl Coded for PublishError {
     fn code(&self) -> Code {
         match self {
             PublishError::NotAdmitted => Code::NotAdmitted,
+            PublishError::Quota | PublishError::TooFast => Code::QuotaExceeded,
             PublishError::Ledger(_) => Code::Internal,
         }
     }
@@ -119,6 +129,10 @@ pub struct Mesh {
     shut_out: Mutex<HashSet<PeerId>>,
     /// The members epoch the connections were last checked against.
     enforced: AtomicU64,
+    /// Clients' policies: tokens left and when they were counted.
+    policy_bucket: Mutex<(f64, Instant)>,
+    /// Where ledger changes and refused peers are recorded.
+    audit: std::sync::OnceLock<crate::audit::Sink>,
 }
 
 impl Mesh {
@@ -150,6 +164,8 @@ impl Mesh {
             members: std::sync::RwLock::new(HashSet::new()),
             shut_out: Mutex::new(HashSet::new()),
             enforced: AtomicU64::new(u64::MAX),
+            policy_bucket: Mutex::new((POLICY_BURST, Instant::now())),
+            audit: std::sync::OnceLock::new(),
         });
         mesh.refresh_members();
         Ok((mesh, Events(events)))
@@ -166,6 +182,33 @@ impl Mesh {
     /// The network loop's handle (links are cut through it in tests).
     pub fn net(&self) -> &tarn_net::Client {
         &self.net
+    }
+
+    /// Records ledger changes and refused peers in `sink` from now on.
+    pub fn set_audit(&self, sink: crate::audit::Sink) {
+        let _ = self.audit.set(sink);
+    }
+
+    fn record(&self, who: &str, what: String, source: &str, outcome: &str) {
+        if let Some(s) = self.audit.get() {
+            s.record(crate::audit::Event::now(who, what, source, outcome));
+        }
+    }
+
+    /// Records an entry the ledger took, from `source` (a peer, or `local`).
+    pub(crate) fn audit_entry(&self, e: &VerifiedEntry, source: &str) {
+        let what = match &e.entry().op {
+            Op::Put { .. } => match e.policy() {
+                Some(p) => format!("policy {} {}", p.kind(), p.id()),
+                None => "policy".to_owned(),
+            },
+            Op::Revoke { id } => format!("revoke {id}"),
+        };
+        let who = format!(
+            "peer:{}",
+            tarn_ledger::member::peer_id_of(&e.entry().author)
+        );
+        self.record(&who, what, source, "applied");
     }
 
     /// The closed network's root key; `None` when the network is open.
@@ -254,6 +297,13 @@ impl Mesh {
                 None
             } else {
                 tracing::warn!("{peer} is not a member of this network: connection refused");
+                let p = peer.to_string();
+                self.record(
+                    &format!("peer:{p}"),
+                    "connection".into(),
+                    &p,
+                    "not_admitted",
+                );
                 // Strangers can make keys without end: the list is bounded,
                 // and one let go is only shut out again when it comes back.
                 let old = (out.len() > MAX_SHUT_OUT)
@@ -283,6 +333,25 @@ impl Mesh {
             supersedes,
         };
         self.append(op).await
+    }
+
+    /// Publishes a policy a client sent (REST, EdgeLake's `blockchain
+    /// insert`), at most [`POLICY_RATE`] a second on average.
+    pub async fn publish_for_client(
+        self: &Arc<Self>,
+        policy: &Policy,
+    ) -> Result<VerifiedEntry, PublishError> {
+        {
+            let mut b = self.policy_bucket.lock().expect("lock poisoned");
+            let now = Instant::now();
+            let refill = now.duration_since(b.1).as_secs_f64() * f64::from(POLICY_RATE);
+            *b = ((b.0 + refill).min(POLICY_BURST), now);
+            if b.0 < 1.0 {
+                return Err(PublishError::TooFast);
+            }
+            b.0 -= 1.0;
+        }
+        self.publish(policy, None).await
     }
 
     /// Revokes a policy of this node's.
@@ -330,7 +399,8 @@ impl Mesh {
     ) -> Result<(), tarn_ledger::AppendError> {
         let me = self.clone();
         let bytes = e.bytes().to_vec();
-        tokio::task::spawn_blocking(move || {
+        let kept = e.clone();
+        let applied = tokio::task::spawn_blocking(move || {
             me.ledger
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -338,6 +408,9 @@ impl Mesh {
         })
         .await
         .map_err(|e| tarn_ledger::AppendError::Storage(e.to_string()))??;
+        if applied == tarn_ledger::Applied::Added {
+            self.audit_entry(&kept, "rest");
+        }
         self.enforce_members().await;
         if let Err(e) = self.net.publish(LEDGER_TOPIC, bytes).await {
             tracing::debug!("gossiping a ledger entry: {e}");
@@ -367,8 +440,10 @@ impl Mesh {
         .map_err(|e| PublishError::Ledger(e.to_string()))?
         .map_err(|e| match e {
             tarn_ledger::AppendError::NotAdmitted(_) => PublishError::NotAdmitted,
+            tarn_ledger::AppendError::Quota(_) => PublishError::Quota,
             e => PublishError::Ledger(e.to_string()),
         })?;
+        self.audit_entry(&e, "local");
         self.enforce_members().await;
         if let Err(e) = self.net.publish(LEDGER_TOPIC, e.bytes().to_vec()).await {
             // Anti-entropy delivers it later.

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 use crate::api::{self, AppState, BodyLimits, Info};
+use crate::audit::Sink;
 use crate::clock::SharedClock;
 use crate::cluster::announce;
 use crate::cluster::membership::Me;
@@ -239,6 +240,20 @@ impl Node {
             cluster: cfg.cluster.clone(),
             streaming: cfg.streaming.clone(),
         };
+        let auth = cfg
+            .auth
+            .enabled
+            .then(|| Arc::new(api::auth::Auth::new(mesh.clone())));
+        let (audit, audit_rx) = Sink::new();
+        mesh.set_audit(audit.clone());
+        tasks.push(audit_writer(
+            o.store.clone(),
+            audit.clone(),
+            audit_rx,
+            cfg.audit.clone(),
+            stopped.clone(),
+            span,
+        ));
         let state = AppState {
             info: Arc::new(info),
             ingest,
@@ -247,6 +262,8 @@ impl Node {
             store: o.store,
             streams: o.streams,
             publisher: o.publisher,
+            auth,
+            audit,
             body: BodyLimits::new(
                 cfg.max_body_bytes,
                 cfg.max_inflight_bytes,
@@ -279,7 +296,7 @@ impl Node {
                 mesh: s.mesh.clone(),
                 me: me_of(&s, cfg),
             }))
-            .route(Arc::new(ingest::Server(s.ingest.clone())));
+            .route(Arc::new(ingest::Server(s.ingest.clone(), s.audit.clone())));
         self.tasks
             .push(router.spawn(events, stopped.clone(), span.clone()));
         let idle = Duration::from_millis(cfg.idle_timeout_ms);
@@ -509,6 +526,86 @@ fn net_config(cfg: &Config, o: &Opened) -> tarn_net::Config {
     // batches): as large as any message the node accepts.
     net.max_request_bytes = crate::proto::MAX_MESSAGE;
     net
+}
+
+/// Stores audit events in batches (up to 5,000 at a time, a batch at most
+/// every 200 ms), and prunes the log to its retention every hour. Ends,
+/// having stored what was queued, when the node stops.
+fn audit_writer(
+    store: Arc<Storage>,
+    sink: Sink,
+    mut rx: tokio::sync::mpsc::Receiver<crate::audit::Event>,
+    cfg: crate::config::AuditConfig,
+    mut stop: watch::Receiver<bool>,
+    span: &tracing::Span,
+) -> JoinHandle<()> {
+    let dropped = sink.dropped_counter();
+    drop(sink);
+    tokio::spawn(
+        async move {
+            let mut pruned = Instant::now() - Duration::from_secs(3600);
+            let mut stopping = false;
+            loop {
+                let first = if stopping {
+                    match rx.try_recv() {
+                        Ok(e) => e,
+                        Err(_) => break,
+                    }
+                } else {
+                    tokio::select! {
+                        biased;
+                        e = rx.recv() => match e {
+                            Some(e) => e,
+                            None => break,
+                        },
+                        _ = stop.changed() => {
+                            stopping = true;
+                            continue;
+                        }
+                    }
+                };
+                let mut batch = vec![first];
+                while batch.len() < 5000 {
+                    match rx.try_recv() {
+                        Ok(e) => batch.push(e),
+                        Err(_) => break,
+                    }
+                }
+                let lost = dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
+                if lost > 0 {
+                    batch.push(crate::audit::Event::now(
+                        "tarn",
+                        format!("{lost} audit events dropped: the queue was full"),
+                        "",
+                        "dropped",
+                    ));
+                }
+                let prune = pruned.elapsed() >= Duration::from_secs(3600);
+                if prune {
+                    pruned = Instant::now();
+                }
+                let store = store.clone();
+                let cfg = cfg.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    store.audit_write(&batch)?;
+                    if prune {
+                        let keep = i64::from(cfg.retention_days) * 86_400_000_000;
+                        let now = crate::clock::Clock::now_micros(&crate::clock::SystemClock);
+                        store.audit_prune(now - keep, cfg.max_rows)?;
+                    }
+                    Ok::<_, crate::store::StoreError>(())
+                })
+                .await;
+                if !matches!(r, Ok(Ok(()))) {
+                    tracing::error!("the audit log could not be written");
+                }
+                if !stopping {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        .instrument(span.clone()),
+    )
 }
 
 /// Runs blocking `work` every `period` until `stop` changes. Ticks are

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 mod accumulate;
+mod audit;
 mod batches;
 mod database;
 mod error;
@@ -43,6 +44,7 @@ mod value;
 mod write;
 
 pub use accumulate::{GroupKey, Groups, KeyVal, State, compare, merge};
+pub use audit::AUDIT_COLUMNS;
 pub use batches::{BatchMeta, Committed, Origin, ReplBatch, Written, member_table};
 pub use database::Durability;
 pub use error::StoreError;
@@ -95,6 +97,7 @@ impl Storage {
         std::fs::create_dir_all(&dir)?;
         let almgm = Arc::new(Database::open(&dir.join("almgm.db"), durability)?);
         almgm.writer().execute_batch(batches::TSD_INFO_DDL)?;
+        almgm.writer().execute_batch(audit::AUDIT_DDL)?;
         let loaded = schema::load_schemas(&almgm.writer())?;
         *almgm.schemas.write().expect("lock poisoned") = loaded;
         let mut dbs = HashMap::new();

@@ -35,7 +35,9 @@ mod store;
 mod view;
 
 pub use entry::{Author, Entry, Op, VerifiedEntry, VerifyError};
-pub use store::{AppendError, Applied, Ledger, MAX_BATCH, MAX_BATCH_BYTES, StoreError};
+pub use store::{
+    AppendError, Applied, Ledger, MAX_AUTHOR_BYTES, MAX_BATCH, MAX_BATCH_BYTES, StoreError,
+};
 pub use view::{PolicyRecord, View};
 
 #[cfg(test)]

@@ -282,3 +282,41 @@ mod ledger_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod quota_tests {
+    use super::*;
+    use crate::testing::{key, put};
+    use crate::{AppendError, Ledger, MAX_AUTHOR_BYTES};
+
+    /// A member that floods the ledger is refused once it has written its
+    /// share; the root is not counted.
+    #[test]
+    fn a_flooding_member_is_stopped() {
+        let root = Author(key(1).verifying_key().to_bytes());
+        let mut l = Ledger::in_memory_network(Some(root)).unwrap();
+        let peer = peer_id_of(&Author(key(2).verifying_key().to_bytes()));
+        l.append_local(
+            &key(1),
+            put(&format!(r#"{{"member": {{"peer": "{peer}"}}}}"#)),
+            0,
+        )
+        .unwrap();
+        let filler = "x".repeat(60_000);
+        let mut written = 0u64;
+        let err = loop {
+            let p = put(&format!(
+                r#"{{"junk": {{"n": {written}, "f": "{filler}"}}}}"#
+            ));
+            match l.append_local(&key(2), p, 0) {
+                Ok(e) => written += e.bytes().len() as u64,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(
+            err,
+            AppendError::Quota(Author(key(2).verifying_key().to_bytes()))
+        );
+        assert!(written <= MAX_AUTHOR_BYTES && written > MAX_AUTHOR_BYTES - 70_000);
+    }
+}

@@ -17,6 +17,11 @@ use crate::view::View;
 pub const MAX_BATCH_BYTES: usize = 2 << 20;
 /// Most entries one [`Ledger::entries_from`] call returns.
 pub const MAX_BATCH: usize = 512;
+/// Most bytes of entries one author may write to a closed network's ledger
+/// (the root excepted). The count runs over the author's own chain only,
+/// so every replica refuses the same entry: a member cannot grow every
+/// node's ledger without end. Enough for a node's policies for decades.
+pub const MAX_AUTHOR_BYTES: u64 = 8 << 20;
 
 /// What applying an entry did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +48,9 @@ pub enum AppendError {
     /// A closed network's ledger takes entries only from its members.
     #[error("{0} is not a member of this network")]
     NotAdmitted(Author),
+    /// The author has written [`MAX_AUTHOR_BYTES`] to a closed network's ledger.
+    #[error("{0} has written its share of the ledger ({MAX_AUTHOR_BYTES} bytes)")]
+    Quota(Author),
     #[error("ledger storage: {0}")]
     Storage(String),
 }
@@ -63,6 +71,8 @@ pub struct Ledger {
     lamport: u64,
     view: View,
     entries: usize,
+    /// Bytes of entries held per author.
+    written: BTreeMap<Author, u64>,
 }
 
 impl Ledger {
@@ -107,6 +117,7 @@ impl Ledger {
             lamport: 0,
             view: root.map_or_else(View::default, View::closed),
             entries: 0,
+            written: BTreeMap::new(),
         };
         let r = ledger.db.begin_read().map_err(|e| err(&e))?;
         let heads = r.open_table(HEADS).map_err(|e| err(&e))?;
@@ -128,6 +139,7 @@ impl Ledger {
             ledger.lamport = ledger.lamport.max(e.entry().lamport);
             ledger.view.apply(&e);
             ledger.entries += 1;
+            *ledger.written.entry(e.entry().author).or_default() += e.bytes().len() as u64;
         }
         drop(entries);
         drop(heads);
@@ -176,6 +188,12 @@ impl Ledger {
                 got: entry.seq,
             });
         }
+        let written = self.written.get(&author).copied().unwrap_or(0);
+        if self.view.network().is_some_and(|root| root != author)
+            && written + e.bytes().len() as u64 > MAX_AUTHOR_BYTES
+        {
+            return Err(AppendError::Quota(author));
+        }
         let prev_ok = match (entry.prev, self.heads.get(&author)) {
             (None, None) => true,
             (Some(p), Some((_, h))) => p == *h,
@@ -201,6 +219,7 @@ impl Ledger {
         self.lamport = self.lamport.max(entry.lamport);
         self.view.apply(e);
         self.entries += 1;
+        *self.written.entry(author).or_default() += e.bytes().len() as u64;
         Ok(Applied::Added)
     }
 

@@ -8,6 +8,7 @@
 //!
 //! A new command is a function in one of these and a line in [`run`].
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
@@ -19,9 +20,10 @@ mod get;
 mod network;
 mod sql;
 
-use super::AppState;
+use super::auth::{self, Principal};
 use super::body::read_body;
 use super::put::header_str;
+use super::{ApiError, AppState};
 use crate::error::{Code, Coded};
 
 /// EdgeLake-style error codes: tarn's numbering of EdgeLake's error classes
@@ -60,7 +62,11 @@ impl Reply {
     }
 }
 
-pub(super) async fn command_get(State(s): State<AppState>, headers: HeaderMap) -> Response {
+pub(super) async fn command_get(
+    State(s): State<AppState>,
+    user: Option<Extension<Principal>>,
+    headers: HeaderMap,
+) -> Response {
     let Some(cmd) = header_str(&headers, "command").map(str::to_owned) else {
         return reply(
             &s,
@@ -68,6 +74,9 @@ pub(super) async fn command_get(State(s): State<AppState>, headers: HeaderMap) -
             Reply::err(code::COMMAND, "missing the 'command' header"),
         );
     };
+    if let Err(e) = may_run(user.as_deref(), &cmd) {
+        return e.into_response();
+    }
     let dest = header_str(&headers, "destination").map(str::to_owned);
     let r = run(&s, &cmd, dest.as_deref(), &[]).await;
     reply(&s, "get", r)
@@ -82,6 +91,7 @@ struct CommandBody {
 
 pub(super) async fn command_post(
     State(s): State<AppState>,
+    user: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -103,8 +113,17 @@ pub(super) async fn command_post(
             }
         },
     };
+    if let Err(e) = may_run(user.as_deref(), &cmd) {
+        return e.into_response();
+    }
     let r = run(&s, &cmd, dest.as_deref(), payload).await;
     reply(&s, "post", r)
+}
+
+/// Whether the user may run an EdgeLake command (403 if not).
+fn may_run(user: Option<&Principal>, cmd: &str) -> Result<(), ApiError> {
+    let (role, db) = auth::command_needs(cmd);
+    auth::check(user, role, db.as_deref())
 }
 
 fn reply(s: &AppState, method: &str, reply: Reply) -> Response {

@@ -3,15 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::{Principal, Role, check};
 use super::body::{BodyLimits, read_body};
 use super::{ApiError, AppState, blocking, format};
 use crate::config::Service;
@@ -60,6 +61,7 @@ pub(super) async fn status(State(s): State<AppState>) -> Response {
 pub(super) async fn post_data(
     State(limits): State<BodyLimits>,
     State(ingest): State<Arc<crate::ingest::Ingest>>,
+    user: Option<Extension<Principal>>,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -67,6 +69,7 @@ pub(super) async fn post_data(
 ) -> Result<Response, ApiError> {
     let Path((db, table)) =
         path.map_err(|e| ApiError::new(Code::MalformedRequest, e.body_text()))?;
+    check(user.as_deref(), Role::Writer, Some(&db))?;
     let consistency = Consistency::parse(param(q.as_deref(), "consistency")?.as_deref())?;
     let source = headers
         .get("x-tarn-source")
@@ -114,6 +117,7 @@ struct QueryBody {
 
 pub(super) async fn query(
     State(s): State<AppState>,
+    user: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -124,6 +128,7 @@ pub(super) async fn query(
             format!("expected {{\"db\", \"sql\", ...}}: {e}"),
         )
     })?;
+    check(user.as_deref(), Role::Reader, Some(&req.db))?;
     drop(body);
     let scope = match req.scope.as_deref() {
         None if s.info.runs(Service::Query) => Scope::Network,
@@ -301,7 +306,7 @@ pub(super) async fn add_policy(
         .map_err(|e| ApiError::new(Code::InvalidPolicy, e.to_string()))?;
     let duplicate = mesh.with_view(|v| v.get(&policy.id()).is_some());
     if !duplicate {
-        mesh.publish(&policy, None).await?;
+        mesh.publish_for_client(&policy).await?;
     }
     Ok(Json(json!({"id": policy.id(), "duplicate": duplicate})).into_response())
 }

@@ -83,10 +83,31 @@ pub(super) async fn submit(
                 peer_id_of(&author)
             ),
         )),
+        Err(e @ AppendError::Quota(_)) => Err(ApiError::new(Code::QuotaExceeded, e.to_string())),
         Err(e @ (AppendError::Gap { .. } | AppendError::Conflict { .. })) => Err(ApiError::new(
             Code::InvalidPolicy,
             format!("{e}; fetch the head again and sign anew"),
         )),
         Err(e) => Err(ApiError::new(Code::Internal, e.to_string())),
     }
+}
+
+/// `GET /v1/audit[?limit=N]`: the newest rows of the audit log (100 unless
+/// told, at most 10,000), newest first. All of it is `almgm.audit`.
+pub(super) async fn audit(
+    State(store): State<Arc<crate::store::Storage>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let limit = match param(q.as_deref(), "limit")? {
+        None => 100,
+        Some(n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(Code::MalformedRequest, "limit is a number from 1 to 10000")
+            })?,
+    };
+    let rows = super::blocking(move || store.audit_recent(limit).map_err(ApiError::from)).await?;
+    Ok(Json(json!({"columns": crate::store::AUDIT_COLUMNS, "rows": rows})).into_response())
 }

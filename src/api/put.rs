@@ -1,13 +1,14 @@
 //! EdgeLake's data `PUT /`: headers `type: json`, `dbms`, `table`, `mode`
 //! (`streaming` or `file`), optionally `consistency: cluster`.
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde_json::json;
 
+use super::auth::{Principal, Role, check};
 use super::body::read_body;
 use super::{ApiError, AppState};
 use crate::error::Code;
@@ -22,10 +23,11 @@ pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a s
 
 pub(super) async fn put_data(
     State(s): State<AppState>,
+    user: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match put(s, headers, body).await {
+    match put(s, user.as_deref(), headers, body).await {
         Ok(r) => r,
         // Both shapes, so native clients and EdgeLake scripts can read it.
         Err(e) => (
@@ -85,8 +87,14 @@ fn request(headers: &HeaderMap) -> Result<IngestRequest, ApiError> {
     })
 }
 
-async fn put(s: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn put(
+    s: AppState,
+    user: Option<&Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let mut req = request(&headers)?;
+    check(user, Role::Writer, Some(&req.db))?;
     let body = read_body(&s.body, &headers, body).await?;
     req.body = body.bytes.clone();
     let out = match s.ingest.ingest(req).await? {

@@ -13,6 +13,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::auth::RemoteAddr;
+
 /// How long requests under way may take to finish once the node stops.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -25,11 +27,11 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, remote) = tokio::select! {
             biased;
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors, say: wait instead of spinning.
                     tracing::warn!("accepting a REST connection: {e}");
@@ -39,10 +41,18 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        // Who sent each request (failed logins are counted per address).
+        let app = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut r: hyper::Request<hyper::body::Incoming>| {
+                r.extensions_mut().insert(RemoteAddr(remote));
+                r
+            },
+        );
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(idle_timeout)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -90,6 +90,69 @@ pub fn revoke(node: &str, key: &Path, peer: &str, out: &mut impl Write) -> anyho
     Ok(())
 }
 
+/// `tarn user add`: a REST user signed with an admin key; prints its token
+/// (once: only the secret's hash is stored).
+pub fn user_add(
+    node: &str,
+    key: &Path,
+    name: &str,
+    role: crate::api::auth::Role,
+    dbs: &[String],
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    {
+        anyhow::bail!("a user name is 1-64 letters, digits, '-' or '_'");
+    }
+    let key = read_key_file(key)?;
+    let (secret, hash) = crate::api::auth::new_secret()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let dbs: Option<Vec<String>> =
+        (!dbs.is_empty()).then(|| dbs.iter().map(|d| d.to_ascii_lowercase()).collect());
+    let policy = Policy::from_value(serde_json::json!({"user": {
+        "name": name,
+        "role": role.name(),
+        "dbs": dbs,
+        "hash": hash,
+        "created_ms": now,
+    }}))?;
+    let op = Op::Put {
+        policy: String::from_utf8(policy.canonical()).expect("canonical JSON is UTF-8"),
+        supersedes: None,
+    };
+    submit(&Client::new(node), &key, op)?;
+    writeln!(out, "{name}.{secret}")?;
+    Ok(())
+}
+
+/// `tarn user remove`: withdraws the user's policies (its tokens stop working).
+pub fn user_remove(node: &str, key: &Path, name: &str, out: &mut impl Write) -> anyhow::Result<()> {
+    let key = read_key_file(key)?;
+    let client = Client::new(node);
+    let users = client.get("/v1/policies?type=user", &[])?.ok_json()?;
+    let ids: Vec<String> = users
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|u| u["user"]["name"] == name)
+        .filter_map(|u| u["user"]["id"].as_str().map(str::to_owned))
+        .collect();
+    if ids.is_empty() {
+        anyhow::bail!("no user {name:?} on {node}");
+    }
+    for id in ids {
+        submit(&client, &key, Op::Revoke { id: id.clone() })?;
+        writeln!(out, "{id}")?;
+    }
+    Ok(())
+}
+
 /// Signs `op` as the next entry of `key`'s chain as `node` holds it, and
 /// hands it over; tries again if another entry of the same key got there
 /// first.

@@ -25,6 +25,7 @@ impl Mesh {
             }
         };
         let me = self.clone();
+        let kept = e.clone();
         let r = tokio::task::spawn_blocking(move || {
             me.ledger
                 .lock()
@@ -33,7 +34,13 @@ impl Mesh {
         })
         .await;
         match r {
-            Ok(Ok(_)) => self.enforce_members().await,
+            Ok(Ok(applied)) => {
+                if applied == tarn_ledger::Applied::Added {
+                    let source = from.map_or_else(|| "gossip".to_owned(), |p| p.to_string());
+                    self.audit_entry(&kept, &source);
+                }
+                self.enforce_members().await
+            }
             Ok(Err(AppendError::Gap { .. })) => {
                 if let Some(p) = from {
                     let me = self.clone();
@@ -111,18 +118,27 @@ impl Mesh {
             let me = self.clone();
             let ok = tokio::task::spawn_blocking(move || {
                 let mut l = me.ledger.lock().unwrap_or_else(|p| p.into_inner());
+                let mut added = Vec::new();
                 for b in batch {
                     let e = Entry::verify_bytes(&b).map_err(|e| e.to_string())?;
                     if e.entry().author != author {
                         return Err("an entry of another author".to_owned());
                     }
-                    l.apply(&e).map_err(|e| e.to_string())?;
+                    if l.apply(&e).map_err(|e| e.to_string())? == tarn_ledger::Applied::Added {
+                        added.push(e);
+                    }
                 }
-                Ok(())
+                Ok(added)
             })
             .await;
             match ok {
-                Ok(Ok(())) => from += n,
+                Ok(Ok(added)) => {
+                    let source = peer.to_string();
+                    for e in &added {
+                        self.audit_entry(e, &source);
+                    }
+                    from += n
+                }
                 Ok(Err(e)) => {
                     tracing::warn!("sync with {peer}: {e}");
                     return;

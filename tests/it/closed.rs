@@ -149,6 +149,26 @@ fn only_admitted_members_take_part() {
     let text = policies.to_string();
     assert!(!text.contains("bogus") && !text.contains("evil"), "{text}");
     assert!(!nodes_seen(&claims).contains(&a.peer_id));
+    // a's audit log names the strangers it shut out.
+    wait_for("the strangers in the audit log", t, || {
+        let v = a
+            .client
+            .get("/v1/audit?limit=1000", &[])
+            .ok()?
+            .ok_json()
+            .ok()?;
+        let rows = v["rows"].as_array()?.clone();
+        [&claims.peer_id, &open.peer_id]
+            .iter()
+            .all(|p| {
+                rows.iter().any(|r| {
+                    r[1] == format!("peer:{p}").as_str()
+                        && r[2] == "connection"
+                        && r[4] == "not_admitted"
+                })
+            })
+            .then_some(())
+    });
 
     // An operator admitted into c1 while it claims another cluster: the
     // member policy decides, and it receives c1's copies (counted once).
@@ -202,4 +222,176 @@ fn only_admitted_members_take_part() {
     });
     eprintln!("revoked member cut off after {:?}", started.elapsed());
     assert!(!nodes_seen(&a).contains(&b.peer_id));
+}
+
+/// With `--auth`, every REST request needs a user's token, and the role
+/// (and databases) decide what it may do.
+#[test]
+fn rest_needs_a_token_of_the_right_role() {
+    use tarn::client::Client;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("admin.key");
+    let key_s = key.to_str().unwrap();
+    assert!(
+        tarn(&["network", "create", "--out", key_s])
+            .status
+            .success()
+    );
+    let a = TestNode::start(&["--admin-key", key_s, "--auth"]);
+    let base = a.client.base().to_owned();
+    let anon = Client::new(&base).with_token(None);
+    let r = anon.get("/v1/status", &[]).unwrap();
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.json().unwrap()["error"]["code"], "unauthorized");
+
+    let user = |name: &str, role: &str, db: Option<&str>| {
+        let mut args = vec![
+            "user", "add", name, "--role", role, "--key", key_s, "--node", &base,
+        ];
+        if let Some(d) = db {
+            args.extend(["--db", d]);
+        }
+        let out = tarn(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let root_token = user("root", "admin", None);
+    let admin = Client::new(&base).with_token(Some(&root_token));
+    let writer = Client::new(&base).with_token(Some(&user("loader", "writer", Some("lab"))));
+    let reader = Client::new(&base).with_token(Some(&user("viewer", "reader", Some("lab"))));
+
+    let q = |c: &Client, db: &str| {
+        c.query_with(
+            &serde_json::json!({"db": db, "sql": "SELECT count(*) FROM t", "scope": "local"}),
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(
+        writer.ingest("lab", "t", br#"{"v": 1}"#).unwrap().status,
+        200
+    );
+    assert_eq!(
+        writer.ingest("other", "t", br#"{"v": 1}"#).unwrap().status,
+        403
+    );
+    assert_eq!(
+        reader.ingest("lab", "t", br#"{"v": 1}"#).unwrap().status,
+        403
+    );
+    assert_eq!(q(&reader, "lab"), 200);
+    assert_eq!(q(&reader, "other"), 403);
+    assert_eq!(q(&admin, "lab"), 200);
+    let sql = |c: &Client, cmd: &str| c.command(cmd, None).unwrap().status;
+    assert_eq!(sql(&reader, "sql lab select count(*) from t"), 200);
+    assert_eq!(sql(&reader, "sql other select 1"), 403);
+    assert_eq!(sql(&reader, "flush buffers"), 403);
+    assert_eq!(sql(&writer, "flush buffers"), 200);
+    let policy = br#"{"sensor_site": {"name": "s1"}}"#;
+    assert_eq!(
+        writer.post("/v1/policies", &[], policy).unwrap().status,
+        403
+    );
+    assert_eq!(admin.post("/v1/policies", &[], policy).unwrap().status, 200);
+    let r = reader
+        .put(
+            "/",
+            &[
+                ("type", "json"),
+                ("dbms", "lab"),
+                ("table", "t"),
+                ("mode", "streaming"),
+            ],
+            br#"{"v": 2}"#,
+        )
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // HTTP Basic, as EdgeLake clients send it.
+    let t = user("curl", "reader", None);
+    let (name, secret) = t.rsplit_once('.').unwrap();
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{name}:{secret}"));
+    let r = anon
+        .get(
+            "/v1/status",
+            &[("authorization", &format!("Basic {basic}"))],
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // A removed user is refused at once.
+    let out = Command::new(BIN)
+        .args(["user", "remove", "viewer", "--key", key_s, "--node", &base])
+        .env("TARN_TOKEN", &root_token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(q(&reader, "lab"), 401);
+
+    // Every change and every refusal is in the audit log, by user.
+    let log = |c: &Client| {
+        let v = c
+            .get("/v1/audit?limit=1000", &[])
+            .unwrap()
+            .ok_json()
+            .unwrap();
+        v["rows"].as_array().unwrap().clone()
+    };
+    wait_for("the audit rows", Duration::from_secs(10), || {
+        let rows = log(&admin);
+        let has = |who: &str, what: &str, outcome: &str| {
+            rows.iter().any(|r| {
+                r[1] == who && r[2].as_str().unwrap_or("").starts_with(what) && r[4] == outcome
+            })
+        };
+        (has("loader", "POST /v1/data/lab/t", "200")
+            && has("loader", "POST /v1/data/other/t", "403")
+            && has("viewer", "PUT / lab.t", "403")
+            && has("anonymous", "GET /v1/status", "401")
+            && has("root", "POST /v1/policies", "200")
+            && rows
+                .iter()
+                .any(|r| r[2].as_str().unwrap_or("").starts_with("policy user ")))
+        .then_some(())
+    });
+    let r = writer.get("/v1/audit", &[]).unwrap();
+    assert_eq!(r.status, 403, "only an admin reads the audit log");
+    let v = admin
+        .query_with(&serde_json::json!({"db": "almgm", "scope": "local",
+            "sql": "SELECT count(*) FROM audit WHERE outcome = '403'"}))
+        .unwrap()
+        .ok_json()
+        .unwrap();
+    assert!(v["rows"][0][0].as_i64().unwrap() >= 4, "{v}");
+
+    // Failed logins are limited per address.
+    let wrong = Client::new(&base).with_token(Some("root.wrong"));
+    // (Two failures from this address came before: the anonymous status
+    // and the removed user.)
+    let statuses: Vec<u16> = (0..12)
+        .map(|_| wrong.get("/v1/status", &[]).unwrap().status)
+        .collect();
+    let first = statuses
+        .iter()
+        .position(|s| *s == 429)
+        .expect("no 429 after 14 failures");
+    assert!(
+        first <= 8 && statuses[..first].iter().all(|s| *s == 401),
+        "{statuses:?}"
+    );
+    assert!(statuses[first..].iter().all(|s| *s == 429), "{statuses:?}");
+    let r = admin.get("/v1/status", &[]).unwrap();
+    assert_eq!(
+        r.status, 429,
+        "the address is locked out for a minute, good token or not"
+    );
 }

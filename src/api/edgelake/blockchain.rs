@@ -206,7 +206,7 @@ pub(super) async fn insert(s: &AppState, cmd: &str, body: &[u8]) -> Reply {
     if s.mesh.with_view(|v| v.get(&policy.id()).is_some()) {
         return Reply::Text(String::new());
     }
-    match s.mesh.publish(&policy, None).await {
+    match s.mesh.publish_for_client(&policy).await {
         Ok(_) => Reply::Text(String::new()),
         Err(e) => Reply::from_error(&e),
     }
