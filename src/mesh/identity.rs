@@ -13,16 +13,7 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<([u8; 32], Keypair)> {
         Ok(b) => b
             .try_into()
             .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let kp = Keypair::generate_ed25519();
-            let ed = kp
-                .try_into_ed25519()
-                .expect("an ed25519 key was just generated");
-            let mut secret = [0u8; 32];
-            secret.copy_from_slice(ed.secret().as_ref());
-            write_private(&path, &secret)?;
-            secret
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key_file(&path)?,
         Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
     };
     let kp =
