@@ -262,6 +262,26 @@ impl Default for WatchConfig {
 
 impl Config {
     /// Checks the values that defaults and serde cannot.
+    /// The closed network, REST authentication and the audit log.
+    fn validate_trust(&self) -> Result<(), String> {
+        if self.audit.retention_days == 0 || self.audit.max_rows == 0 {
+            return Err("audit retention_days and max_rows must be positive".into());
+        }
+        if self.auth.enabled && self.network.is_none() && self.admin_key.is_none() {
+            return Err(
+                "auth needs a closed network (--network): its admins sign the users".into(),
+            );
+        }
+        if let Some(n) = &self.network
+            && tarn_ledger::member::author_of_peer_id(n).is_none()
+        {
+            return Err(format!(
+                "network {n:?} is not a network id (the 12D3KooW... that `tarn network create` prints)"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let n = &self.name;
         if n.is_empty()
@@ -301,21 +321,7 @@ impl Config {
         if self.listen.is_empty() {
             return Err("at least one listen address is needed".into());
         }
-        if self.audit.retention_days == 0 || self.audit.max_rows == 0 {
-            return Err("audit retention_days and max_rows must be positive".into());
-        }
-        if self.auth.enabled && self.network.is_none() && self.admin_key.is_none() {
-            return Err(
-                "auth needs a closed network (--network): its admins sign the users".into(),
-            );
-        }
-        if let Some(n) = &self.network
-            && tarn_ledger::member::author_of_peer_id(n).is_none()
-        {
-            return Err(format!(
-                "network {n:?} is not a network id (the 12D3KooW... that `tarn network create` prints)"
-            ));
-        }
+        self.validate_trust()?;
         for a in self.listen.iter().chain(&self.bootstrap) {
             a.parse::<tarn_net::Multiaddr>().map_err(|e| {
                 format!("{a:?} is not a multiaddr ({e}); e.g. /ip4/10.0.0.5/tcp/32048")

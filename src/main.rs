@@ -424,19 +424,7 @@ fn main() -> ExitCode {
             },
             &mut std::io::stdout(),
         ),
-        Command::User {
-            action:
-                UserAction::Add {
-                    name,
-                    role,
-                    db,
-                    key,
-                    node,
-                },
-        } => tarn::cli::user_add(&node, &key, &name, role, &db, &mut std::io::stdout()),
-        Command::User {
-            action: UserAction::Remove { name, key, node },
-        } => tarn::cli::user_remove(&node, &key, &name, &mut std::io::stdout()),
+        Command::User { action } => run_user(action),
         Command::Revoke { peer, key, node } => {
             tarn::cli::revoke(&node, &key, &peer, &mut std::io::stdout())
         }
@@ -447,6 +435,20 @@ fn main() -> ExitCode {
             eprintln!("tarn: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn run_user(action: UserAction) -> anyhow::Result<()> {
+    let out = &mut std::io::stdout();
+    match action {
+        UserAction::Add {
+            name,
+            role,
+            db,
+            key,
+            node,
+        } => tarn::cli::user_add(&node, &key, &name, role, &db, out),
+        UserAction::Remove { name, key, node } => tarn::cli::user_remove(&node, &key, &name, out),
     }
 }
 

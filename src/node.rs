@@ -230,16 +230,7 @@ impl Node {
             query_timeout: cfg.query_timeout(),
         };
         let exec = Arc::new(Exec::new(me, data, mesh.clone(), limits, clock));
-        let info = Info {
-            name: cfg.name.clone(),
-            services: cfg.services.clone(),
-            rest,
-            data_dir: cfg.data_dir.clone(),
-            durability: cfg.durability,
-            started: Instant::now(),
-            cluster: cfg.cluster.clone(),
-            streaming: cfg.streaming.clone(),
-        };
+        let info = info_of(cfg, rest);
         let auth = cfg
             .auth
             .enabled
@@ -335,23 +326,7 @@ impl Node {
         // The start line prints the swarm's listen addresses.
         s.mesh.wait_listening(Duration::from_secs(5)).await;
         let me = me_of(&s, cfg);
-        if s.mesh.admitted() {
-            announce::publish_self(&s.mesh, &me).await?;
-        } else {
-            tracing::warn!(
-                parent: span,
-                "not a member of network {} yet: ask an admin to run `tarn admit {}`",
-                cfg.network.as_deref().unwrap_or_default(),
-                s.mesh.peer_id()
-            );
-            self.tasks.push(announce::spawn_when_admitted(
-                s.mesh.clone(),
-                me.clone(),
-                cfg.has(Service::Operator).then(|| s.store.clone()),
-                stopped.clone(),
-                span.clone(),
-            ));
-        }
+        self.publish_self(cfg, &me, span).await?;
         if cfg.has(Service::Operator) {
             announce::announce_tables(&s.mesh, &me, &s.store).await;
             self.tasks.push(announce::spawn_table_announcer(
@@ -362,6 +337,34 @@ impl Node {
                 span.clone(),
             ));
         }
+        Ok(())
+    }
+
+    /// Publishes this node's own policies now, or once it is admitted to
+    /// its closed network.
+    async fn publish_self(
+        &mut self,
+        cfg: &Config,
+        me: &Me,
+        span: &tracing::Span,
+    ) -> anyhow::Result<()> {
+        let s = &self.state;
+        if s.mesh.admitted() {
+            return announce::publish_self(&s.mesh, me).await;
+        }
+        tracing::warn!(
+            parent: span,
+            "not a member of network {} yet: ask an admin to run `tarn admit {}`",
+            cfg.network.as_deref().unwrap_or_default(),
+            s.mesh.peer_id()
+        );
+        self.tasks.push(announce::spawn_when_admitted(
+            s.mesh.clone(),
+            me.clone(),
+            cfg.has(Service::Operator).then(|| s.store.clone()),
+            self.stopped.clone(),
+            span.clone(),
+        ));
         Ok(())
     }
 
@@ -454,6 +457,20 @@ fn network_of(
         );
     }
     Ok((Some(root), Some(key)))
+}
+
+/// What `/v1/status` says of the node.
+fn info_of(cfg: &Config, rest: SocketAddr) -> Info {
+    Info {
+        name: cfg.name.clone(),
+        services: cfg.services.clone(),
+        rest,
+        data_dir: cfg.data_dir.clone(),
+        durability: cfg.durability,
+        started: Instant::now(),
+        cluster: cfg.cluster.clone(),
+        streaming: cfg.streaming.clone(),
+    }
 }
 
 /// This node as the network knows it.

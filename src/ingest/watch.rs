@@ -212,29 +212,33 @@ impl Watcher {
                     self.seen.remove(&path);
                     self.move_to(&path, &name, "error", Some(&reason));
                 }
-                Loaded::NotYet(why) => {
-                    let s = self.seen.get_mut(&path).expect("the entry was just read");
-                    s.since = now;
-                    if why == OPEN_FOR_WRITING {
-                        tracing::debug!(file = %name, "watched file {why}; waiting");
-                        continue;
-                    }
-                    let first = *s.incomplete.get_or_insert(now);
-                    if now.duration_since(first) + self.settle >= self.incomplete {
-                        let reason = format!(
-                            "{why}, and it has not changed for {} ms",
-                            self.incomplete.as_millis()
-                        );
-                        tracing::warn!(file = %name, "watched file refused: {reason}");
-                        self.seen.remove(&path);
-                        self.move_to(&path, &name, "error", Some(&reason));
-                    } else {
-                        tracing::debug!(file = %name, "watched file {why}; waiting");
-                    }
-                }
+                Loaded::NotYet(why) => self.not_yet(&path, &name, why, now),
             }
         }
         self.seen.retain(|p, _| present.contains(p));
+    }
+
+    /// A file that is not finished waits for a later scan; one that ends
+    /// mid-JSON goes to `error/` once unchanged for `incomplete_ms`.
+    fn not_yet(&mut self, path: &Path, name: &str, why: &str, now: Instant) {
+        let s = self.seen.get_mut(path).expect("the entry was just read");
+        s.since = now;
+        if why == OPEN_FOR_WRITING {
+            tracing::debug!(file = %name, "watched file {why}; waiting");
+            return;
+        }
+        let first = *s.incomplete.get_or_insert(now);
+        if now.duration_since(first) + self.settle >= self.incomplete {
+            let reason = format!(
+                "{why}, and it has not changed for {} ms",
+                self.incomplete.as_millis()
+            );
+            tracing::warn!(file = %name, "watched file refused: {reason}");
+            self.seen.remove(path);
+            self.move_to(path, name, "error", Some(&reason));
+        } else {
+            tracing::debug!(file = %name, "watched file {why}; waiting");
+        }
     }
 
     fn try_load(&self, path: &Path, name: &str) -> Loaded {
