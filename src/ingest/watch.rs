@@ -303,7 +303,11 @@ impl Watcher {
         }
         if let Some(reason) = reason {
             let note = PathBuf::from(format!("{}.err.txt", dest.display()));
-            if let Err(e) = std::fs::write(&note, format!("{reason}\n")) {
+            // Written aside and renamed, so the reason is never seen half-written.
+            let tmp = PathBuf::from(format!("{}.tmp", note.display()));
+            if let Err(e) = std::fs::write(&tmp, format!("{reason}\n"))
+                .and_then(|()| std::fs::rename(&tmp, &note))
+            {
                 tracing::error!("writing {}: {e}", note.display());
             }
         }
