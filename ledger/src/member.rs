@@ -81,6 +81,9 @@ pub(crate) struct Members {
     pub(crate) by_author: BTreeMap<Author, Member>,
     /// Ids of the member policies that count.
     pub(crate) ids: BTreeSet<String>,
+    /// Who may admit and revoke: the root and every member any policy
+    /// that counts made an admin.
+    pub(crate) admins: BTreeSet<Author>,
 }
 
 impl Members {
@@ -109,13 +112,21 @@ impl Members {
                     by_author.insert(m.author, m);
                 }
             }
-            let next: BTreeSet<Author> = std::iter::once(root)
+            // Admins only ever grow: a newer policy without `admin` does not
+            // demote (only the root's revocation does), so this ends, even
+            // when two admins each publish a demotion of the other.
+            let next: BTreeSet<Author> = admins
+                .iter()
+                .copied()
                 .chain(by_author.values().filter(|m| m.admin).map(|m| m.author))
                 .collect();
-            // Admins only ever grow (see the module docs), so this ends.
             if next == admins {
                 let ids = by_author.values().map(|m| m.id.clone()).collect();
-                return Members { by_author, ids };
+                return Members {
+                    by_author,
+                    ids,
+                    admins,
+                };
             }
             admins = next;
         }
@@ -239,6 +250,18 @@ mod ledger_tests {
             .unwrap();
         assert!(l.view().get(&id).is_none());
         assert!(l.view().admitted(&author(3)), "3 is still a member");
+    }
+
+    /// Two admins that each publish a demotion of the other: the members
+    /// are still computed (once an admin, an admin until the root revokes).
+    #[test]
+    fn mutual_demotion_ends() {
+        let mut l = Ledger::in_memory_network(Some(author(1))).unwrap();
+        l.append_local(&key(1), member(2, true, None), 0).unwrap();
+        l.append_local(&key(1), member(3, true, None), 0).unwrap();
+        l.append_local(&key(2), member(3, false, None), 0).unwrap();
+        l.append_local(&key(3), member(2, false, None), 0).unwrap();
+        assert!(l.view().is_admin(&author(2)) && l.view().is_admin(&author(3)));
     }
 
     /// Every replica computes the same view whatever order the entries

@@ -166,7 +166,7 @@ impl View {
 
     /// Whether `author` may admit others and revoke any policy.
     pub fn is_admin(&self, author: &Author) -> bool {
-        self.root == Some(*author) || self.members.by_author.get(author).is_some_and(|m| m.admin)
+        self.root == Some(*author) || self.members.admins.contains(author)
     }
 
     /// A member of the closed network, by key.

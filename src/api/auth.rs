@@ -428,7 +428,11 @@ fn describe(req: &Request) -> (String, bool) {
         };
         what = format!("{what} {}.{}", h("dbms"), h("table"));
     }
-    what.truncate(200);
+    let mut end = what.len().min(200);
+    while !what.is_char_boundary(end) {
+        end -= 1;
+    }
+    what.truncate(end);
     (what, changes)
 }
 
