@@ -1,11 +1,13 @@
 //! The soak test: minutes of mixed ingest (REST batches, streaming PUTs,
 //! watched files), queries, bad requests and stalled clients against three
 //! `tarn node` processes — two operators of one cluster and a query node —
-//! with one operator killed (`kill -9`) and restarted every minute. At the
-//! end every acknowledged row must be on both operators exactly once.
+//! with one operator killed (`kill -9`) and restarted every minute
+//! (`--kill-every N` minutes; 0 never). At the end every acknowledged row
+//! must be on both operators exactly once.
 //!
 //! ```sh
 //! cargo build --release && cargo run --release --example soak -- --minutes 10
+//! cargo run --release --example soak -- --minutes 30 --kill-every 0
 //! ```
 //!
 //! It prints, per minute, the p50/p99 of a small query through the query
@@ -287,10 +289,14 @@ fn held(url: &str, acked: &BTreeSet<u64>) -> anyhow::Result<(u64, u64, usize)> {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let (mut minutes, mut bin) = (10u64, None);
+    let (mut minutes, mut bin, mut kill_every) = (10u64, None, 1u64);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--minutes" => minutes = args.next().context("--minutes N")?.parse()?,
+            // 0: never (to see whether memory levels off).
+            "--kill-every" => {
+                kill_every = args.next().context("--kill-every MINUTES")?.parse()?
+            }
             "--bin" => bin = Some(PathBuf::from(args.next().context("--bin PATH")?)),
             other => bail!("unknown argument {other}"),
         }
@@ -383,8 +389,12 @@ fn main() -> anyhow::Result<()> {
             if qc.query("soak", small).is_ok_and(|a| a.status == 200) {
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
-            if killed.is_none() && Instant::now() >= kill_at {
-                let i = (minute % 2) as usize;
+            if killed.is_none()
+                && kill_every > 0
+                && minute % kill_every == 0
+                && Instant::now() >= kill_at
+            {
+                let i = ((minute / kill_every) % 2) as usize;
                 let mut ops = world.ops.lock().expect("lock");
                 ops[i].kill();
                 std::thread::sleep(Duration::from_secs(2));
