@@ -16,6 +16,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let answer = rt.block_on(tarn::p2p_client::query(
         addr,
+        None,
         db,
         sql,
         false,

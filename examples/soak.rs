@@ -294,9 +294,7 @@ fn main() -> anyhow::Result<()> {
         match a.as_str() {
             "--minutes" => minutes = args.next().context("--minutes N")?.parse()?,
             // 0: never (to see whether memory levels off).
-            "--kill-every" => {
-                kill_every = args.next().context("--kill-every MINUTES")?.parse()?
-            }
+            "--kill-every" => kill_every = args.next().context("--kill-every MINUTES")?.parse()?,
             "--bin" => bin = Some(PathBuf::from(args.next().context("--bin PATH")?)),
             other => bail!("unknown argument {other}"),
         }

@@ -9,6 +9,7 @@
 //! - [`format`]: result rendering, native and EdgeLake's
 //! - `body`: request bodies under the in-flight budget
 //! - `error`: [`ApiError`], codes to statuses
+//! - [`tls`]: HTTPS (certificates and keys as a rustls configuration)
 //!
 //! A new endpoint is a handler in `native` and a line in [`router`]; a new
 //! EdgeLake command is a function in `edgelake` and a line in its dispatch.
@@ -31,6 +32,7 @@ mod native;
 mod network;
 mod put;
 mod serve;
+pub mod tls;
 
 pub use body::BodyLimits;
 pub use error::{ApiError, status_of};
@@ -54,6 +56,8 @@ pub struct Info {
     pub started: Instant,
     pub cluster: Option<String>,
     pub streaming: StreamingConfig,
+    /// REST is served over TLS.
+    pub tls: bool,
 }
 
 impl Info {

@@ -1,8 +1,42 @@
 //! A small blocking HTTP client for a node's REST API, used by the CLI
 //! commands (`tarn query`, `tarn ingest`, `tarn status`) and by tests.
-//! A node with authentication takes the token in `TARN_TOKEN`.
+//! A node with authentication takes the token in `TARN_TOKEN`; one that
+//! serves HTTPS with a private CA's certificate needs that CA
+//! ([`trust_ca`], `--ca` or `TARN_CA` on the command line).
 
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+
+/// The CA certificates clients made from now on trust instead of the
+/// public ones (WebPKI roots).
+static CA: OnceLock<Arc<Vec<Certificate<'static>>>> = OnceLock::new();
+
+/// Trust the CA certificates in `ca` (PEM) for every HTTPS node, instead of
+/// the public roots. Once per process: a second call is refused.
+pub fn trust_ca(ca: &Path) -> anyhow::Result<()> {
+    let certs = crate::api::tls::ca_certs(ca).map_err(|e| anyhow::anyhow!(e))?;
+    let certs = certs
+        .iter()
+        .map(|c| Certificate::from_der(c).to_owned())
+        .collect();
+    CA.set(Arc::new(certs))
+        .map_err(|_| anyhow::anyhow!("a CA is already set"))
+}
+
+fn tls_config(ca: Option<Arc<Vec<Certificate<'static>>>>) -> TlsConfig {
+    let roots = match ca {
+        Some(certs) => RootCerts::Specific(certs),
+        None => RootCerts::WebPki,
+    };
+    TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(crate::api::tls::provider())
+        .root_certs(roots)
+        .build()
+}
 
 /// The node a client talks to unless told otherwise.
 pub const DEFAULT_NODE: &str = "http://127.0.0.1:32049";
@@ -43,6 +77,15 @@ impl Answer {
     }
 }
 
+fn agent(ca: Option<Arc<Vec<Certificate<'static>>>>) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(600)))
+        .tls_config(tls_config(ca))
+        .build()
+        .into()
+}
+
 impl Client {
     pub fn new(base: &str) -> Client {
         let base = if base.contains("://") {
@@ -50,16 +93,25 @@ impl Client {
         } else {
             format!("http://{base}")
         };
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(600)))
-            .build()
-            .into();
         Client {
             base: base.trim_end_matches('/').to_owned(),
-            agent,
+            agent: agent(CA.get().cloned()),
             token: std::env::var("TARN_TOKEN").ok().filter(|t| !t.is_empty()),
         }
+    }
+
+    /// The same node, trusting only the CA certificates in `ca_pem`.
+    pub fn with_ca(mut self, ca_pem: &[u8]) -> anyhow::Result<Client> {
+        let certs = ureq::tls::parse_pem(ca_pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        anyhow::ensure!(!certs.is_empty(), "no CERTIFICATE in the CA");
+        self.agent = agent(Some(Arc::new(certs)));
+        Ok(self)
     }
 
     /// The same node, with a user's token (or none).

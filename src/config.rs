@@ -98,6 +98,17 @@ pub struct Config {
     pub publisher: PublisherConfig,
     pub auth: AuthConfig,
     pub audit: AuditConfig,
+    pub tls: TlsConfig,
+}
+
+/// HTTPS on the REST port.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM); with `key`, REST is HTTPS only.
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub key: Option<PathBuf>,
 }
 
 /// The audit log (`almgm.audit`).
@@ -233,6 +244,7 @@ impl Default for Config {
             replication: ReplicationConfig::default(),
             publisher: PublisherConfig::default(),
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
             audit: AuditConfig::default(),
         }
     }
@@ -271,6 +283,9 @@ impl Config {
             return Err(
                 "auth needs a closed network (--network): its admins sign the users".into(),
             );
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err("TLS needs both a certificate (--tls-cert) and its key (--tls-key)".into());
         }
         if let Some(n) = &self.network
             && tarn_ledger::member::author_of_peer_id(n).is_none()

@@ -24,6 +24,10 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Trust this CA (PEM) for nodes that serve HTTPS, instead of the
+    /// public roots (see `tarn cert`).
+    #[arg(long, global = true, env = "TARN_CA")]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -58,6 +62,10 @@ enum Command {
         /// /p2p/<peer-id> (as printed at its start). No node runs here.
         #[arg(long, conflicts_with = "node")]
         peer: Option<String>,
+        /// With --peer: query as this key (from `tarn key`, admitted with
+        /// `tarn admit`) instead of a throwaway one, for closed networks.
+        #[arg(long, requires = "peer")]
+        key: Option<PathBuf>,
         /// The logical database.
         #[arg(long)]
         db: String,
@@ -130,6 +138,24 @@ enum Command {
     Network {
         #[command(subcommand)]
         action: NetworkAction,
+    },
+    /// Make a key for a libp2p client (`tarn query --peer --key`) and print
+    /// its PeerId, to admit with `tarn admit`.
+    Key {
+        /// Where to write the key (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a small CA (once per directory) and a server certificate for
+    /// HTTPS on the REST port.
+    Cert {
+        /// The directory for ca.pem, ca.key, <host>.pem and <host>.key.
+        #[arg(long)]
+        out: PathBuf,
+        /// The names and IP addresses clients use for the node (repeat, or
+        /// comma separate); the first names the files.
+        #[arg(long, value_delimiter = ',', required = true)]
+        host: Vec<String>,
     },
     /// Admit a peer to a closed network: signs a `member` policy with an
     /// admin key here and hands it to a node, which spreads it.
@@ -269,6 +295,12 @@ struct NodeArgs {
     /// Every REST request needs a user's token (see `tarn user add`).
     #[arg(long)]
     auth: bool,
+    /// Serve REST over HTTPS with this certificate chain (PEM; see `tarn cert`).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Do not look for peers on the local network by mDNS.
     #[arg(long)]
     no_mdns: bool,
@@ -345,6 +377,10 @@ impl NodeArgs {
         if self.auth {
             cfg.auth.enabled = true;
         }
+        if self.tls_cert.is_some() {
+            cfg.tls.cert = self.tls_cert;
+            cfg.tls.key = self.tls_key;
+        }
         if self.no_mdns {
             cfg.mdns = false;
         }
@@ -355,22 +391,37 @@ impl NodeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tarn: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(ca) = &cli.ca {
+        tarn::client::trust_ca(ca)?;
+    }
+    let out = &mut std::io::stdout();
+    match cli.command {
         Command::Node(args) => run_node(args),
         Command::Query {
             node,
             peer,
+            key,
             db,
             sql,
             format,
         } => tarn::cli::query(
             &node,
             peer.as_deref(),
+            key.as_deref(),
             &db,
             &sql,
             format,
-            &mut std::io::stdout(),
+            out,
         ),
         Command::Ingest {
             node,
@@ -392,20 +443,20 @@ fn main() -> ExitCode {
                 ClusterAction::Status { node, json } => (node, false, json),
                 ClusterAction::Verify { node, json } => (node, true, json),
             };
-            tarn::cli::cluster(&node, verify, json, &mut std::io::stdout())
+            tarn::cli::cluster(&node, verify, json, out)
         }
-        Command::Status { node } => tarn::cli::status(&node, &mut std::io::stdout()),
+        Command::Status { node } => tarn::cli::status(&node, out),
         Command::Demo { nodes, dir } => tarn::cli::run_demo(nodes, dir),
-        Command::Nodes { node, json } => tarn::cli::nodes(&node, json, &mut std::io::stdout()),
-        Command::Policies { node, kind } => {
-            tarn::cli::policies(&node, kind.as_deref(), &mut std::io::stdout())
-        }
+        Command::Nodes { node, json } => tarn::cli::nodes(&node, json, out),
+        Command::Policies { node, kind } => tarn::cli::policies(&node, kind.as_deref(), out),
         Command::Policy {
             action: PolicyAction::Add { node, file },
-        } => tarn::cli::policy_add(&node, &file, &mut std::io::stdout()),
+        } => tarn::cli::policy_add(&node, &file, out),
+        Command::Key { out: file } => tarn::cli::key_create(&file, out),
+        Command::Cert { out: dir, host } => tarn::cli::cert(&dir, &host, out),
         Command::Network {
-            action: NetworkAction::Create { out },
-        } => tarn::cli::network_create(&out, &mut std::io::stdout()),
+            action: NetworkAction::Create { out: file },
+        } => tarn::cli::network_create(&file, out),
         Command::Admit {
             peer,
             services,
@@ -422,19 +473,10 @@ fn main() -> ExitCode {
                 cluster,
                 admin,
             },
-            &mut std::io::stdout(),
+            out,
         ),
         Command::User { action } => run_user(action),
-        Command::Revoke { peer, key, node } => {
-            tarn::cli::revoke(&node, &key, &peer, &mut std::io::stdout())
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tarn: {e:#}");
-            ExitCode::FAILURE
-        }
+        Command::Revoke { peer, key, node } => tarn::cli::revoke(&node, &key, &peer, out),
     }
 }
 

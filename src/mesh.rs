@@ -26,7 +26,7 @@ mod ledger_sync;
 
 pub use dispatch::{Events, Router, Serve};
 pub use identity::{
-    author_of, create_key_file, load_or_create as identity, peer_of, read_key_file,
+    author_of, create_key_file, keypair_of, load_or_create as identity, peer_of, read_key_file,
 };
 
 use crate::clock::SharedClock;

@@ -122,6 +122,12 @@ impl Node {
         } = b;
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let tls = match (&cfg.tls.cert, &cfg.tls.key) {
+            (Some(cert), Some(key)) => {
+                Some(api::tls::server_config(cert, key).map_err(|e| anyhow::anyhow!(e))?)
+            }
+            _ => None,
+        };
         let span = tracing::info_span!("node", name = %cfg.name);
         let opened = open(&cfg, &clock).await?;
         let (stop, stopped) = watch::channel(false);
@@ -180,7 +186,7 @@ impl Node {
             rest,
         };
         let mut node = Node::wire(&cfg, opened, net, (stop, stopped), &span);
-        node.run(&cfg, listener, events, &span).await?;
+        node.run(&cfg, listener, tls, events, &span).await?;
         tracing::info!(parent: &span, "REST API listening on http://{rest}");
         Ok(node)
     }
@@ -275,6 +281,7 @@ impl Node {
         &mut self,
         cfg: &Config,
         listener: tokio::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
         events: Events,
         span: &tracing::Span,
     ) -> anyhow::Result<()> {
@@ -291,7 +298,7 @@ impl Node {
         self.tasks
             .push(router.spawn(events, stopped.clone(), span.clone()));
         let idle = Duration::from_millis(cfg.idle_timeout_ms);
-        let rest = api::serve(listener, api::router(s.clone()), stopped.clone(), idle);
+        let rest = api::serve(listener, api::router(s.clone()), stopped.clone(), idle, tls);
         self.tasks.push(tokio::spawn(rest.instrument(span.clone())));
         let streams = s.streams.clone();
         let period = Duration::from_millis((cfg.streaming.threshold_ms / 4).clamp(10, 250));
@@ -370,6 +377,12 @@ impl Node {
 
     pub fn rest_addr(&self) -> SocketAddr {
         self.state.info.rest
+    }
+
+    /// The REST API's URL: `https://` when the node serves TLS.
+    pub fn rest_url(&self) -> String {
+        let scheme = if self.state.info.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.state.info.rest)
     }
 
     /// The node's mesh: its ledger view, peers, and requests to them.
@@ -470,6 +483,7 @@ fn info_of(cfg: &Config, rest: SocketAddr) -> Info {
         started: Instant::now(),
         cluster: cfg.cluster.clone(),
         streaming: cfg.streaming.clone(),
+        tls: cfg.tls.cert.is_some(),
     }
 }
 

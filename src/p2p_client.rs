@@ -1,5 +1,6 @@
 //! A libp2p client that is not a node: it dials one node of the mesh with a
-//! throwaway identity and runs a network query over `/tarn/rpc/2` (the
+//! throwaway identity (or, in a closed network, a key admitted with `tarn
+//! admit`) and runs a network query over `/tarn/rpc/2` (the
 //! query family of [`crate::proto`]), the protocol operators and query
 //! nodes speak to each other. Used by `tarn query --peer` and
 //! `examples/libp2p_client.rs`.
@@ -13,10 +14,15 @@ use crate::api::format::native_rows;
 use crate::proto::query::{Chunk, Request};
 
 /// Runs `sql` over the network through the node at `addr` (a multiaddr
-/// ending in `/p2p/<peer-id>`). Answers like `POST /v1/query`:
+/// ending in `/p2p/<peer-id>`) as `identity` (a throwaway key when
+/// `None`). Answers like `POST /v1/query`:
 /// `{"columns", "rows", "stats", "errors"}`.
+///
+/// The node is authenticated by the PeerId in `addr` (Noise): no CA is
+/// involved, and a node that holds another key cannot answer.
 pub async fn query(
     addr: &str,
+    identity: Option<tarn_net::Keypair>,
     db: &str,
     sql: &str,
     subset: bool,
@@ -32,7 +38,8 @@ pub async fn query(
             _ => None,
         })
         .with_context(|| format!("{addr} does not end in /p2p/<peer-id>"))?;
-    let mut cfg = tarn_net::Config::new(tarn_net::Keypair::generate_ed25519());
+    let key = identity.unwrap_or_else(tarn_net::Keypair::generate_ed25519);
+    let mut cfg = tarn_net::Config::new(key);
     cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")];
     cfg.mdns = false;
     // The node answers the first chunk only once the whole query has run.

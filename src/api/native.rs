@@ -35,6 +35,8 @@ pub(super) async fn status(State(s): State<AppState>) -> Response {
         "status": "running",
         "services": info.services,
         "rest": info.rest.to_string(),
+        "tls": info.tls,
+        "auth": s.auth.is_some(),
         "data_dir": info.data_dir.display().to_string(),
         "durability": info.durability,
         "uptime_s": info.started.elapsed().as_secs(),

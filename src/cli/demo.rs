@@ -45,8 +45,8 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
             .await?;
         // One plain line on stdout, for people and for scripts that start nodes.
         println!(
-            "tarn node listening: rest=http://{} peer_id={} p2p={}",
-            node.rest_addr(),
+            "tarn node listening: rest={} peer_id={} p2p={}",
+            node.rest_url(),
             node.peer_id(),
             node.p2p_addrs().join(",")
         );

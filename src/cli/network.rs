@@ -24,6 +24,13 @@ pub fn network_create(out_file: &Path, out: &mut impl Write) -> anyhow::Result<(
     Ok(())
 }
 
+/// `tarn key --out FILE`: a new key (a libp2p client's identity, to admit
+/// with `tarn admit`); prints its PeerId.
+pub fn key_create(out_file: &Path, out: &mut impl Write) -> anyhow::Result<()> {
+    // The same kind of key as a network's root: an ed25519 secret.
+    network_create(out_file, out)
+}
+
 /// What `tarn admit` admits.
 #[derive(Debug, Clone)]
 pub struct Admission {

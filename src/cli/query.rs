@@ -14,10 +14,12 @@ pub enum OutFormat {
     Csv,
 }
 
-/// `tarn query`: runs a SELECT and prints the rows.
+/// `tarn query`: runs a SELECT and prints the rows, through the REST API of
+/// `node` or, with `peer`, over libp2p (as the key in `key`, if given).
 pub fn query(
     node: &str,
     peer: Option<&str>,
+    key: Option<&std::path::Path>,
     db: &str,
     sql: &str,
     format: OutFormat,
@@ -29,8 +31,13 @@ pub fn query(
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
+            let identity = match key {
+                Some(k) => Some(crate::mesh::keypair_of(&crate::mesh::read_key_file(k)?)?),
+                None => None,
+            };
             rt.block_on(crate::p2p_client::query(
                 addr,
+                identity,
                 db,
                 sql,
                 false,

@@ -46,6 +46,11 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
     Ok(ed25519_dalek::SigningKey::from_bytes(&secret))
 }
 
+/// The libp2p identity of a key read by [`read_key_file`].
+pub fn keypair_of(key: &ed25519_dalek::SigningKey) -> anyhow::Result<Keypair> {
+    Keypair::ed25519_from_bytes(key.to_bytes()).map_err(|e| anyhow::anyhow!("key: {e}"))
+}
+
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let mut tmp = path.as_os_str().to_owned();

@@ -395,3 +395,174 @@ fn rest_needs_a_token_of_the_right_role() {
         "the address is locked out for a minute, good token or not"
     );
 }
+
+/// Runs `curl` with `args`; `None` (said loudly) where there is no curl.
+fn curl(args: &[&str]) -> Option<std::process::Output> {
+    match Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+    {
+        Ok(out) => Some(out),
+        Err(e) => {
+            eprintln!("SKIPPED the curl checks: cannot run curl ({e})");
+            None
+        }
+    }
+}
+
+/// `tarn cert` makes a CA and server certificates; a node serves REST over
+/// HTTPS with one; clients trust the CA (`--ca`, `TARN_CA`, `curl
+/// --cacert`) and nothing else gets an answer.
+#[test]
+fn rest_over_https_with_a_ca_from_tarn_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_s = certs.to_str().unwrap();
+    let out = tarn(&["cert", "--out", certs_s, "--host", "localhost,127.0.0.1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--tls-cert"));
+    // A second server certificate from the same CA; the CA is kept.
+    let ca_pem = std::fs::read(certs.join("ca.pem")).unwrap();
+    let out = tarn(&[
+        "cert",
+        "--out",
+        certs_s,
+        "--host",
+        "node2",
+        "--host",
+        "127.0.0.1",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(certs.join("ca.pem")).unwrap(), ca_pem);
+    let again = tarn(&["cert", "--out", certs_s, "--host", "node2"]);
+    assert!(!again.status.success(), "a certificate was overwritten");
+    assert_eq!(String::from_utf8_lossy(&again.stderr).lines().count(), 1);
+    #[cfg(unix)]
+    for k in ["ca.key", "node2.key", "localhost.key"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(certs.join(k))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{k} is readable by others");
+    }
+    let bad = tarn(&[
+        "node",
+        "--tls-cert",
+        certs.join("node2.pem").to_str().unwrap(),
+    ]);
+    assert!(
+        !bad.status.success(),
+        "a certificate without its key was taken"
+    );
+
+    let key = dir.path().join("admin.key");
+    let key_s = key.to_str().unwrap();
+    assert!(
+        tarn(&["network", "create", "--out", key_s])
+            .status
+            .success()
+    );
+    let (cert, tls_key) = (certs.join("node2.pem"), certs.join("node2.key"));
+    let mut a = TestNode::start(&[
+        "--admin-key",
+        key_s,
+        "--auth",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        tls_key.to_str().unwrap(),
+    ]);
+    let url = a.client.base().to_owned();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let ca = certs.join("ca.pem");
+    let ca_s = ca.to_str().unwrap();
+    a.set_client(|c| c.with_ca(&ca_pem).unwrap());
+
+    // The CLI: refused without the CA, one line; with --ca it works.
+    let no_ca = tarn(&[
+        "user", "add", "root", "--role", "admin", "--key", key_s, "--node", &url,
+    ]);
+    assert!(!no_ca.status.success());
+    let err = String::from_utf8_lossy(&no_ca.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = tarn(&[
+        "--ca", ca_s, "user", "add", "root", "--role", "admin", "--key", key_s, "--node", &url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let status = Command::new(BIN)
+        .args(["status", "--node", &url])
+        .env("TARN_CA", ca_s)
+        .env("TARN_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    a.set_client(|c| c.with_token(Some(&token)));
+    let s = a.client.get("/v1/status", &[]).unwrap().ok_json().unwrap();
+    assert_eq!(
+        (s["tls"].as_bool(), s["auth"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(a.post("lab", "t", r#"[{"v": 1}, {"v": 2}]"#).status, 200);
+    assert_eq!(a.count("lab", "t"), 2);
+
+    // Plain HTTP on the HTTPS port gets no answer.
+    let plain = format!("http://{}", url.trim_start_matches("https://"));
+    assert!(
+        tarn::client::Client::new(&plain)
+            .get("/v1/status", &[])
+            .is_err(),
+        "plain HTTP was answered"
+    );
+
+    // curl: --cacert and a token; the server certificate's other name.
+    let port = url.rsplit(':').next().unwrap();
+    let auth = format!("authorization: Bearer {token}");
+    if let Some(out) = curl(&["--cacert", ca_s, "-H", &auth, &format!("{url}/v1/status")]) {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["tls"], true);
+        let resolve = format!("node2:{port}:127.0.0.1");
+        let named = format!("https://node2:{port}/v1/status");
+        let out = curl(&["--cacert", ca_s, "--resolve", &resolve, "-H", &auth, &named]).unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let untrusted = curl(&[&format!("{url}/v1/status")]).unwrap();
+        assert!(
+            !untrusted.status.success(),
+            "curl trusted a private CA's certificate"
+        );
+        let out = curl(&[
+            "--cacert",
+            ca_s,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{url}/v1/status"),
+        ])
+        .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    }
+    // Restarted with the same files, it serves HTTPS again.
+    a.restart();
+    a.set_client(|c| c.with_ca(&ca_pem).unwrap().with_token(Some(&token)));
+    assert_eq!(a.count("lab", "t"), 2);
+}

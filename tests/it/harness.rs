@@ -87,6 +87,11 @@ impl TestNode {
         }
     }
 
+    /// Talks to the node through `client` from now on (a CA, a token).
+    pub fn set_client(&mut self, client: impl FnOnce(Client) -> Client) {
+        self.api.client = client(self.api.client.clone());
+    }
+
     /// Starts the node again on the same data directory (a new REST port).
     pub fn restart(&mut self) {
         self.kill();
