@@ -9,7 +9,7 @@
 //! - [`format`]: result rendering, native and EdgeLake's
 //! - `body`: request bodies under the in-flight budget
 //! - `error`: [`ApiError`], codes to statuses
-//! - [`tls`]: HTTPS (certificates and keys as a rustls configuration)
+//! - [`tls`]: HTTPS, certificates and keys as a rustls configuration
 //!
 //! A new endpoint is a handler in `native` and a line in [`router`]; a new
 //! EdgeLake command is a function in `edgelake` and a line in its dispatch.

@@ -52,7 +52,7 @@ enum ClusterAction {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (operator, query, master, publisher services).
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Run a SELECT on a node and print the rows.
     Query {
         /// The node's REST address.
@@ -406,7 +406,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let out = &mut std::io::stdout();
     match cli.command {
-        Command::Node(args) => run_node(args),
+        Command::Node(args) => run_node(*args),
         Command::Query {
             node,
             peer,

@@ -130,6 +130,39 @@ fn only_admitted_members_take_part() {
     let err = String::from_utf8_lossy(&q.stderr);
     assert!(!q.status.success() && q.stdout.is_empty(), "{err}");
     assert!(err.contains("not admitted"), "{err}");
+    // Its key admitted (`tarn key`, `tarn admit`), it reads the network.
+    let client_key = keys.path().join("client.key");
+    let client_key_s = client_key.to_str().unwrap();
+    let out = tarn(&["key", "--out", client_key_s]);
+    assert!(out.status.success(), "{out:?}");
+    let client_id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = tarn(&[
+        "admit",
+        &client_id,
+        "--services",
+        "query",
+        "--key",
+        key_s,
+        "--node",
+        a.client.base(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the admitted libp2p client's answer", t, || {
+        let q = tarn(&[
+            "query",
+            "--peer",
+            &boot,
+            "--key",
+            client_key_s,
+            "--db",
+            "lab",
+            "--format",
+            "json",
+            "select count(*) from t",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&q.stdout).ok()?;
+        (v["rows"][0][0] == 3).then_some(())
+    });
     // Give gossip and anti-entropy rounds the time to carry anything.
     std::thread::sleep(Duration::from_secs(4));
     for n in [&a, &b] {

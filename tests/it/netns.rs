@@ -1,6 +1,7 @@
 //! Nodes as separate hosts: each `tarn node` in its own network namespace,
-//! joined by a veth link. One host changes its IP address and must be found
-//! again by the same PeerId, with no policy edited by hand.
+//! joined by a veth link. In a closed network, a host is admitted, changes
+//! its IP address and must be found again by the same PeerId, with no
+//! policy edited by hand and no second admission.
 //!
 //! Needs root and iproute2 (`ip netns`); without them the test says
 //! SKIPPED on stderr and passes, since nothing can be checked.
@@ -75,10 +76,10 @@ fn node_seen<'a>(nodes: &'a serde_json::Value, peer: &str) -> Option<&'a serde_j
 }
 
 #[test]
-fn a_host_that_changes_ip_is_found_again_by_peer_id() {
+fn an_admitted_host_that_changes_ip_is_found_again_by_peer_id() {
     if !netns_available() {
         eprintln!(
-            "SKIPPED a_host_that_changes_ip_is_found_again_by_peer_id: needs root and `ip netns`"
+            "SKIPPED an_admitted_host_that_changes_ip_is_found_again_by_peer_id: needs root and `ip netns`"
         );
         return;
     }
@@ -102,6 +103,14 @@ fn a_host_that_changes_ip_is_found_again_by_peer_id() {
     }
     let dirs = tempfile::tempdir().unwrap();
     let (mdir, bdir) = (dirs.path().join("m"), dirs.path().join("b"));
+    let key = dirs.path().join("admin.key");
+    let key_s = key.to_str().unwrap();
+    let out = Command::new(BIN)
+        .args(["network", "create", "--out", key_s])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let network = String::from_utf8(out.stdout).unwrap().trim().to_owned();
 
     let (child, (m_url, _m_peer, m_p2p)) = node_in(
         &m,
@@ -111,6 +120,8 @@ fn a_host_that_changes_ip_is_found_again_by_peer_id() {
             "master",
             "--services",
             "master",
+            "--admin-key",
+            key_s,
             "--listen",
             "/ip4/10.213.7.1/tcp/0",
         ],
@@ -130,6 +141,8 @@ fn a_host_that_changes_ip_is_found_again_by_peer_id() {
             &[
                 "--name",
                 "edge-b",
+                "--network",
+                &network,
                 "--listen",
                 &listen,
                 "--bootstrap",
@@ -140,10 +153,28 @@ fn a_host_that_changes_ip_is_found_again_by_peer_id() {
         peer
     };
     let b_peer = start_b(&mut hosts, "10.213.7.2");
+    // Not admitted yet: refused (a negative, so given a few dial rounds
+    // to go wrong). Then admitted from the master's host.
+    std::thread::sleep(Duration::from_secs(2));
+    let nodes = tarn_in(&m, &["nodes", "--json", "--node", &m_url]).unwrap();
+    assert!(node_seen(&nodes, &b_peer).is_none(), "{nodes}");
+    let admitted = Instant::now();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &m, BIN, "admit", &b_peer])
+        .args(["--services", "operator,query,master", "--key", key_s])
+        .args(["--node", &m_url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_for("the master to see edge-b", Duration::from_secs(30), || {
         let nodes = tarn_in(&m, &["nodes", "--json", "--node", &m_url])?;
         (node_seen(&nodes, &b_peer)?["alive"] == true).then_some(())
     });
+    eprintln!("edge-b usable {:?} after tarn admit", admitted.elapsed());
 
     // Stop edge-b, move its host to another address, start it again.
     let mut old = hosts.children.pop().unwrap();
