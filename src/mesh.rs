@@ -24,7 +24,7 @@ mod dispatch;
 mod identity;
 mod ledger_sync;
 
-pub use dispatch::{Events, Router, Serve};
+pub use dispatch::{Events, Router, SYNC_EVERY, Serve};
 pub use identity::{
     author_of, create_key_file, keypair_of, load_or_create as identity, peer_of, read_key_file,
 };
@@ -506,6 +506,32 @@ impl Mesh {
             .collect();
         v.sort_by_key(|a| a.contains("/127.0.0.1/"));
         v
+    }
+
+    /// The IP address and TCP port peers reach this node at (EdgeLake's
+    /// `ip` and `port`): the first TCP listen address, loopback last.
+    pub fn peer_endpoint(&self) -> Option<(String, u16)> {
+        let mut found: Vec<(String, u16)> = self
+            .listen
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .filter_map(|a| {
+                use tarn_net::multiaddr::Protocol;
+                let mut ip = None;
+                for p in a.iter() {
+                    match p {
+                        Protocol::Ip4(v) => ip = Some(v.to_string()),
+                        Protocol::Ip6(v) => ip = Some(v.to_string()),
+                        Protocol::Tcp(port) => return ip.map(|ip| (ip, port)),
+                        _ => {}
+                    }
+                }
+                None
+            })
+            .collect();
+        found.sort_by_key(|(ip, _)| ip.starts_with("127.") || ip == "::1");
+        found.into_iter().next()
     }
 
     /// Waits (at most `limit`) until the network listens somewhere.

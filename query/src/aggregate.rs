@@ -181,6 +181,11 @@ impl GroupedAggregate {
             let mut ob = ob.clone();
             let _ = ob.visit(&mut sub);
             tail.push_str(&format!(" {ob}"));
+        } else if !keys.is_empty() {
+            // SQLite answers GROUP BY in the order of the group keys (and
+            // EdgeLake passes that on); the merged groups have no order.
+            let by: Vec<String> = (0..keys.len()).map(|i| format!("_k{i}")).collect();
+            tail.push_str(&format!(" ORDER BY {}", by.join(", ")));
         }
         if let Some(l) = &q.limit_clause {
             tail.push_str(&format!("{l}"));

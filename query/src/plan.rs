@@ -406,9 +406,10 @@ fn find_period(text: &str) -> Result<Option<Period>, PlanError> {
         .ok()
         .filter(|n| *n >= 0)
         .ok_or_else(|| bad(&format!("{:?} is not a whole number", args[1])))?;
-    let date_text = args[2]
-        .strip_prefix('\'')
-        .and_then(|d| d.strip_suffix('\''))
+    // EdgeLake's documentation and users quote the date either way.
+    let date_text = ['\'', '"']
+        .iter()
+        .find_map(|q| args[2].strip_prefix(*q).and_then(|d| d.strip_suffix(*q)))
         .unwrap_or(args[2]);
     let date = time::parse(date_text.trim(), true)
         .ok_or_else(|| bad(&format!("{:?} is not a date", args[2])))?;
@@ -1026,6 +1027,29 @@ mod tests {
             p.text.contains("'2023-10-14 22:13:20.000000'"),
             "{}",
             p.text
+        );
+    }
+
+    #[test]
+    fn period_takes_a_date_in_double_quotes() {
+        let single = Prepared::new(
+            "SELECT count(*) FROM t WHERE period(minute, 10, '2024-03-12 13:42:58', timestamp)",
+            NOW,
+        )
+        .unwrap();
+        let double = Prepared::new(
+            r#"SELECT count(*) FROM t WHERE period(minute, 10, "2024-03-12 13:42:58", timestamp)"#,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            single.probe().unwrap().unwrap(),
+            double.probe().unwrap().unwrap()
+        );
+        let end = "2024-03-12 13:40:00.000000";
+        assert_eq!(
+            single.finish(Some(end)).unwrap().to_sql(),
+            double.finish(Some(end)).unwrap().to_sql()
         );
     }
 

@@ -164,7 +164,8 @@ impl Select {
 
     /// Takes EdgeLake's projection casts (`x::float(2)`, `::int`, `::str`,
     /// `::ljust(N)`, `::rjust(N)`) off the top level of the projection; they
-    /// are applied to the final answer, one entry per output column. Casts
+    /// are applied to the final answer, one entry per output column (an
+    /// `increments(...)` item makes no column, so it has no entry). Casts
     /// tarn does not know stay, for SQLite to refuse or apply.
     pub fn take_casts(&mut self) -> Vec<Option<OutputCast>> {
         let Statement::Query(q) = &mut self.stmt else {
@@ -182,6 +183,11 @@ impl Select {
                     continue;
                 }
             };
+            if let Expr::Function(f) = expr
+                && f.name.to_string().eq_ignore_ascii_case("increments")
+            {
+                continue;
+            }
             let Expr::Cast {
                 kind: CastKind::DoubleColon,
                 expr: inner,
@@ -382,5 +388,20 @@ mod cast_tests {
             ]
         );
         assert_eq!(s.to_sql(), "SELECT ts, v, max(v) AS m, d, n FROM t");
+    }
+
+    #[test]
+    fn increments_makes_no_column_so_no_cast_entry() {
+        let mut s = Select::parse(
+            "SELECT increments(day, 1, timestamp), min(timestamp)::ljust(19) AS t0, avg(v)::float(3) AS a FROM t",
+        )
+        .unwrap();
+        assert_eq!(
+            s.take_casts(),
+            vec![
+                Some(OutputCast::Ljust(19)),
+                Some(OutputCast::Float(Some(3)))
+            ]
+        );
     }
 }

@@ -11,7 +11,7 @@
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -30,6 +30,8 @@ use crate::error::{Code, Coded};
 /// (clients test `err_code` for non-zero, not for particular values).
 pub mod code {
     pub const COMMAND: i64 = 2;
+    /// EdgeLake's "No metadata info": a table no policy (or store) knows.
+    pub const NO_METADATA: i64 = 29;
     pub const SQL: i64 = 19;
     pub const NOT_FOUND: i64 = 33;
     pub const INTERNAL: i64 = 99;
@@ -40,7 +42,13 @@ pub mod code {
 pub enum Reply {
     Json(String),
     Text(String),
-    Error { code: i64, text: String },
+    /// Answered with HTTP 400 (500 for an internal error), as EdgeLake does.
+    Error {
+        code: i64,
+        text: String,
+        /// EdgeLake's `local_msg`: the detail beside the class of error.
+        local: Option<String>,
+    },
 }
 
 impl Reply {
@@ -48,6 +56,7 @@ impl Reply {
         Reply::Error {
             code,
             text: text.into(),
+            local: None,
         }
     }
 
@@ -132,14 +141,25 @@ fn reply(s: &AppState, method: &str, reply: Reply) -> Response {
         Reply::Text(t) => {
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], t).into_response()
         }
-        // EdgeLake answers errors with 200 and a body clients check for `err_code`.
-        Reply::Error { code, text } => axum::Json(serde_json::json!({
-            "method": method,
-            "node": s.info.rest.ip().to_string(),
-            "err_code": code,
-            "err_text": text,
-        }))
-        .into_response(),
+        // EdgeLake answers errors with a 4xx status and this object
+        // (clients check both); 1.4 puts it in the status line, tarn in the body.
+        Reply::Error { code, text, local } => {
+            let mut body = serde_json::json!({
+                "method": method,
+                "node": s.info.rest.ip().to_string(),
+                "err_code": code,
+                "err_text": text,
+            });
+            if let Some(l) = local {
+                body["local_msg"] = l.into();
+            }
+            let status = if code == code::INTERNAL {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            (status, axum::Json(body)).into_response()
+        }
     }
 }
 

@@ -33,7 +33,7 @@ pub const GOSSIP_QUEUE: usize = 4096;
 /// Anti-entropy runs at once.
 pub const MAX_SYNCS: usize = 32;
 /// How often each node compares ledger heads with a few peers.
-const SYNC_EVERY: Duration = Duration::from_secs(3);
+pub const SYNC_EVERY: Duration = Duration::from_secs(3);
 /// Peers compared with per round: enough to repair, cheap at any size.
 const SYNC_FANOUT: usize = 3;
 

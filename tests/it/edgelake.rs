@@ -38,7 +38,8 @@ fn sql_json_formats() {
         stats.starts_with("[{\"Count\": 2,\"Time\":\"00:00:0"),
         "{stats}"
     );
-    assert!(stats.ends_with(",\"Nodes\": 1}]}"), "{stats}");
+    // A local query: EdgeLake says "Nodes": 0.
+    assert!(stats.ends_with(",\"Nodes\": 0}]}"), "{stats}");
     let a = node.command("sql lab format = json:list SELECT max(value) FROM ping");
     assert_eq!(a.body, r#"[{"max(value)":2.5}]"#);
     let a = node.command("sql lab format=json and stat=false select * from ping where value > 100");
@@ -72,7 +73,7 @@ beta        null                2023-01-01 01:30:00.000000\n";
         "{stats}"
     );
     assert!(
-        stats.ends_with("\",\n                \"Nodes\": 1}]}"),
+        stats.ends_with("\",\n                \"Nodes\": 0}]}"),
         "{stats}"
     );
 
@@ -94,26 +95,51 @@ beta        null                2023-01-01 01:30:00.000000\n";
 #[test]
 fn metadata_commands() {
     let node = seeded();
-    let s = node.command("get status");
-    assert!(
-        s.body.starts_with("'test-node@127.0.0.1:") && s.body.ends_with(" running'"),
-        "{}",
-        s.body
-    );
+    // EdgeLake 1.4, observed: `name@ip:port running`, unquoted, with the
+    // node's peer (TCP) port; `{"Status": ...}` as JSON.
+    let st = node
+        .client
+        .get("/v1/status", &[])
+        .unwrap()
+        .ok_json()
+        .unwrap();
+    let tcp = st["listen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|a| {
+            a.as_str()?
+                .split("/tcp/")
+                .nth(1)?
+                .split('/')
+                .next()
+                .map(str::to_owned)
+        })
+        .expect("a TCP listen address");
+    let expected = format!("test-node@127.0.0.1:{tcp} running");
+    assert_eq!(node.command("get status").body, expected);
     let s = node.command("get status where format=json").json().unwrap();
-    assert!(s["status"].as_str().unwrap().ends_with(" running"));
+    assert_eq!(s, serde_json::json!({ "Status": expected }));
     let d = node
         .command("get databases where format=json")
         .json()
         .unwrap();
     assert_eq!(d["lab"]["dbms_type"], "sqlite");
     assert!(d.get("almgm").is_some());
+    // The node runs the query service: EdgeLake lists system_query.
+    assert!(d.get("system_query").is_some(), "{d}");
     let p = node
         .command("get processes where format=json")
         .json()
         .unwrap();
     assert_eq!(p["REST"]["Status"], "Running");
     assert_eq!(p["Operator"]["Status"], "Running");
+    // Peer connections and ledger sync run; EdgeLake's names for them.
+    assert_eq!(p["TCP"]["Status"], "Running");
+    assert_eq!(p["Blockchain Sync"]["Status"], "Running");
+    assert_eq!(p["Scheduler"]["Status"], "Not declared");
+    let names: Vec<&String> = p.as_object().unwrap().keys().collect();
+    assert_eq!(names[..4], ["TCP", "REST", "Operator", "Blockchain Sync"]);
     let t = node
         .command("get tables where dbms = lab and format=json")
         .json()
@@ -138,4 +164,77 @@ fn metadata_commands() {
     assert!(e["err_code"].as_i64().unwrap() > 0);
     let text = node.command("get columns where dbms = lab and table = ping");
     assert!(text.body.contains("device_name") && text.body.contains("character varying"));
+}
+
+/// Answers as EdgeLake 1.4 gives them (observed side by side on the same
+/// rows; see ../shared/EDGELAKE-COMPAT.md): casts beside `increments`,
+/// `period` with a double-quoted date, GROUP BY order, a missing table.
+#[test]
+fn sql_answers_as_edgelake_gives_them() {
+    let node = LocalNode::start(|_| {});
+    let rows: Vec<String> = (0..48)
+        .map(|h| {
+            format!(
+                r#"{{"timestamp": "2024-03-{:02}T{:02}:00:00Z", "device": "{}", "v": {}}}"#,
+                10 + h / 24,
+                h % 24,
+                ["gamma", "alpha", "beta"][h % 3],
+                h as f64 / 3.0
+            )
+        })
+        .collect();
+    node.post("lab", "t", &rows.join("\n")).ok_json().unwrap();
+
+    // 1. The casts apply to the columns they are written on: `increments`
+    // makes no column of its own.
+    let a = node.command(
+        "sql lab format=json and stat=false select increments(day, 1, timestamp), \
+         min(timestamp)::ljust(19) as t0, avg(v)::float(3) as a from t",
+    );
+    assert_eq!(
+        a.body,
+        r#"{"Query":[{"t0":"2024-03-10T00:00:00","a":3.833},{"t0":"2024-03-11T00:00:00","a":11.833}]}"#
+    );
+
+    // 2. period() takes the date in double quotes as in single ones.
+    let q = |date: &str| {
+        node.command(&format!(
+            "sql lab format=json and stat=false select count(*), min(timestamp) from t \
+             where period(hour, 3, {date}, timestamp)"
+        ))
+        .body
+    };
+    let single = q("'2024-03-11 05:30:00'");
+    assert_eq!(single, q("\"2024-03-11 05:30:00\""));
+    assert_eq!(
+        single,
+        r#"{"Query":[{"count(*)":3,"min(timestamp)":"2024-03-11 03:00:00.000000"}]}"#
+    );
+
+    // 5. GROUP BY without ORDER BY: SQLite's order (by the group key),
+    // locally and through the network, every time.
+    let grouped =
+        "sql lab format=json and stat=false select device, count(*) from t group by device";
+    let expected = r#"{"Query":[{"device":"alpha","count(*)":16},{"device":"beta","count(*)":16},{"device":"gamma","count(*)":16}]}"#;
+    assert_eq!(node.command(grouped).body, expected);
+    for _ in 0..5 {
+        let a = node.client.command(grouped, Some("network")).unwrap();
+        assert_eq!(a.body, expected);
+    }
+
+    // 6. A missing table: HTTP 400, err_code 29, EdgeLake's texts.
+    for dest in [None, Some("network")] {
+        let a = node
+            .client
+            .command("sql lab format=json select * from nope", dest)
+            .unwrap();
+        assert_eq!(a.status, 400, "{}", a.body);
+        let v = a.json().unwrap();
+        assert_eq!(v["err_code"], 29, "{v}");
+        assert_eq!(v["err_text"], "No metadata info");
+        assert_eq!(
+            v["local_msg"],
+            "Table 'nope' in DBMS 'lab' not defined (using 'sqlite')"
+        );
+    }
 }

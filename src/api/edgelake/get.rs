@@ -3,36 +3,38 @@
 use super::{AppState, Reply, code, get, wants_json};
 use crate::config::Service;
 
+/// EdgeLake's `name@ip:port running`, with the address peers reach (the
+/// libp2p TCP port, EdgeLake's TCP service), not the REST one.
 pub(super) fn status(s: &AppState, kv: Vec<(String, String)>) -> Reply {
-    let status = format!("{}@{} running", s.info.name, s.info.rest);
+    let at = match s.mesh.peer_endpoint() {
+        Some((ip, port)) if ip.contains(':') => format!("[{ip}]:{port}"),
+        Some((ip, port)) => format!("{ip}:{port}"),
+        None => s.info.rest.to_string(),
+    };
+    let status = format!("{}@{at} running", s.info.name);
     if wants_json(&kv) {
-        let (files, rows) = s.streams.errors();
-        Reply::Json(
-            serde_json::json!({
-                "status": status,
-                "name": s.info.name,
-                "version": env!("CARGO_PKG_VERSION"),
-                "services": s.info.services,
-                "uptime_s": s.info.started.elapsed().as_secs(),
-                "stream_errors": {"files": files, "rows": rows},
-            })
-            .to_string(),
-        )
+        Reply::Json(serde_json::json!({ "Status": status }).to_string())
     } else {
-        Reply::Text(format!("'{status}'"))
+        Reply::Text(status)
     }
 }
 
+/// The node's databases; a query node also lists `system_query`, where
+/// network answers are consolidated (in memory).
 pub(super) fn databases(s: &AppState, kv: Vec<(String, String)>) -> Reply {
-    let dbs = s.store.databases();
+    let mut dbs = s.store.databases();
+    let query = s.info.runs(Service::Query);
+    if query && !dbs.iter().any(|d| d == "system_query") {
+        dbs.push("system_query".to_owned());
+    }
     if wants_json(&kv) {
         let mut m = serde_json::Map::new();
         for d in dbs {
-            let path = s
-                .store
-                .path_of(&d)
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
+            let path = match s.store.path_of(&d) {
+                Some(p) => p.display().to_string(),
+                None if d == "system_query" => "MEMORY".to_owned(),
+                None => String::new(),
+            };
             m.insert(
                 d,
                 serde_json::json!({"dbms_type": "sqlite", "ip": "Local", "port": "0", "storage": path}),
@@ -48,38 +50,94 @@ pub(super) fn databases(s: &AppState, kv: Vec<(String, String)>) -> Reply {
     }
 }
 
+/// EdgeLake's processes, in its order, each `Running` with what tarn runs
+/// in its place, or `Not declared` where tarn runs nothing like it.
 pub(super) fn processes(s: &AppState, kv: Vec<(String, String)>) -> Reply {
-    let running = |on: bool, details: String| {
-        if on {
-            serde_json::json!({"Status": "Running", "Details": details})
-        } else {
-            serde_json::json!({"Status": "Not declared", "Details": ""})
-        }
-    };
-    let procs = serde_json::json!({
-        "TCP": running(false, String::new()),
-        "REST": running(true, format!("Listening on: {}", s.info.rest)),
-        "Operator": running(s.info.runs(Service::Operator), "SQLite storage, streaming and watched directory".into()),
-        "Publisher": running(s.info.runs(Service::Publisher), String::new()),
-        "Blockchain Sync": running(false, String::new()),
-        "Scheduler": running(false, String::new()),
-        "Blobs Archiver": running(false, String::new()),
-        "Streamer": running(true, format!("Flush after {} rows or {} ms", s.info.streaming.threshold_rows, s.info.streaming.threshold_ms)),
-    });
+    let peer = s
+        .mesh
+        .peer_endpoint()
+        .map_or_else(String::new, |(ip, port)| format!("{ip}:{port}"));
+    let runs = |svc| s.info.runs(svc);
+    let procs: Vec<(&str, Option<String>)> = vec![
+        (
+            "TCP",
+            Some(format!(
+                "Listening on: {peer} (libp2p, Noise), Peers: {}",
+                s.mesh.connected_count()
+            )),
+        ),
+        (
+            "REST",
+            Some(format!(
+                "Listening on: {}, SSL: {}",
+                s.info.rest,
+                if s.info.tls { "True" } else { "False" }
+            )),
+        ),
+        (
+            "Operator",
+            runs(Service::Operator).then(|| match &s.info.cluster {
+                Some(c) => format!("Cluster Member: True, Cluster: {c}"),
+                None => "Cluster Member: False".to_owned(),
+            }),
+        ),
+        (
+            "Blockchain Sync",
+            Some(format!(
+                "Ledger gossip, and anti-entropy with a few peers every {} seconds",
+                crate::mesh::SYNC_EVERY.as_secs()
+            )),
+        ),
+        ("Scheduler", None),
+        ("Blobs Archiver", None),
+        ("MQTT", None),
+        ("Message Broker", None),
+        ("SMTP", None),
+        (
+            "Streamer",
+            Some(format!(
+                "Default streaming thresholds are {} ms and {} rows",
+                s.info.streaming.threshold_ms, s.info.streaming.threshold_rows
+            )),
+        ),
+        (
+            "Query Pool",
+            runs(Service::Query).then(|| "Network queries through this node".to_owned()),
+        ),
+        ("Kafka Consumer", None),
+        ("gRPC", None),
+        (
+            "Publisher",
+            runs(Service::Publisher)
+                .then(|| "Routes batches to the operators of their cluster".to_owned()),
+        ),
+        ("Distributor", None),
+        ("Consumer", None),
+    ];
     if wants_json(&kv) {
-        Reply::Json(procs.to_string())
+        let mut m = serde_json::Map::new();
+        for (name, details) in &procs {
+            let v = match details {
+                Some(d) => serde_json::json!({"Status": "Running", "Details": d}),
+                None => serde_json::json!({"Status": "Not declared", "Details": ""}),
+            };
+            m.insert((*name).to_owned(), v);
+        }
+        Reply::Json(serde_json::Value::Object(m).to_string())
     } else {
         let mut out = String::from(
             "\n    Process         Status       Details\n    ---------------|------------|-------\n",
         );
-        if let Some(m) = procs.as_object() {
-            for (k, v) in m {
-                out.push_str(&format!(
-                    "    {k:<15}| {:<11}| {}\n",
-                    v["Status"].as_str().unwrap_or(""),
-                    v["Details"].as_str().unwrap_or("")
-                ));
-            }
+        for (name, details) in &procs {
+            let status = if details.is_some() {
+                "Running"
+            } else {
+                "Not declared"
+            };
+            out.push_str(&format!(
+                "    {name:<15}| {status:<11}| {}\n",
+                details.as_deref().unwrap_or("")
+            ));
         }
         Reply::Text(out)
     }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::{AppState, Reply, code, unquote};
 use crate::api::format::{self, Format, Stats};
+use crate::error::Coded as _;
 use crate::exec::{EXTEND_COLUMNS, QueryRequest, Scope};
 
 /// The parsed form of `sql <dbms> [options] <select>`.
@@ -136,14 +137,31 @@ pub(super) async fn run(s: &AppState, rest: &str, destination: Option<&str>) -> 
     {
         req.scope = Scope::Network;
     }
+    let network = req.scope == Scope::Network;
     let a = match s.exec.run(req).await {
         Ok(a) => a,
+        Err(e) if e.code() == crate::error::Code::UnknownTable => {
+            let table = tarn_query::Select::parse(&cmd.select)
+                .ok()
+                .and_then(|q| q.tables().into_iter().next())
+                .unwrap_or_default();
+            return Reply::Error {
+                code: code::NO_METADATA,
+                text: "No metadata info".into(),
+                local: Some(format!(
+                    "Table '{table}' in DBMS '{}' not defined (using 'sqlite')",
+                    cmd.dbms
+                )),
+            };
+        }
         Err(e) => return Reply::from_error(&e),
     };
     let stats = cmd.stat.then(|| Stats {
         count: a.result.rows.len(),
         elapsed_secs: started.elapsed().as_secs(),
-        nodes: a.stats.replied,
+        // EdgeLake counts the operators that answered a network query, and
+        // says 0 for a local one.
+        nodes: if network { a.stats.replied } else { 0 },
     });
     let text = format::edgelake(&a.result, cmd.format, stats);
     match cmd.format {
