@@ -237,8 +237,10 @@ impl State {
             }
             State::Sum(s) => Val::Float(s.exact.value()),
             State::Avg(s) if s.n == 0 => Val::Null,
-            State::Avg(s) if s.ints_only => Val::Float(s.ints as f64 / s.n as f64),
-            State::Avg(s) => Val::Float(s.exact.value() / s.n as f64),
+            // Correctly rounded quotients: the same double however the rows
+            // were split over operators or ordered.
+            State::Avg(s) if s.ints_only => Val::Float(ExactSum::from_i128(s.ints).div(s.n as u64)),
+            State::Avg(s) => Val::Float(s.exact.div(s.n as u64)),
             State::Min(v) | State::Max(v) => v.clone().unwrap_or(Val::Null),
             State::Distinct(list, _) => Val::Int(list.len() as i64),
             State::Variance(s) => {

@@ -222,6 +222,42 @@ fn sql_answers_as_edgelake_gives_them() {
         assert_eq!(a.body, expected);
     }
 
+    // 4. avg is the correctly rounded mean (Python's
+    // float(sum(map(Fraction, xs)) / n)), locally and through the network.
+    let xs = [
+        -18.967770730223535,
+        16.877590758977945,
+        70.87724426017536,
+        73.04755173061665,
+        69.31434877900168,
+        -59.34345484917447,
+        63.481308311200195,
+        -45.89393049202057,
+        -62.61500106039095,
+        -89.34827118568353,
+        -89.09376659749945,
+        82.45930384765089,
+        -75.06490148689181,
+        -15.025344328433874,
+        50.18598140412081,
+        72.08485469278241,
+        -22.303255187853097,
+        13.896597611088339,
+        33.31802911458851,
+        16.715602495283008,
+        73.36258706184023,
+        -88.48972766927814,
+    ];
+    let body: Vec<String> = xs.iter().map(|x| format!(r#"{{"x": {x:?}}}"#)).collect();
+    node.post("lab", "mean", &body.join("\n"))
+        .ok_json()
+        .unwrap();
+    let avg = "sql lab format=json:list and stat=false select avg(x) from mean";
+    for dest in [None, Some("network")] {
+        let a = node.client.command(avg, dest).unwrap();
+        assert_eq!(a.body, r#"[{"avg(x)":3.1579807490852994}]"#, "{dest:?}");
+    }
+
     // 6. A missing table: HTTP 400, err_code 29, EdgeLake's texts.
     for dest in [None, Some("network")] {
         let a = node
