@@ -132,14 +132,11 @@ impl ExactSum {
             d.add(-c.mul_add(nf, -p));
         }
         let v = d.value();
-        if v > 0.0 {
+        // A tie goes to the even one.
+        if v > 0.0 || (v == 0.0 && lo.to_bits() & 1 == 1) {
             hi
-        } else if v < 0.0 {
-            lo
-        } else if lo.to_bits() & 1 == 0 {
-            lo
         } else {
-            hi
+            lo
         }
     }
 
