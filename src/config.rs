@@ -272,9 +272,26 @@ impl Default for WatchConfig {
     }
 }
 
+/// Checks a cluster's name: EdgeLake's own samples name them
+/// `plant-cluster1`; a name never reaches SQL unquoted.
+pub fn cluster_name(c: &str) -> Result<(), String> {
+    let ok = !c.is_empty()
+        && c.len() <= 64
+        && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+        && c
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "cluster name {c:?} must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+        ))
+    }
+}
+
 impl Config {
-    /// Checks the values that defaults and serde cannot.
-    /// The closed network, REST authentication and the audit log.
+    /// Checks the closed network, REST authentication, TLS and the audit log.
     fn validate_trust(&self) -> Result<(), String> {
         if self.audit.retention_days == 0 || self.audit.max_rows == 0 {
             return Err("audit retention_days and max_rows must be positive".into());
@@ -297,6 +314,7 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the values that defaults and serde cannot.
     pub fn validate(&self) -> Result<(), String> {
         let n = &self.name;
         if n.is_empty()
@@ -350,7 +368,7 @@ impl Config {
             }
         }
         if let Some(c) = &self.cluster {
-            crate::store::ident("cluster", c).map_err(|e| e.to_string())?;
+            cluster_name(c)?;
         }
         if self.watch.poll_ms == 0 {
             return Err("watch.poll_ms must be positive".into());

@@ -48,6 +48,9 @@ pub fn admit(node: &str, key: &Path, a: &Admission, out: &mut impl Write) -> any
     if a.services.is_empty() {
         anyhow::bail!("--services names at least one service");
     }
+    if let Some(c) = &a.cluster {
+        crate::config::cluster_name(c).map_err(|e| anyhow::anyhow!(e))?;
+    }
     if a.cluster.is_some() && !a.services.contains(&Service::Operator) {
         anyhow::bail!("--cluster is for an operator: add operator to --services");
     }

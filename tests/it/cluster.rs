@@ -267,12 +267,13 @@ fn a_member_killed_during_cluster_writes_loses_nothing_and_catches_up() {
 /// sends it when a member is back: nothing lost, nothing twice.
 #[test]
 fn a_publisher_queues_while_its_cluster_is_down() {
+    // The cluster is named as in EdgeLake's own samples (with a hyphen).
     let p = TestNode::start(&["--services", "publisher,query,master"]);
-    let mut m = TestNode::start(&["--bootstrap", &p.p2p[0], "--cluster", "c1"]);
-    let mut m2 = TestNode::start(&["--bootstrap", &p.p2p[0], "--cluster", "c1"]);
+    let mut m = TestNode::start(&["--bootstrap", &p.p2p[0], "--cluster", "plant-cluster1"]);
+    let mut m2 = TestNode::start(&["--bootstrap", &p.p2p[0], "--cluster", "plant-cluster1"]);
     let t = Duration::from_secs(30);
     wait_for("the publisher to see the cluster", t, || {
-        (cluster_members_alive(&p.client, "c1")? == 2).then_some(())
+        (cluster_members_alive(&p.client, "plant-cluster1")? == 2).then_some(())
     });
     // Up: a batch goes through (native and EdgeLake PUT).
     let a = p.post("lab", "t", &batch(0, 100)).ok_json().unwrap();
@@ -336,7 +337,7 @@ fn a_publisher_queues_while_its_cluster_is_down() {
     );
     // Back (the publisher moved to a new port: the members find it there).
     for node in [&mut m, &mut m2] {
-        node.args = ["--bootstrap", &p.p2p[0], "--cluster", "c1"]
+        node.args = ["--bootstrap", &p.p2p[0], "--cluster", "plant-cluster1"]
             .map(str::to_owned)
             .to_vec();
     }
