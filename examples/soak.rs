@@ -449,6 +449,17 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(2));
     }
     println!("every acknowledged row on both operators, once");
+    // Idle, a node gives SQLite's page caches back (after 20 s): what is
+    // left is what the node itself holds.
+    std::thread::sleep(Duration::from_secs(30));
+    let ops = world.ops.lock().expect("lock");
+    println!(
+        "rss after 30 s idle: a {} MB, b {} MB, query {} MB",
+        ops[0].rss_mb(),
+        ops[1].rss_mb(),
+        q.rss_mb()
+    );
+    drop(ops);
     for p in world.ops.lock().expect("lock").iter_mut() {
         p.kill();
     }
