@@ -278,8 +278,7 @@ pub fn cluster_name(c: &str) -> Result<(), String> {
     let ok = !c.is_empty()
         && c.len() <= 64
         && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
-        && c
-            .chars()
+        && c.chars()
             .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
     if ok {
         Ok(())

@@ -59,8 +59,11 @@ pub struct GroupedAggregate {
     /// The first `keys` scan columns are the group key.
     pub keys: usize,
     pub aggs: Vec<Agg>,
-    /// The final query over `system_query(_k0.., _a0..)`.
+    /// The final query over `system_query(_x0.., _k0.., _a0..)`.
     pub final_sql: String,
+    /// Keys the query node puts before the scan's (EdgeLake's `extend=`:
+    /// where the groups came from), as `_x0..` in `system_query`.
+    pub lead: usize,
 }
 
 impl GroupedAggregate {
@@ -219,6 +222,7 @@ impl GroupedAggregate {
             keys: keys.len(),
             aggs: sub.aggs,
             final_sql,
+            lead: 0,
         })
     }
 }

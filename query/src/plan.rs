@@ -504,14 +504,18 @@ impl Plan {
         Ok(stmt.to_string())
     }
 
-    /// Puts columns `names` first in the answer of a rows plan (EdgeLake's
-    /// `extend=`): the query node adds them to every operator's rows. A
+    /// Puts columns `names` first in the answer (EdgeLake's `extend=`):
+    /// the query node adds them to every operator's rows, or makes them the
+    /// leading keys of an aggregate's groups (one row per value, as
+    /// EdgeLake answers `extend=(@table_name) "select count(*) ..."`). A
     /// `SELECT *` shows them already.
     pub fn lead_with(&mut self, names: &[String]) -> Result<(), PlanError> {
-        let Shape::Rows { final_sql, .. } = &mut self.shape else {
-            return Err(PlanError::Unsupported(
-                "extend= applies to queries that return rows, not to aggregates".into(),
-            ));
+        let (final_sql, groups) = match &mut self.shape {
+            Shape::Rows { final_sql, .. } => (final_sql, false),
+            Shape::Groups(g) => {
+                g.lead = names.len();
+                (&mut g.final_sql, true)
+            }
         };
         let select = Select::parse(final_sql)?;
         let mut stmt = select.statement().clone();
@@ -522,10 +526,40 @@ impl Plan {
             .any(|p| matches!(p, SelectItem::Wildcard(_)))
         {
             for (i, n) in names.iter().enumerate() {
-                s.projection.insert(
-                    i,
-                    SelectItem::UnnamedExpr(Expr::Identifier(Ident::with_quote('"', n))),
-                );
+                let item = if groups {
+                    SelectItem::ExprWithAlias {
+                        expr: Expr::Identifier(Ident::new(format!("_x{i}"))),
+                        alias: Ident::with_quote('"', n),
+                    }
+                } else {
+                    SelectItem::UnnamedExpr(Expr::Identifier(Ident::with_quote('"', n)))
+                };
+                s.projection.insert(i, item);
+            }
+        }
+        if groups {
+            // Each source's groups together, in the sources' order.
+            let q = query_mut(&mut stmt);
+            let lead: Vec<sqlparser::ast::OrderByExpr> = (0..names.len())
+                .map(|i| sqlparser::ast::OrderByExpr {
+                    expr: Expr::Identifier(Ident::new(format!("_x{i}"))),
+                    options: sqlparser::ast::OrderByOptions::default(),
+                    with_fill: None,
+                })
+                .collect();
+            match &mut q.order_by {
+                Some(ob) => match &mut ob.kind {
+                    sqlparser::ast::OrderByKind::Expressions(exprs) => {
+                        exprs.splice(0..0, lead);
+                    }
+                    sqlparser::ast::OrderByKind::All(_) => {}
+                },
+                None => {
+                    q.order_by = Some(sqlparser::ast::OrderBy {
+                        kind: sqlparser::ast::OrderByKind::Expressions(lead),
+                        interpolate: None,
+                    });
+                }
             }
         }
         *final_sql = stmt.to_string();
@@ -891,11 +925,14 @@ mod tests {
             panic!()
         };
         assert_eq!(final_sql, "SELECT \"table_name\", a FROM t ORDER BY a");
-        assert!(
-            plan("SELECT count(*) FROM t")
-                .unwrap()
-                .lead_with(&["x".into()])
-                .is_err()
+        // An aggregate: the extended values lead the groups.
+        let mut p = plan("SELECT count(*) FROM t").unwrap();
+        p.lead_with(&["table_name".into()]).unwrap();
+        let Shape::Groups(g) = &p.shape else { panic!() };
+        assert_eq!(g.lead, 1);
+        assert_eq!(
+            g.final_sql,
+            "SELECT _x0 AS \"table_name\", _a0 AS \"count(*)\" FROM system_query ORDER BY _x0"
         );
     }
 

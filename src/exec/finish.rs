@@ -65,15 +65,22 @@ pub(super) fn finish_groups(
         key_types,
         mut groups,
     } = part;
-    if plan.keys == 0 && groups.is_empty() {
+    if plan.keys == 0 && plan.lead == 0 && groups.is_empty() {
         groups.insert(
             GroupKey(Vec::new()),
             plan.aggs.iter().map(|a| State::new(a.kind)).collect(),
         );
     }
     let mut cols = Vec::new();
+    for i in 0..plan.lead {
+        cols.push(format!("_x{i}"));
+    }
     for i in 0..plan.keys {
-        let d = key_types.get(i).cloned().flatten().unwrap_or_default();
+        let d = key_types
+            .get(plan.lead + i)
+            .cloned()
+            .flatten()
+            .unwrap_or_default();
         cols.push(format!("_k{i} {}", sql_type_name(&d)));
     }
     // Aggregates carry no declared type, as in SQLite's own answer.
@@ -105,7 +112,7 @@ pub(super) fn finish_groups(
                     ins.raw_bind_parameter(i + 1, k.to_sql_value())?;
                 }
                 for (j, v) in vals.iter().enumerate() {
-                    ins.raw_bind_parameter(plan.keys + j + 1, v)?;
+                    ins.raw_bind_parameter(plan.lead + plan.keys + j + 1, v)?;
                 }
                 ins.raw_execute()?;
             }

@@ -17,7 +17,7 @@ use super::fetch::{Ask, Budget};
 use super::scatter::{Fetch, Outcome, Scatter, Target};
 use super::{Exec, ExecError, NodeError, Part, QueryRequest, Run};
 use crate::cluster::membership;
-use crate::store::{QueryResult, Val};
+use crate::store::{KeyVal, QueryResult, Val};
 
 /// What every fetch of one query shares.
 struct Job {
@@ -184,7 +184,8 @@ impl Exec {
     }
 }
 
-/// Puts `extend=`'s columns (where the rows came from) first in a rows part.
+/// Puts `extend=`'s columns (where the rows came from) first in a rows
+/// part, or first in every group key of an aggregate's part.
 fn extend_part(
     part: &mut Part,
     extend: &[String],
@@ -192,9 +193,6 @@ fn extend_part(
     db: &str,
     node: Option<&(String, String)>,
 ) {
-    let Part::Rows { columns, rows } = part else {
-        return;
-    };
     if extend.is_empty() {
         return;
     }
@@ -210,6 +208,21 @@ fn extend_part(
             _ => port.parse().map_or(Val::Null, Val::Int),
         })
         .collect();
+    let (columns, rows) = match part {
+        Part::Rows { columns, rows } => (columns, rows),
+        Part::Groups(g) => {
+            let lead: Vec<KeyVal> = vals.iter().map(KeyVal::from_val).collect();
+            g.key_types.splice(0..0, extend.iter().map(|_| None));
+            g.groups = std::mem::take(&mut g.groups)
+                .into_iter()
+                .map(|(mut k, v)| {
+                    k.0.splice(0..0, lead.iter().cloned());
+                    (k, v)
+                })
+                .collect();
+            return;
+        }
+    };
     let mut cols: Vec<(String, Option<String>)> =
         extend.iter().map(|e| (e.clone(), None)).collect();
     cols.append(columns);

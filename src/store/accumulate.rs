@@ -36,6 +36,17 @@ impl KeyVal {
         }
     }
 
+    /// A value the query node adds (EdgeLake's `extend=`), as a key.
+    pub fn from_val(v: &Val) -> KeyVal {
+        match v {
+            Val::Null => KeyVal::Null,
+            Val::Int(i) => KeyVal::Int(*i),
+            Val::Float(f) => KeyVal::Real(f.to_bits()),
+            Val::Bool(b) => KeyVal::Int(i64::from(*b)),
+            Val::Text(t) => KeyVal::Text(t.as_bytes().into()),
+        }
+    }
+
     pub fn to_sql_value(&self) -> rusqlite::types::Value {
         use rusqlite::types::Value as V;
         match self {

@@ -489,6 +489,20 @@ fn network_queries_across_processes_fail_over_and_subset() {
         rows[0].as_object().unwrap().keys().collect::<Vec<_>>(),
         ["table_name", "node_name", "device", "v"]
     );
+    // extend= with an aggregate: a row per extended value, as EdgeLake
+    // answers it (its docs: `include=(t2) and extend=(@table_name)
+    // "select count(*) from t1"` gives table_name and the count per table).
+    let sql = "sql lab format=json and stat=false and include=(more) and extend=(@table_name) \"select count(*), max(v) from readings\"";
+    let r = q.client.command(sql, Some("network")).unwrap();
+    assert_eq!(
+        r.json().unwrap(),
+        json!({"Query": [
+            {"table_name": "more", "count(*)": 2, "max(v)": 101.0},
+            {"table_name": "readings", "count(*)": 90, "max(v)": 59.5}
+        ]}),
+        "{}",
+        r.body
+    );
     // The time functions work on one node's own data too.
     let r = a1
         .command("sql lab format=json and stat=false \"select increments(minute, 20, ts), count(*) as n from readings\"")
