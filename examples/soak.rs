@@ -114,6 +114,13 @@ impl Proc {
     }
 }
 
+/// No node outlives the soak, however it ends (an error included).
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// What the writers were told is stored: every key, once.
 #[derive(Default)]
 struct Acked {
