@@ -59,14 +59,15 @@ impl ColType {
         }
     }
 
-    /// EdgeLake's name for the type (`get columns`).
+    /// The type EdgeLake declares for a column it makes from JSON values of
+    /// this kind, as `get columns` shows it.
     pub fn edgelake_name(self) -> &'static str {
         match self {
-            ColType::Integer => "integer",
-            ColType::Float => "float",
-            ColType::Text => "character varying",
-            ColType::Boolean => "boolean",
-            ColType::Timestamp => "timestamp without time zone",
+            ColType::Integer => "int",
+            ColType::Float => "decimal",
+            ColType::Text => "varchar",
+            ColType::Boolean => "bool",
+            ColType::Timestamp => "timestamp",
         }
     }
 }

@@ -151,10 +151,11 @@ fn metadata_commands() {
         .unwrap();
     assert_eq!(
         c,
+        // The types EdgeLake declares (../shared/EDGELAKE-COMPAT.md).
         serde_json::json!({
-            "row_id": "integer", "insert_timestamp": "timestamp without time zone",
-            "tsd_name": "character varying", "tsd_id": "integer",
-            "timestamp": "timestamp without time zone", "device_name": "character varying", "value": "float"
+            "row_id": "integer", "insert_timestamp": "timestamp",
+            "tsd_name": "char(3)", "tsd_id": "int",
+            "timestamp": "timestamp", "device_name": "varchar", "value": "decimal"
         })
     );
     let e = node
@@ -163,7 +164,7 @@ fn metadata_commands() {
         .unwrap();
     assert!(e["err_code"].as_i64().unwrap() > 0);
     let text = node.command("get columns where dbms = lab and table = ping");
-    assert!(text.body.contains("device_name") && text.body.contains("character varying"));
+    assert!(text.body.contains("device_name") && text.body.contains("varchar"));
 }
 
 /// Answers as EdgeLake 1.4 gives them (observed side by side on the same

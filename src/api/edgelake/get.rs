@@ -190,14 +190,27 @@ pub(super) fn columns(s: &AppState, kv: Vec<(String, String)>) -> Reply {
             "expected: get columns where dbms = X and table = Y",
         );
     };
-    let cols = match s.store.columns(dbms, table) {
-        Ok(c) => c,
+    let cols: Vec<(String, &str)> = match s.store.columns(dbms, table) {
+        // EdgeLake's own columns, as it declares them.
+        Ok(c) => c
+            .into_iter()
+            .map(|(name, t)| {
+                let decl = match name.as_str() {
+                    "row_id" => "integer",
+                    "insert_timestamp" => "timestamp",
+                    "tsd_name" => "char(3)",
+                    "tsd_id" => "int",
+                    _ => t.edgelake_name(),
+                };
+                (name, decl)
+            })
+            .collect(),
         Err(e) => return Reply::from_error(&e),
     };
     if wants_json(&kv) {
         let mut m = serde_json::Map::new();
         for (c, t) in cols {
-            m.insert(c, t.edgelake_name().into());
+            m.insert(c, t.into());
         }
         Reply::Json(serde_json::Value::Object(m).to_string())
     } else {
@@ -205,7 +218,7 @@ pub(super) fn columns(s: &AppState, kv: Vec<(String, String)>) -> Reply {
             "\nSchema for DBMS: '{dbms}' and Table: '{table}'\nColumn Name          Column Type\n-------------------- -----------------------------\n"
         );
         for (c, t) in cols {
-            out.push_str(&format!("{c:<20} {}\n", t.edgelake_name()));
+            out.push_str(&format!("{c:<20} {t}\n"));
         }
         Reply::Text(out)
     }
