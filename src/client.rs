@@ -55,6 +55,8 @@ pub struct Client {
 pub struct Answer {
     pub status: u16,
     pub body: String,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
 }
 
 impl Answer {
@@ -138,13 +140,22 @@ impl Client {
         let mut resp =
             r.map_err(|e| anyhow::anyhow!("cannot reach the node at {}: {e}", self.base))?;
         let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = resp
             .body_mut()
             .with_config()
             .limit(1 << 32)
             .read_to_string()
             .map_err(|e| anyhow::anyhow!("reading the answer from {}: {e}", self.base))?;
-        Ok(Answer { status, body })
+        Ok(Answer {
+            status,
+            body,
+            content_type,
+        })
     }
 
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Answer> {

@@ -41,6 +41,8 @@ pub mod code {
 #[derive(Debug)]
 pub enum Reply {
     Json(String),
+    /// A `sql` command's JSON answer: EdgeLake sends it as `text/json`.
+    SqlJson(String),
     Text(String),
     /// Answered with HTTP 400 (500 for an internal error), as EdgeLake does.
     Error {
@@ -138,6 +140,7 @@ fn may_run(user: Option<&Principal>, cmd: &str) -> Result<(), ApiError> {
 fn reply(s: &AppState, method: &str, reply: Reply) -> Response {
     match reply {
         Reply::Json(j) => ([(header::CONTENT_TYPE, "application/json")], j).into_response(),
+        Reply::SqlJson(j) => ([(header::CONTENT_TYPE, "text/json")], j).into_response(),
         Reply::Text(t) => {
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], t).into_response()
         }

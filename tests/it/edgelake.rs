@@ -42,6 +42,15 @@ fn sql_json_formats() {
     assert!(stats.ends_with(",\"Nodes\": 0}]}"), "{stats}");
     let a = node.command("sql lab format = json:list SELECT max(value) FROM ping");
     assert_eq!(a.body, r#"[{"max(value)":2.5}]"#);
+    // EdgeLake sends a sql answer as text/json.
+    let r = node
+        .client
+        .get("/", &[("command", "sql lab select count(*) from ping")])
+        .unwrap();
+    assert_eq!(
+        (r.status, r.content_type.as_deref()),
+        (200, Some("text/json"))
+    );
     let a = node.command("sql lab format=json and stat=false select * from ping where value > 100");
     assert_eq!(a.body, r#"{"reply" : "Empty data set"}"#);
     let a =

@@ -166,7 +166,7 @@ pub(super) async fn run(s: &AppState, rest: &str, destination: Option<&str>) -> 
     let text = format::edgelake(&a.result, cmd.format, stats);
     match cmd.format {
         Format::Table => Reply::Text(text),
-        _ => Reply::Json(text),
+        _ => Reply::SqlJson(text),
     }
 }
 
