@@ -356,6 +356,12 @@ impl Node {
         span: &tracing::Span,
     ) -> anyhow::Result<()> {
         let s = &self.state;
+        self.tasks.push(announce::spawn_address_watch(
+            s.mesh.clone(),
+            me.clone(),
+            self.stopped.clone(),
+            span.clone(),
+        ));
         if s.mesh.admitted() {
             return announce::publish_self(&s.mesh, me).await;
         }

@@ -28,6 +28,21 @@ pub async fn publish_self(mesh: &Arc<Mesh>, me: &Me) -> anyhow::Result<()> {
             "rest": me.rest,
             "version": env!("CARGO_PKG_VERSION"),
         });
+        // EdgeLake's fields beside tarn's, for its scripts: the address
+        // peers reach (libp2p's TCP port is EdgeLake's TCP service) and
+        // the REST port. Nobody dials by them: nodes are found by PeerId.
+        let (ip, port) = mesh.peer_endpoint().unwrap_or_default();
+        body["ip"] = ip.into();
+        body["port"] = port.into();
+        body["rest_port"] = me
+            .rest
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or(0)
+            .into();
+        body["hostname"] = hostname().into();
+        body["company"] = "".into();
+        body["main"] = true.into();
         if let Some(c) = &me.cluster {
             body["cluster"] = c.clone().into();
         }
@@ -103,6 +118,13 @@ pub async fn announce_tables(mesh: &Arc<Mesh>, me: &Me, store: &Storage) {
     }
 }
 
+/// The machine's host name, as EdgeLake puts it in node policies.
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// Publishes this node's own policies once it is admitted to its closed
 /// network (checked twice a second), then ends.
 pub fn spawn_when_admitted(
@@ -131,6 +153,38 @@ pub fn spawn_when_admitted(
             // The table announcer goes round at once.
             if let Some(s) = store {
                 s.tables_changed.notify_one();
+            }
+        }
+        .instrument(span),
+    )
+}
+
+/// Publishes this node's policies again when the address peers reach it at
+/// changes (checked every 10 s), so EdgeLake's `ip`/`port` stay current.
+pub fn spawn_address_watch(
+    mesh: Arc<Mesh>,
+    me: Me,
+    mut stop: watch::Receiver<bool>,
+    span: tracing::Span,
+) -> JoinHandle<()> {
+    tokio::spawn(
+        async move {
+            let mut last = mesh.peer_endpoint();
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+                let now = mesh.peer_endpoint();
+                if now == last || !mesh.admitted() {
+                    continue;
+                }
+                tracing::info!("reached at {now:?} now (was {last:?}): publishing it");
+                match publish_self(&mesh, &me).await {
+                    Ok(()) => last = now,
+                    Err(e) => tracing::warn!("{e:#}"),
+                }
             }
         }
         .instrument(span),

@@ -129,6 +129,27 @@ fn metadata_commands() {
     assert_eq!(node.command("get status").body, expected);
     let s = node.command("get status where format=json").json().unwrap();
     assert_eq!(s, serde_json::json!({ "Status": expected }));
+    // The node's policy carries EdgeLake's address fields beside tarn's.
+    let ops = node.command("blockchain get operator").json().unwrap();
+    let op = &ops[0]["operator"];
+    let rest_port: u64 = st["rest"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        (
+            op["ip"].as_str(),
+            op["port"].as_u64(),
+            op["rest_port"].as_u64()
+        ),
+        (Some("127.0.0.1"), tcp.parse().ok(), Some(rest_port)),
+        "{op}"
+    );
+    assert!(op["hostname"].is_string() && op["main"] == true && op["peer_id"].is_string());
     let d = node
         .command("get databases where format=json")
         .json()

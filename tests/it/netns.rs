@@ -206,6 +206,20 @@ fn an_admitted_host_that_changes_ip_is_found_again_by_peer_id() {
         "edge-b reachable again {:?} after its address changed",
         moved.elapsed()
     );
+    // Its policy says where it is now (EdgeLake's `ip`), nobody edited it.
+    wait_for(
+        "edge-b's policy to name its new address",
+        Duration::from_secs(20),
+        || {
+            let ops = tarn_in(&m, &["policies", "operator", "--node", &m_url])?;
+            let mine: Vec<&serde_json::Value> = ops
+                .as_array()?
+                .iter()
+                .filter(|o| o["operator"]["peer_id"] == b_peer.as_str())
+                .collect();
+            (mine.len() == 1 && mine[0]["operator"]["ip"] == "10.213.7.3").then_some(())
+        },
+    );
     let nodes = tarn_in(&m, &["nodes", "--json", "--node", &m_url]).unwrap();
     assert_eq!(
         nodes
