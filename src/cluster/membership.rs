@@ -172,6 +172,8 @@ pub struct NodeInfo {
     pub services: Vec<String>,
     pub cluster: Option<String>,
     pub rest: String,
+    /// EdgeLake's `ip:port` from its policy: where peers reach it.
+    pub endpoint: Option<String>,
     pub alive: bool,
     pub addresses: Vec<String>,
     pub last_seen_s_ago: Option<u64>,
@@ -241,6 +243,12 @@ pub async fn nodes(mesh: &Mesh) -> Vec<NodeInfo> {
                             .collect(),
                         cluster: body["cluster"].as_str().map(str::to_owned),
                         rest: text("rest"),
+                        endpoint: match (body["ip"].as_str(), body["port"].as_u64()) {
+                            (Some(ip), Some(port)) if !ip.is_empty() => {
+                                Some(format!("{ip}:{port}"))
+                            }
+                            _ => None,
+                        },
                         alive,
                         addresses: match connected.get(peer) {
                             Some(a) => a.clone(),

@@ -126,6 +126,27 @@ fn nodes_join_by_bootstrap_and_share_policies() {
     assert_eq!(holders.as_array().unwrap().len(), 1);
     assert_eq!(holders[0]["Member ID"], a.peer_id.as_str());
     assert_eq!(holders[0]["Cluster ID"], "c1");
+    // Where peers reach it: its libp2p TCP address, as EdgeLake's ip:port.
+    let tcp = a.p2p[0]
+        .split("/tcp/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    assert_eq!(
+        holders[0]["External IP/Port"],
+        format!("127.0.0.1:{tcp}").as_str()
+    );
+    let text = master.command("get data nodes where dbms = lab").body;
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[1].starts_with("Company DBMS Table    Cluster ID Cluster Status Node Name")
+            && lines[1].ends_with("Main Node Status")
+            && lines[2].starts_with("------- ---- -------- ")
+            && lines[3].contains(&format!("127.0.0.1:{tcp}")),
+        "{text}"
+    );
     let net = master
         .command("test network where format=json")
         .json()

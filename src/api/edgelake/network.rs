@@ -34,6 +34,7 @@ pub(super) async fn data_nodes(s: &AppState, kv: Vec<(String, String)>) -> Reply
             .iter()
             .filter(|n| n.is_operator() && n.table_cluster() == *cluster)
         {
+            let at = n.endpoint.clone().unwrap_or_else(|| n.rest.clone());
             rows.push(json!({
                 "Company": "",
                 "DBMS": dbms,
@@ -42,8 +43,8 @@ pub(super) async fn data_nodes(s: &AppState, kv: Vec<(String, String)>) -> Reply
                 "Cluster Status": "active",
                 "Node Name": n.name,
                 "Member ID": n.peer_id,
-                "External IP/Port": n.rest,
-                "Local IP/Port": n.rest,
+                "External IP/Port": at,
+                "Local IP/Port": at,
                 "Main": "+",
                 "Node Status": if n.alive { "active" } else { "inactive" },
             }));
@@ -52,19 +53,44 @@ pub(super) async fn data_nodes(s: &AppState, kv: Vec<(String, String)>) -> Reply
     if wants_json(&kv) {
         return Reply::Json(Value::Array(rows).to_string());
     }
-    let mut out = String::from(
-        "\nCompany DBMS       Table                Cluster ID                       Node Name            Node Status\n",
-    );
+    // Every column, each as wide as its widest value.
+    const COLUMNS: [&str; 11] = [
+        "Company",
+        "DBMS",
+        "Table",
+        "Cluster ID",
+        "Cluster Status",
+        "Node Name",
+        "Member ID",
+        "External IP/Port",
+        "Local IP/Port",
+        "Main",
+        "Node Status",
+    ];
+    let cell = |r: &Value, c: &str| r[c].as_str().unwrap_or_default().to_owned();
+    let widths: Vec<usize> = COLUMNS
+        .iter()
+        .map(|c| {
+            rows.iter()
+                .map(|r| cell(r, c).chars().count())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |vals: Vec<String>| {
+        let cells: Vec<String> = vals
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        cells.join(" ").trim_end().to_owned() + "\n"
+    };
+    let mut out = String::from("\n");
+    out.push_str(&line(COLUMNS.iter().map(|c| c.to_string()).collect()));
+    out.push_str(&line(widths.iter().map(|w| "-".repeat(*w)).collect()));
     for r in &rows {
-        out.push_str(&format!(
-            "{:<7} {:<10} {:<20} {:<32} {:<20} {}\n",
-            "",
-            r["DBMS"].as_str().unwrap_or(""),
-            r["Table"].as_str().unwrap_or(""),
-            r["Cluster ID"].as_str().unwrap_or(""),
-            r["Node Name"].as_str().unwrap_or(""),
-            r["Node Status"].as_str().unwrap_or("")
-        ));
+        out.push_str(&line(COLUMNS.iter().map(|c| cell(r, c)).collect()));
     }
     Reply::Text(out)
 }
