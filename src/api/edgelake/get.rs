@@ -53,12 +53,45 @@ pub(super) fn databases(s: &AppState, kv: Vec<(String, String)>) -> Reply {
 /// EdgeLake's processes, in its order, each `Running` with what tarn runs
 /// in its place, or `Not declared` where tarn runs nothing like it.
 pub(super) fn processes(s: &AppState, kv: Vec<(String, String)>) -> Reply {
+    let procs = process_list(s);
+    if wants_json(&kv) {
+        let mut m = serde_json::Map::new();
+        for (name, details) in &procs {
+            let v = match details {
+                Some(d) => serde_json::json!({"Status": "Running", "Details": d}),
+                None => serde_json::json!({"Status": "Not declared", "Details": ""}),
+            };
+            m.insert((*name).to_owned(), v);
+        }
+        Reply::Json(serde_json::Value::Object(m).to_string())
+    } else {
+        let mut out = String::from(
+            "\n    Process         Status       Details\n    ---------------|------------|-------\n",
+        );
+        for (name, details) in &procs {
+            let status = if details.is_some() {
+                "Running"
+            } else {
+                "Not declared"
+            };
+            out.push_str(&format!(
+                "    {name:<15}| {status:<11}| {}\n",
+                details.as_deref().unwrap_or("")
+            ));
+        }
+        Reply::Text(out)
+    }
+}
+
+/// EdgeLake's processes in its order, with what tarn runs for each (`None`:
+/// not declared).
+fn process_list(s: &AppState) -> Vec<(&'static str, Option<String>)> {
     let peer = s
         .mesh
         .peer_endpoint()
         .map_or_else(String::new, |(ip, port)| format!("{ip}:{port}"));
     let runs = |svc| s.info.runs(svc);
-    let procs: Vec<(&str, Option<String>)> = vec![
+    vec![
         (
             "TCP",
             Some(format!(
@@ -113,34 +146,7 @@ pub(super) fn processes(s: &AppState, kv: Vec<(String, String)>) -> Reply {
         ),
         ("Distributor", None),
         ("Consumer", None),
-    ];
-    if wants_json(&kv) {
-        let mut m = serde_json::Map::new();
-        for (name, details) in &procs {
-            let v = match details {
-                Some(d) => serde_json::json!({"Status": "Running", "Details": d}),
-                None => serde_json::json!({"Status": "Not declared", "Details": ""}),
-            };
-            m.insert((*name).to_owned(), v);
-        }
-        Reply::Json(serde_json::Value::Object(m).to_string())
-    } else {
-        let mut out = String::from(
-            "\n    Process         Status       Details\n    ---------------|------------|-------\n",
-        );
-        for (name, details) in &procs {
-            let status = if details.is_some() {
-                "Running"
-            } else {
-                "Not declared"
-            };
-            out.push_str(&format!(
-                "    {name:<15}| {status:<11}| {}\n",
-                details.as_deref().unwrap_or("")
-            ));
-        }
-        Reply::Text(out)
-    }
+    ]
 }
 
 pub(super) fn tables(s: &AppState, kv: Vec<(String, String)>) -> Reply {
