@@ -17,13 +17,23 @@ static CA: OnceLock<Arc<Vec<Certificate<'static>>>> = OnceLock::new();
 /// Trust the CA certificates in `ca` (PEM) for every HTTPS node, instead of
 /// the public roots. Once per process: a second call is refused.
 pub fn trust_ca(ca: &Path) -> anyhow::Result<()> {
-    let certs = crate::api::tls::ca_certs(ca).map_err(|e| anyhow::anyhow!(e))?;
-    let certs = certs
-        .iter()
-        .map(|c| Certificate::from_der(c).to_owned())
-        .collect();
-    CA.set(Arc::new(certs))
+    let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("CA file {}: {e}", ca.display()))?;
+    let certs = ca_of(&pem).map_err(|e| anyhow::anyhow!("CA file {}: {e}", ca.display()))?;
+    CA.set(certs)
         .map_err(|_| anyhow::anyhow!("a CA is already set"))
+}
+
+/// The certificates of a CA (PEM), at least one.
+fn ca_of(pem: &[u8]) -> anyhow::Result<Arc<Vec<Certificate<'static>>>> {
+    let certs = ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    anyhow::ensure!(!certs.is_empty(), "no CERTIFICATE in the CA");
+    Ok(Arc::new(certs))
 }
 
 fn tls_config(ca: Option<Arc<Vec<Certificate<'static>>>>) -> TlsConfig {
@@ -104,15 +114,7 @@ impl Client {
 
     /// The same node, trusting only the CA certificates in `ca_pem`.
     pub fn with_ca(mut self, ca_pem: &[u8]) -> anyhow::Result<Client> {
-        let certs = ureq::tls::parse_pem(ca_pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        anyhow::ensure!(!certs.is_empty(), "no CERTIFICATE in the CA");
-        self.agent = agent(Some(Arc::new(certs)));
+        self.agent = agent(Some(ca_of(ca_pem)?));
         Ok(self)
     }
 

@@ -405,10 +405,15 @@ impl Config {
     }
 }
 
+/// The machine's host name (`/etc/hostname`), empty when unknown.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
 fn default_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_ascii_lowercase())
+    let host = Some(hostname().to_ascii_lowercase())
         .filter(|h| {
             !h.is_empty()
                 && h.bytes()

@@ -113,11 +113,13 @@ impl ExactSum {
             lo = lo.next_down();
         }
         let mut hi = lo;
-        while side(hi) > 0.0 {
+        let mut at_hi = side(hi);
+        while at_hi > 0.0 {
             lo = hi;
             hi = hi.next_up();
+            at_hi = side(hi);
         }
-        if side(hi) == 0.0 {
+        if at_hi == 0.0 {
             return hi;
         }
         if side(lo) == 0.0 {

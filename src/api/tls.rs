@@ -16,7 +16,15 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Loads `cert` (the server's certificate, then any intermediates) and
 /// `key` (PKCS#8, PKCS#1 or SEC1), checking that they belong together.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    let chain = certs_in(cert, "TLS certificate")?;
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("TLS certificate {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "TLS certificate {}: no CERTIFICATE in the file",
+            cert.display()
+        ));
+    }
     let key_der =
         PrivateKeyDer::from_pem_file(key).map_err(|e| format!("TLS key {}: {e}", key.display()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -33,23 +41,4 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// The certificates of a CA file (PEM), for clients that trust it.
-pub fn ca_certs(ca: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    certs_in(ca, "CA file")
-}
-
-/// Every certificate in a PEM file, at least one.
-fn certs_in(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{what} {}: no CERTIFICATE in the file",
-            path.display()
-        ));
-    }
-    Ok(certs)
 }

@@ -40,7 +40,7 @@ pub async fn publish_self(mesh: &Arc<Mesh>, me: &Me) -> anyhow::Result<()> {
             .and_then(|(_, p)| p.parse::<u16>().ok())
             .unwrap_or(0)
             .into();
-        body["hostname"] = hostname().into();
+        body["hostname"] = crate::config::hostname().into();
         body["company"] = "".into();
         body["main"] = true.into();
         if let Some(c) = &me.cluster {
@@ -116,13 +116,6 @@ pub async fn announce_tables(mesh: &Arc<Mesh>, me: &Me, store: &Storage) {
             tracing::warn!("announcing table {db}.{table}: {e}");
         }
     }
-}
-
-/// The machine's host name, as EdgeLake puts it in node policies.
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
 }
 
 /// Publishes this node's own policies once it is admitted to its closed

@@ -11,6 +11,15 @@ fn tarn(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().expect("run tarn")
 }
 
+/// Asserts that a `tarn` command succeeded (showing its stderr if not).
+fn succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn status(n: &TestNode) -> serde_json::Value {
     n.client.get("/v1/status", &[]).unwrap().ok_json().unwrap()
 }
@@ -87,11 +96,7 @@ fn only_admitted_members_take_part() {
         "--node",
         a.client.base(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     wait_for("b admitted", t, || {
         (status(&b)["admitted"] == true).then_some(())
     });
@@ -218,11 +223,7 @@ fn only_admitted_members_take_part() {
         "--node",
         a.client.base(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     wait_for("c holds c1's rows", t, || {
         let v = c
             .client
@@ -244,11 +245,7 @@ fn only_admitted_members_take_part() {
         "--node",
         a.client.base(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     wait_for("b cut off", Duration::from_secs(10), || {
         let a_peers = status(&a)["peers"].as_u64()?;
         (a_peers == 1 && network_count(&b).is_none_or(|c| c != 3)).then_some(())
@@ -285,11 +282,7 @@ fn rest_needs_a_token_of_the_right_role() {
             args.extend(["--db", d]);
         }
         let out = tarn(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(&out);
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
     let root_token = user("root", "admin", None);
@@ -363,11 +356,7 @@ fn rest_needs_a_token_of_the_right_role() {
         .env("TARN_TOKEN", &root_token)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     assert_eq!(q(&reader, "lab"), 401);
 
     // Every change and every refusal is in the audit log, by user.
@@ -523,11 +512,7 @@ fn rest_over_https_with_a_ca_from_tarn_cert() {
     let out = tarn(&[
         "--ca", ca_s, "user", "add", "root", "--role", "admin", "--key", key_s, "--node", &url,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let status = Command::new(BIN)
         .args(["status", "--node", &url])
@@ -535,11 +520,7 @@ fn rest_over_https_with_a_ca_from_tarn_cert() {
         .env("TARN_TOKEN", &token)
         .output()
         .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    succeeded(&status);
     a.set_client(|c| c.with_token(Some(&token)));
     let s = a.client.get("/v1/status", &[]).unwrap().ok_json().unwrap();
     assert_eq!(
@@ -562,21 +543,13 @@ fn rest_over_https_with_a_ca_from_tarn_cert() {
     let port = url.rsplit(':').next().unwrap();
     let auth = format!("authorization: Bearer {token}");
     if let Some(out) = curl(&["--cacert", ca_s, "-H", &auth, &format!("{url}/v1/status")]) {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(&out);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["tls"], true);
         let resolve = format!("node2:{port}:127.0.0.1");
         let named = format!("https://node2:{port}/v1/status");
         let out = curl(&["--cacert", ca_s, "--resolve", &resolve, "-H", &auth, &named]).unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(&out);
         let untrusted = curl(&[&format!("{url}/v1/status")]).unwrap();
         assert!(
             !untrusted.status.success(),
