@@ -103,14 +103,23 @@ impl Proc {
         }
     }
 
-    fn rss_mb(&self) -> u64 {
-        let Some(c) = &self.child else { return 0 };
-        std::fs::read_to_string(format!("/proc/{}/status", c.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .map_or(0, |kb| kb / 1024)
+    /// Resident memory in MB as `total/heap`: the heap (`RssAnon`) is what
+    /// the node holds; the rest is mostly the database files SQLite maps,
+    /// pages the kernel takes back when it needs them.
+    fn rss(&self) -> String {
+        let Some(c) = &self.child else {
+            return "-".into();
+        };
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", c.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .map_or(0, |kb| kb / 1024)
+        };
+        format!("{}/{}", field("VmRSS:"), field("RssAnon:"))
     }
 }
 
@@ -381,7 +390,7 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let qc = Client::new(&q.url);
-    println!("minute  query p50    p99     (n)   rss a / b / query (MB)   killed");
+    println!("minute  query p50    p99     (n)   rss/heap MB: a | b | query    killed");
     let started = Instant::now();
     for minute in 0..minutes {
         let mut lat = Vec::new();
@@ -410,14 +419,14 @@ fn main() -> anyhow::Result<()> {
         }
         let ops = world.ops.lock().expect("lock");
         println!(
-            "{:>6}  {:>7.1} ms {:>6.1} ms {:>5}   {:>4} / {:>4} / {:>4}            {}",
+            "{:>6}  {:>7.1} ms {:>6.1} ms {:>5}   {:>8} | {:>8} | {:>8}   {}",
             minute + 1,
             percentile(&mut lat.clone(), 0.5),
             percentile(&mut lat, 0.99),
             lat.len(),
-            ops[0].rss_mb(),
-            ops[1].rss_mb(),
-            q.rss_mb(),
+            ops[0].rss(),
+            ops[1].rss(),
+            q.rss(),
             killed.map_or("-".to_owned(), |i| ["a", "b"][i].to_owned()),
         );
     }
@@ -461,10 +470,10 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(30));
     let ops = world.ops.lock().expect("lock");
     println!(
-        "rss after 30 s idle: a {} MB, b {} MB, query {} MB",
-        ops[0].rss_mb(),
-        ops[1].rss_mb(),
-        q.rss_mb()
+        "rss/heap after 30 s idle (MB): a {} | b {} | query {}",
+        ops[0].rss(),
+        ops[1].rss(),
+        q.rss()
     );
     drop(ops);
     for p in world.ops.lock().expect("lock").iter_mut() {

@@ -76,6 +76,10 @@ pub struct Config {
     /// Most bytes of values a query may hold (its answer, and the partial
     /// results on the query node), and the largest single value it may read.
     pub max_result_bytes: usize,
+    /// What SQLite may hold in memory across all of this node's databases
+    /// (their page caches above all), in MiB: past it SQLite reuses cache
+    /// pages instead of taking more, however many databases there are.
+    pub sqlite_memory_mb: usize,
     /// Longest a query may run, in milliseconds, unless the request says less.
     pub query_timeout_ms: u64,
     pub streaming: StreamingConfig,
@@ -229,6 +233,7 @@ impl Default for Config {
             idle_timeout_ms: 30_000,
             max_result_rows: 1_000_000,
             max_result_bytes: 128 << 20,
+            sqlite_memory_mb: 128,
             query_timeout_ms: 60_000,
             streaming: StreamingConfig::default(),
             watch: WatchConfig::default(),
@@ -346,6 +351,9 @@ impl Config {
         }
         if self.max_result_bytes < 1 << 20 || self.max_result_bytes > 1 << 30 {
             return Err("max_result_bytes must be between 1 MiB and 1 GiB".into());
+        }
+        if !(8..=1 << 20).contains(&self.sqlite_memory_mb) {
+            return Err("sqlite_memory_mb must be between 8 and 1048576".into());
         }
         if self.streaming.threshold_rows == 0 || self.streaming.threshold_ms == 0 {
             return Err("streaming thresholds must be positive".into());

@@ -528,6 +528,7 @@ async fn open(cfg: &Config, clock: &SharedClock) -> anyhow::Result<Opened> {
         } else {
             None
         };
+        crate::store::set_memory_budget(cfg.sqlite_memory_mb)?;
         let store = Arc::new(Storage::open(
             &cfg.data_dir,
             &cfg.name,

@@ -58,6 +58,18 @@ pub use value::{ColType, Rows, Val, ValKind, to_val};
 use crate::clock::SharedClock;
 use database::Database;
 
+/// Bounds what SQLite holds in memory in this process, across every
+/// connection to every database: near the limit SQLite recycles page-cache
+/// pages rather than allocating more (its soft heap limit). Process-wide, so
+/// nodes sharing a process (tests, `LocalMesh`) share one budget, set by the
+/// last one started.
+pub fn set_memory_budget(mb: usize) -> anyhow::Result<()> {
+    let conn = rusqlite::Connection::open_in_memory()?;
+    let bytes = i64::try_from(mb).unwrap_or(i64::MAX / (1 << 20)) << 20;
+    conn.query_row(&format!("PRAGMA soft_heap_limit = {bytes}"), [], |_| Ok(()))?;
+    Ok(())
+}
+
 /// All the node's databases.
 pub struct Storage {
     dir: PathBuf,
@@ -233,6 +245,30 @@ impl Storage {
             .collect())
     }
 
+    /// The columns of `db.table` with the types EdgeLake declares for them
+    /// (`int`, `decimal`, `varchar`, `bool`, `timestamp`, and its own for
+    /// the system columns), as `get columns` and the `table` policy show.
+    pub fn declared_columns(
+        &self,
+        db: &str,
+        table: &str,
+    ) -> Result<Vec<(String, &'static str)>, StoreError> {
+        Ok(self
+            .columns(db, table)?
+            .into_iter()
+            .map(|(name, t)| {
+                let decl = match name.as_str() {
+                    "row_id" => "integer",
+                    "insert_timestamp" => "timestamp",
+                    "tsd_name" => "char(3)",
+                    "tsd_id" => "int",
+                    _ => t.edgelake_name(),
+                };
+                (name, decl)
+            })
+            .collect())
+    }
+
     /// The schema of the user table `db.table` if it exists.
     pub fn schema(&self, db: &str, table: &str) -> Option<Arc<TableSchema>> {
         self.dbs
@@ -313,5 +349,21 @@ impl Storage {
         tracing::info!(db = %name, path = %path.display(), "created database");
         dbs.insert(name.to_owned(), d.clone());
         Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_memory_budget_is_sqlites_soft_heap_limit() {
+        // The default, so that nodes other tests start in this process at
+        // the same time agree on it.
+        let mb = crate::Config::default().sqlite_memory_mb;
+        super::set_memory_budget(mb).unwrap();
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        let limit: i64 = c
+            .query_row("PRAGMA soft_heap_limit", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(limit, (mb as i64) << 20);
     }
 }
