@@ -189,6 +189,20 @@ impl View {
         self.policies().filter(move |p| p.kind == kind)
     }
 
+    /// The copies of policies of one type that `author` published and has
+    /// not withdrawn, including those another author published first (which
+    /// [`View::of_kind`] shows under that author).
+    pub fn authored_by<'a>(
+        &'a self,
+        author: &'a Author,
+        kind: &'a str,
+    ) -> impl Iterator<Item = &'a PolicyRecord> + 'a {
+        self.live
+            .values()
+            .flat_map(|copies| copies.values())
+            .filter(move |r| r.author == *author && r.kind == kind && self.shown(r))
+    }
+
     pub fn get(&self, id: &str) -> Option<&PolicyRecord> {
         self.live
             .get(id)

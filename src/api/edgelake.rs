@@ -18,6 +18,7 @@ use serde::Deserialize;
 mod blockchain;
 mod get;
 mod network;
+mod shapes;
 mod sql;
 
 use super::auth::{self, Principal};

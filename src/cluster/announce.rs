@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::Value;
 use tarn_ledger::policy::Policy;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -17,8 +18,16 @@ use crate::store::Storage;
 
 /// Publishes (or supersedes) this node's own policies.
 pub async fn publish_self(mesh: &Arc<Mesh>, me: &Me) -> anyhow::Result<()> {
-    let author = mesh.author();
     let view = mesh.view();
+    // EdgeLake's fields beside tarn's, for its scripts: the address peers
+    // reach (libp2p's TCP port is EdgeLake's TCP service) and the REST
+    // port. Nobody dials by them: nodes are found by PeerId.
+    let (ip, port) = mesh.peer_endpoint().unwrap_or_default();
+    let rest_port = me
+        .rest
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(0);
     for service in &me.services {
         let kind = service.name();
         let mut body = serde_json::json!({
@@ -27,44 +36,31 @@ pub async fn publish_self(mesh: &Arc<Mesh>, me: &Me) -> anyhow::Result<()> {
             "services": me.services,
             "rest": me.rest,
             "version": env!("CARGO_PKG_VERSION"),
+            "ip": ip,
+            "port": port,
+            "rest_port": rest_port,
+            "hostname": crate::config::hostname(),
+            "company": "",
+            "main": true,
         });
-        // EdgeLake's fields beside tarn's, for its scripts: the address
-        // peers reach (libp2p's TCP port is EdgeLake's TCP service) and
-        // the REST port. Nobody dials by them: nodes are found by PeerId.
-        let (ip, port) = mesh.peer_endpoint().unwrap_or_default();
-        body["ip"] = ip.into();
-        body["port"] = port.into();
-        body["rest_port"] = me
-            .rest
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .unwrap_or(0)
-            .into();
-        body["hostname"] = crate::config::hostname().into();
-        body["company"] = "".into();
-        body["main"] = true.into();
         if let Some(c) = &me.cluster {
             body["cluster"] = c.clone().into();
         }
-        let policy = Policy::from_value(serde_json::json!({ kind: body }))
-            .map_err(|e| anyhow::anyhow!("building the node policy: {e}"))?;
-        let mine: Vec<String> = view
-            .of_kind(kind)
-            .filter(|p| p.author == author)
-            .map(|p| p.id.clone())
-            .collect();
-        if mine.contains(&policy.id()) {
-            continue;
-        }
-        mesh.publish(&policy, mine.first().cloned())
-            .await
-            .map_err(|e| anyhow::anyhow!("publishing the node policy: {e}"))?;
-        for old in mine.iter().skip(1) {
-            mesh.revoke(old.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!("revoking an old node policy: {e}"))?;
-        }
+        publish_mine(mesh, &view, kind, serde_json::json!({ kind: body })).await?;
     }
+    // EdgeLake's nodes publish their settings as a `config` policy too.
+    let main = me.services.first().map_or("operator", |s| s.name());
+    let config = serde_json::json!({"config": {
+        "name": format!("{}-{main}-config", me.name),
+        "node_type": main,
+        "peer_id": me.peer.to_string(),
+        "services": me.services,
+        "ip": ip,
+        "port": port,
+        "rest_port": rest_port,
+        "cluster": me.cluster,
+    }});
+    publish_mine(mesh, &view, "config", config).await?;
     // The cluster itself: every member writes the same body, so it is one
     // policy; its members are the operators whose policies name it.
     if let (true, Some(c)) = (me.runs(Service::Operator), &me.cluster) {
@@ -79,9 +75,42 @@ pub async fn publish_self(mesh: &Arc<Mesh>, me: &Me) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Announces every local table not yet in the ledger as a `table` policy
-/// `{"table": {"dbms", "name", "cluster"}}`. Operators of one cluster write
-/// the same body, so it is one policy however many of them announce it.
+/// Publishes `body` as this node's one policy of type `kind`, superseding
+/// the one it published before (and withdrawing any extra), unless it is
+/// already in force.
+async fn publish_mine(
+    mesh: &Arc<Mesh>,
+    view: &tarn_ledger::View,
+    kind: &str,
+    body: Value,
+) -> anyhow::Result<()> {
+    let policy =
+        Policy::from_value(body).map_err(|e| anyhow::anyhow!("building the {kind} policy: {e}"))?;
+    let author = mesh.author();
+    let mine: Vec<String> = view
+        .authored_by(&author, kind)
+        .map(|p| p.id.clone())
+        .collect();
+    if mine.contains(&policy.id()) {
+        return Ok(());
+    }
+    mesh.publish(&policy, mine.first().cloned())
+        .await
+        .map_err(|e| anyhow::anyhow!("publishing the {kind} policy: {e}"))?;
+    for old in mine.iter().skip(1) {
+        mesh.revoke(old.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("revoking an old {kind} policy: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Announces every local table as a `table` policy `{"table": {"dbms",
+/// "name", "cluster", "columns", "create"}}`, its schema as EdgeLake declares
+/// it, so that any node (a query node holds no data) can answer `get
+/// columns`. Operators of one cluster that hold the same columns write the
+/// same body, so it is one policy however many of them announce it; a node
+/// whose table gained columns supersedes its own copy of the older schema.
 /// The table policies this node published for another cluster (it was
 /// alone, or in another cluster, before) are withdrawn: its rows are its
 /// cluster's now, and counting them under both would count them twice.
@@ -93,29 +122,113 @@ pub async fn announce_tables(mesh: &Arc<Mesh>, me: &Me, store: &Storage) {
     let view = mesh.view();
     let cluster = cluster_name(me.cluster_in(&view).as_deref(), &me.peer);
     let author = mesh.author();
-    let stale: Vec<String> = view
-        .of_kind("table")
-        .filter(|p| p.author == author)
+    let mine: Vec<&tarn_ledger::PolicyRecord> = view.authored_by(&author, "table").collect();
+    for p in mine
+        .iter()
         .filter(|p| p.policy["table"]["cluster"].as_str() != Some(cluster.as_str()))
-        .map(|p| p.id.clone())
-        .collect();
-    for id in stale {
-        if let Err(e) = mesh.revoke(id).await {
+    {
+        if let Err(e) = mesh.revoke(p.id.clone()).await {
             tracing::warn!("withdrawing a table policy of an old cluster: {e}");
         }
     }
     for (db, table) in store.user_tables() {
-        let p = serde_json::json!({"table": {"dbms": db, "name": table, "cluster": cluster}});
-        let Ok(policy) = Policy::from_value(p) else {
+        let Ok(columns) = store.declared_columns(&db, &table) else {
             continue;
         };
-        if view.get(&policy.id()).is_some() {
+        let Ok(policy) = Policy::from_value(table_policy(&db, &table, &cluster, &columns)) else {
+            continue;
+        };
+        let id = policy.id();
+        let older: Vec<String> = mine
+            .iter()
+            .filter(|p| {
+                let t = &p.policy["table"];
+                t["dbms"] == db.as_str() && t["name"] == table.as_str()
+            })
+            .map(|p| p.id.clone())
+            .collect();
+        if older.contains(&id) {
             continue;
         }
-        if let Err(e) = mesh.publish(&policy, None).await {
+        if let Err(e) = mesh.publish(&policy, older.first().cloned()).await {
             tracing::warn!("announcing table {db}.{table}: {e}");
+            continue;
+        }
+        for old in older.iter().skip(1) {
+            if let Err(e) = mesh.revoke(old.clone()).await {
+                tracing::warn!("withdrawing an older table policy: {e}");
+            }
         }
     }
+}
+
+/// The body of a `table` policy: tarn's routing fields, the columns in
+/// order, and EdgeLake's `create` statement for its scripts.
+fn table_policy(db: &str, table: &str, cluster: &str, columns: &[(String, &str)]) -> Value {
+    let list: Vec<Value> = columns
+        .iter()
+        .map(|(n, t)| serde_json::json!({"name": n, "type": t}))
+        .collect();
+    let defs: Vec<String> = columns
+        .iter()
+        .map(|(n, t)| match n.as_str() {
+            "row_id" => "row_id SERIAL PRIMARY KEY".to_owned(),
+            "insert_timestamp" => "insert_timestamp TIMESTAMP NOT NULL DEFAULT NOW()".to_owned(),
+            _ => format!("\"{}\" {}", n.replace('"', "\"\""), t.to_ascii_uppercase()),
+        })
+        .collect();
+    serde_json::json!({"table": {
+        "dbms": db,
+        "name": table,
+        "cluster": cluster,
+        "columns": list,
+        "create": format!("CREATE TABLE IF NOT EXISTS \"{table}\" ({})", defs.join(", ")),
+    }})
+}
+
+/// The columns of `dbms.table` from the ledger's `table` policies, for a
+/// node that does not hold the table: the longest schema announced, then
+/// any column only another announced (a cluster catching up).
+pub fn announced_columns(
+    view: &tarn_ledger::View,
+    db: &str,
+    table: &str,
+) -> Option<Vec<(String, String)>> {
+    let mut lists: Vec<Vec<(String, String)>> = view
+        .of_kind("table")
+        .filter(|p| {
+            let t = &p.policy["table"];
+            t["dbms"]
+                .as_str()
+                .is_some_and(|d| d.eq_ignore_ascii_case(db))
+                && t["name"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(table))
+        })
+        .filter_map(|p| {
+            let cols = p.policy["table"]["columns"].as_array()?;
+            Some(
+                cols.iter()
+                    .filter_map(|c| {
+                        Some((
+                            c["name"].as_str()?.to_owned(),
+                            c["type"].as_str()?.to_owned(),
+                        ))
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    lists.sort_by_key(|l| std::cmp::Reverse(l.len()));
+    let mut out = lists.first()?.clone();
+    for l in &lists[1..] {
+        for c in l {
+            if !out.iter().any(|(n, _)| *n == c.0) {
+                out.push(c.clone());
+            }
+        }
+    }
+    Some(out)
 }
 
 /// Publishes this node's own policies once it is admitted to its closed

@@ -213,6 +213,19 @@ fn scan_range(
         let mut st = conn.prepare_cached(&plan.scan_sql).map_err(sql_error)?;
         let mut rows = st.query(rusqlite::params![lo, hi]).map_err(sql_error)?;
         let mut groups = Groups::new();
+        if plan.keys == 0 {
+            // One group: no key to hash per row.
+            let mut states: Option<Vec<State>> = None;
+            while let Some(r) = rows.next().map_err(sql_error)? {
+                let states = states
+                    .get_or_insert_with(|| plan.aggs.iter().map(|a| State::new(a.kind)).collect());
+                update(states, plan, r, max_groups)?;
+            }
+            if let Some(states) = states {
+                groups.insert(RowKey(&[]).to_owned(), states);
+            }
+            return Ok(groups);
+        }
         // What the groups' keys take, counted against the byte limit.
         let mut key_bytes = 0usize;
         while let Some(r) = rows.next().map_err(sql_error)? {

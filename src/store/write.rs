@@ -254,9 +254,8 @@ impl Storage {
             let before = database.schema(&t);
             if before.as_ref().is_none_or(|cur| **cur != sc) && !sc.columns.is_empty() {
                 database.set_schema(&t, sc);
-                if before.is_none() {
-                    self.tables_changed.notify_one();
-                }
+                // A new table or new columns: the `table` policy says both.
+                self.tables_changed.notify_one();
             }
         }
     }

@@ -242,6 +242,28 @@ fn sql_answers_as_edgelake_gives_them() {
         r#"{"Query":[{"count(*)":3,"min(timestamp)":"2024-03-11 03:00:00.000000"}]}"#
     );
 
+    // timezone= shows timestamps in a zone (AnyLog's queries.md: utc,
+    // local, pt/mt/ct/et or a tz database name); the stored UTC is the
+    // default. March 10 2024 is the day the US moves to daylight time.
+    let tz = |zone: &str| {
+        node.command(&format!(
+            "sql lab format=json and stat=false and timezone={zone} select timestamp, \
+             min(timestamp) from t where timestamp >= '2024-03-10 06:00:00' \
+             and timestamp < '2024-03-10 09:00:00' group by timestamp"
+        ))
+        .body
+    };
+    assert_eq!(
+        tz("et"),
+        r#"{"Query":[{"timestamp":"2024-03-10 01:00:00.000000","min(timestamp)":"2024-03-10 01:00:00.000000"},{"timestamp":"2024-03-10 03:00:00.000000","min(timestamp)":"2024-03-10 03:00:00.000000"},{"timestamp":"2024-03-10 04:00:00.000000","min(timestamp)":"2024-03-10 04:00:00.000000"}]}"#
+    );
+    assert_eq!(tz("et"), tz("America/New_York"));
+    assert_eq!(tz("utc"), tz("UTC"));
+    assert!(tz("utc").contains(r#""timestamp":"2024-03-10 06:00:00.000000""#));
+    let bad = node.command("sql lab timezone=Mars/Olympus select * from t");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("Mars/Olympus"), "{}", bad.body);
+
     // 5. GROUP BY without ORDER BY: SQLite's order (by the group key),
     // locally and through the network, every time.
     let grouped =

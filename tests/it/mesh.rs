@@ -111,21 +111,86 @@ fn nodes_join_by_bootstrap_and_share_policies() {
             == "1")
             .then_some(())
     });
+    // EdgeLake's layout (EDGELAKE-COMPAT.md, "Node policies"): a root
+    // `cluster` policy and a child per table owner that names it as parent
+    // and lists the tables; the operator names its cluster by the root's id.
     let clusters = master
         .command("blockchain get cluster where name = c1")
         .json()
         .unwrap();
+    let clusters = clusters.as_array().unwrap();
+    assert_eq!(clusters.len(), 2, "{clusters:?}");
+    let root = clusters
+        .iter()
+        .find(|c| c["cluster"]["parent"].is_null())
+        .unwrap();
+    let root_id = root["cluster"]["id"].as_str().unwrap();
+    let child = clusters
+        .iter()
+        .find(|c| c["cluster"]["parent"] == root_id)
+        .unwrap();
     assert_eq!(
-        clusters[0]["cluster"]["table"],
+        child["cluster"]["table"],
         serde_json::json!([{"dbms": "lab", "name": "readings", "status": "active"}])
+    );
+    let of_a = |field: &str| {
+        master
+            .command(&format!(
+                "blockchain get operator where peer_id = {} bring [operator][{field}]",
+                a.peer_id
+            ))
+            .body
+    };
+    assert_eq!(of_a("cluster"), root_id);
+    assert_eq!(of_a("cluster_name"), "c1");
+    assert_eq!(of_a("member"), "1");
+    assert_eq!(
+        master
+            .command(&format!(
+                "blockchain get cluster where id = {root_id} bring.count"
+            ))
+            .body,
+        "1"
+    );
+    // Each node publishes a `config` policy, as EdgeLake's do.
+    wait_for("three config policies", t, || {
+        (master.command("blockchain get config bring.count").body == "3").then_some(())
+    });
+    // The master holds no data, yet answers `get columns` from the schema
+    // the operator put in the table policy, kept current as columns come.
+    a.post("lab", "readings", r#"{"v": 2, "site": "north"}"#)
+        .ok_json()
+        .unwrap();
+    wait_for("the new column in the table policy", t, || {
+        let c = master
+            .command("get columns where dbms = lab and table = readings and format=json")
+            .json()
+            .ok()?;
+        (c["site"] == "varchar").then_some(c)
+    });
+    let cols = master
+        .command("get columns where dbms = lab and table = readings and format=json")
+        .json()
+        .unwrap();
+    assert_eq!(
+        cols,
+        serde_json::json!({"row_id": "integer", "insert_timestamp": "timestamp",
+            "tsd_name": "char(3)", "tsd_id": "int", "v": "int", "site": "varchar"})
+    );
+    assert_eq!(
+        master
+            .command("blockchain get table where dbms = lab and name = readings bring.count")
+            .body,
+        "1",
+        "the older schema is superseded"
     );
     let holders = master
         .command("get data nodes where dbms = lab and format=json")
         .json()
         .unwrap();
     assert_eq!(holders.as_array().unwrap().len(), 1);
-    assert_eq!(holders[0]["Member ID"], a.peer_id.as_str());
-    assert_eq!(holders[0]["Cluster ID"], "c1");
+    assert_eq!(holders[0]["Member ID"], "1");
+    assert_eq!(holders[0]["Cluster ID"], root_id);
     // Where peers reach it: its libp2p TCP address, as EdgeLake's ip:port.
     let tcp = a.p2p[0]
         .split("/tcp/")
@@ -141,7 +206,10 @@ fn nodes_join_by_bootstrap_and_share_policies() {
     let text = master.command("get data nodes where dbms = lab").body;
     let lines: Vec<&str> = text.lines().collect();
     assert!(
-        lines[1].starts_with("Company DBMS Table    Cluster ID Cluster Status Node Name")
+        lines[1].starts_with(&format!(
+            "Company DBMS Table    {:<32} Cluster Status Node Name Member ID",
+            "Cluster ID"
+        )) && lines[3].contains(&format!("{root_id} active         test-node 1 "))
             && lines[1].ends_with("Main Node Status")
             && lines[2].starts_with("------- ---- -------- ")
             && lines[3].contains(&format!("127.0.0.1:{tcp}")),

@@ -5,7 +5,6 @@
 use serde_json::Value;
 
 use super::{AppState, Reply, code, split_and, unquote};
-use crate::api::native::policy_json;
 
 /// A parsed `blockchain get`.
 #[derive(Debug, PartialEq)]
@@ -70,7 +69,7 @@ pub(super) fn get(s: &AppState, rest: &str) -> Reply {
         Ok(q) => q,
         Err(e) => return Reply::err(code::COMMAND, e),
     };
-    let matches = q.select(edgelake_policies(s));
+    let matches = s.mesh.with_view(|v| q.select(super::shapes::policies(v)));
     match &q.bring {
         None => Reply::Json(Value::Array(matches).to_string()),
         Some(b) => bring(matches, b),
@@ -135,47 +134,6 @@ fn where_pairs(s: &str) -> Vec<(String, String)> {
             Some((k.trim().to_ascii_lowercase(), unquote(v.trim()).to_owned()))
         })
         .collect()
-}
-
-/// Policies as EdgeLake lists them, with `cluster` policies merged by name
-/// and completed with the tables the ledger's `table` policies assign them.
-fn edgelake_policies(s: &AppState) -> Vec<(String, serde_json::Value)> {
-    let view = s.mesh.view();
-    let mut out: Vec<(String, serde_json::Value)> = Vec::new();
-    let mut clusters: std::collections::BTreeMap<String, serde_json::Value> =
-        std::collections::BTreeMap::new();
-    for p in view.policies() {
-        let v = policy_json(p);
-        if p.kind == "cluster"
-            && let Some(name) = p.policy["cluster"]["name"].as_str()
-        {
-            clusters.entry(name.to_owned()).or_insert(v);
-            continue;
-        }
-        out.push((p.kind.clone(), v));
-    }
-    for p in view.of_kind("table") {
-        let t = &p.policy["table"];
-        let Some(c) = t["cluster"].as_str() else {
-            continue;
-        };
-        let entry = clusters.entry(c.to_owned()).or_insert_with(|| {
-            let id = blake3::hash(format!("cluster\0{c}").as_bytes()).to_hex()[..32].to_owned();
-            serde_json::json!({"cluster": {"name": c, "id": id, "table": []}})
-        });
-        let tables = entry["cluster"]
-            .as_object_mut()
-            .map(|o| o.entry("table").or_insert_with(|| serde_json::json!([])));
-        if let Some(serde_json::Value::Array(list)) = tables {
-            let item =
-                serde_json::json!({"dbms": t["dbms"], "name": t["name"], "status": "active"});
-            if !list.contains(&item) {
-                list.push(item);
-            }
-        }
-    }
-    out.extend(clusters.into_values().map(|v| ("cluster".to_owned(), v)));
-    out
 }
 
 /// `blockchain insert where policy = !x ...` with `x={...}` or the bare policy in the body.

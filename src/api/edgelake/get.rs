@@ -196,22 +196,17 @@ pub(super) fn columns(s: &AppState, kv: Vec<(String, String)>) -> Reply {
             "expected: get columns where dbms = X and table = Y",
         );
     };
-    let cols: Vec<(String, &str)> = match s.store.columns(dbms, table) {
-        // EdgeLake's own columns, as it declares them.
-        Ok(c) => c
-            .into_iter()
-            .map(|(name, t)| {
-                let decl = match name.as_str() {
-                    "row_id" => "integer",
-                    "insert_timestamp" => "timestamp",
-                    "tsd_name" => "char(3)",
-                    "tsd_id" => "int",
-                    _ => t.edgelake_name(),
-                };
-                (name, decl)
-            })
-            .collect(),
-        Err(e) => return Reply::from_error(&e),
+    // A node that holds the table answers from its store; any other (a
+    // query node) from the schema its operators announced in the ledger.
+    let cols: Vec<(String, String)> = match s.store.declared_columns(dbms, table) {
+        Ok(c) => c.into_iter().map(|(n, t)| (n, t.to_owned())).collect(),
+        Err(e) => match s
+            .mesh
+            .with_view(|v| crate::cluster::announce::announced_columns(v, dbms, table))
+        {
+            Some(c) => c,
+            None => return Reply::from_error(&e),
+        },
     };
     if wants_json(&kv) {
         let mut m = serde_json::Map::new();

@@ -11,8 +11,9 @@ use crate::cluster::membership::{self, NodeInfo};
 /// `get data nodes [where dbms = X and table = Y and format=json]`.
 pub(super) async fn data_nodes(s: &AppState, kv: Vec<(String, String)>) -> Reply {
     let nodes = membership::nodes(&s.mesh).await;
-    let tables: Vec<(String, String, String)> = s.mesh.with_view(|view| {
-        view.of_kind("table")
+    let (mut tables, clusters): (Vec<(String, String, String)>, _) = s.mesh.with_view(|view| {
+        let t = view
+            .of_kind("table")
             .filter_map(|p| {
                 let t = &p.policy["table"];
                 Some((
@@ -21,8 +22,13 @@ pub(super) async fn data_nodes(s: &AppState, kv: Vec<(String, String)>) -> Reply
                     t["cluster"].as_str()?.to_owned(),
                 ))
             })
-            .collect()
+            .collect();
+        (t, super::shapes::Clusters::of(view))
     });
+    // Members of a cluster catching up on a new column announce two
+    // schemas of one table for a while: one row per table still.
+    tables.sort();
+    tables.dedup();
     let mut rows = Vec::new();
     for (dbms, table, cluster) in &tables {
         if get(&kv, "dbms").is_some_and(|d| d != dbms)
@@ -39,10 +45,10 @@ pub(super) async fn data_nodes(s: &AppState, kv: Vec<(String, String)>) -> Reply
                 "Company": "",
                 "DBMS": dbms,
                 "Table": table,
-                "Cluster ID": cluster,
+                "Cluster ID": clusters.id(cluster),
                 "Cluster Status": "active",
                 "Node Name": n.name,
-                "Member ID": n.peer_id,
+                "Member ID": clusters.member(&n.peer_id).map_or_else(String::new, |m| m.to_string()),
                 "External IP/Port": at,
                 "Local IP/Port": at,
                 "Main": "+",

@@ -18,6 +18,9 @@ pub struct SqlCommand {
     pub stat: bool,
     pub include: Option<String>,
     pub extend: Option<String>,
+    /// EdgeLake's `timezone=`: the zone timestamps are shown in (UTC when
+    /// absent).
+    pub timezone: Option<jiff::tz::TimeZone>,
     pub select: String,
 }
 
@@ -36,6 +39,7 @@ impl SqlCommand {
             stat: true,
             include: None,
             extend: None,
+            timezone: None,
             select: String::new(),
         };
         loop {
@@ -81,9 +85,9 @@ impl SqlCommand {
                 "stat" => cmd.stat = !value.eq_ignore_ascii_case("false"),
                 "include" => cmd.include = Some(value.to_owned()),
                 "extend" => cmd.extend = Some(value.to_owned()),
+                "timezone" => cmd.timezone = zone(unquote(value))?,
                 // Options tarn accepts and ignores because they only tune EdgeLake's own internals.
-                "timezone" | "max_time" | "dest" | "file" | "table" | "test" | "source"
-                | "title" => {}
+                "max_time" | "dest" | "file" | "table" | "test" | "source" | "title" => {}
                 other => return Err(format!("unknown sql option {other:?}")),
             }
             s = after[vlen..].trim_start();
@@ -138,7 +142,7 @@ pub(super) async fn run(s: &AppState, rest: &str, destination: Option<&str>) -> 
         req.scope = Scope::Network;
     }
     let network = req.scope == Scope::Network;
-    let a = match s.exec.run(req).await {
+    let mut a = match s.exec.run(req).await {
         Ok(a) => a,
         Err(e) if e.code() == crate::error::Code::UnknownTable => {
             let table = tarn_query::Select::parse(&cmd.select)
@@ -163,10 +167,55 @@ pub(super) async fn run(s: &AppState, rest: &str, destination: Option<&str>) -> 
         // says 0 for a local one.
         nodes: if network { a.stats.replied } else { 0 },
     });
+    if let Some(tz) = &cmd.timezone {
+        in_zone(&mut a.result, tz);
+    }
     let text = format::edgelake(&a.result, cmd.format, stats);
     match cmd.format {
         Format::Table => Reply::Text(text),
         _ => Reply::SqlJson(text),
+    }
+}
+
+/// The zone `timezone=` names: `utc`, `local` (this node's), EdgeLake's
+/// `pt`/`mt`/`ct`/`et`, or any IANA name (`Europe/Oslo`). `None` for UTC,
+/// where timestamps are stored and shown already.
+fn zone(name: &str) -> Result<Option<jiff::tz::TimeZone>, String> {
+    let iana = match name.to_ascii_lowercase().as_str() {
+        "utc" | "gmt" | "z" => return Ok(None),
+        "local" => return Ok(Some(jiff::tz::TimeZone::system())),
+        "pt" => "America/Los_Angeles",
+        "mt" => "America/Denver",
+        "ct" => "America/Chicago",
+        "et" => "America/New_York",
+        _ => name,
+    };
+    jiff::tz::TimeZone::get(iana)
+        .map(Some)
+        .map_err(|_| format!("timezone={name} is not a known time zone (utc, local, pt, mt, ct, et or an IANA name such as Europe/Oslo)"))
+}
+
+/// Shows every timestamp of `r` (a timestamp column, or a value in the
+/// stored layout where the type is not known, as `min(timestamp)`) in `tz`.
+fn in_zone(r: &mut crate::store::QueryResult, tz: &jiff::tz::TimeZone) {
+    use crate::store::{ColType, Val};
+    for row in &mut r.rows {
+        for (v, ty) in row.iter_mut().zip(&r.types) {
+            let Val::Text(s) = v else { continue };
+            if !matches!(ty, Some(ColType::Timestamp) | None)
+                || !tarn_query::time::is_storage_form(s)
+            {
+                continue;
+            }
+            let Some(us) = tarn_query::time::parse(s, false) else {
+                continue;
+            };
+            let Ok(at) = jiff::Timestamp::from_microsecond(us) else {
+                continue;
+            };
+            let shifted = us + i64::from(tz.to_offset(at).seconds()) * 1_000_000;
+            *s = tarn_query::time::format_storage(shifted);
+        }
     }
 }
 
@@ -184,6 +233,39 @@ fn option_list(v: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timezones_shift_timestamps_and_nothing_else() {
+        use crate::store::{ColType, QueryResult, Val};
+        assert_eq!(zone("UTC").unwrap(), None);
+        assert!(zone("Nowhere/Place").unwrap_err().contains("Nowhere/Place"));
+        let et = zone("et").unwrap().unwrap();
+        assert_eq!(Some(et.clone()), zone("America/New_York").unwrap());
+        let text = |s: &str| Val::Text(s.into());
+        let mut r = QueryResult {
+            columns: vec!["t".into(), "min(t)".into(), "name".into()],
+            types: vec![Some(ColType::Timestamp), None, Some(ColType::Text)],
+            rows: vec![
+                vec![
+                    text("2024-07-01 12:00:00.250000"),
+                    text("2024-01-01 00:30:00.000000"),
+                    text("2024-07-01 12:00:00.000000"),
+                ],
+                vec![Val::Null, text("soon"), Val::Int(1)],
+            ],
+        };
+        in_zone(&mut r, &et);
+        assert_eq!(
+            r.rows[0],
+            [
+                text("2024-07-01 08:00:00.250000"),
+                text("2023-12-31 19:30:00.000000"),
+                // A text column keeps its value, whatever it looks like.
+                text("2024-07-01 12:00:00.000000"),
+            ]
+        );
+        assert_eq!(r.rows[1], [Val::Null, text("soon"), Val::Int(1)]);
+    }
 
     #[test]
     fn parses_sql_commands() {
