@@ -1,10 +1,11 @@
-//! Ledger propagation benchmark (docs/BENCHMARKS.md): how long until a new
-//! policy is in the view of every node, for N in-process nodes on loopback,
-//! what gossip and anti-entropy traffic it costs, and the memory of an idle
-//! `tarn node` process.
+//! The mesh at size (docs/BENCHMARKS.md), for N in-process nodes on
+//! loopback: start-up time, time until every node knows every other,
+//! links and descriptors per node, idle traffic and CPU per node, how long
+//! until a new policy is in the view of every node and what it costs; and
+//! the memory of an idle `tarn node` process.
 //!
 //! ```sh
-//! cargo build --release && cargo run --release --example bench_mesh -- 10 50 100
+//! cargo build --release && cargo run --release --example bench_mesh -- 50 100 200 300
 //! ```
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,33 +20,99 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Process-wide counters: open descriptors, loopback bytes received (all
+/// of the mesh's packets, headers included), CPU seconds.
+fn process_counters() -> (usize, u64, f64) {
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let lo = std::fs::read_to_string("/proc/net/dev")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.trim_start().starts_with("lo:"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|b| b.parse().ok())
+        })
+        .unwrap_or(0);
+    // utime + stime, in clock ticks (100 a second on Linux).
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|t| {
+            let rest = t.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let s: f64 = f.get(12)?.parse().ok()?;
+            Some((u + s) / 100.0)
+        })
+        .unwrap_or(0.0);
+    (fds, lo, cpu)
+}
+
+fn traffic(m: &LocalMesh) -> (u64, u64, u64, u64, u64) {
+    m.running().fold((0, 0, 0, 0, 0), |acc, (_, node)| {
+        let s = &node.mesh().stats;
+        (
+            acc.0 + s.gossip_in_msgs.load(Relaxed),
+            acc.1 + s.gossip_in_bytes.load(Relaxed),
+            acc.2 + s.rpc_in_msgs.load(Relaxed),
+            acc.3 + s.rpc_in_bytes.load(Relaxed),
+            acc.4 + s.links_opened.load(Relaxed),
+        )
+    })
+}
+
+/// Every node holds every node's policy and believes every other node up.
+fn everyone_knows_everyone(m: &LocalMesh, n: usize, entries: usize) -> bool {
+    m.converged(entries)
+        && m.running()
+            .all(|(_, node)| node.mesh().liveness_counts().0 + 1 >= n)
+}
+
 async fn run(n: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let started = Instant::now();
     let mesh = LocalMesh::start(n, dir.path()).await?;
+    let startup = started.elapsed();
     let entries = 4 + (n - 1) * 2;
-    let conv = mesh
-        .wait_converged(entries, Duration::from_secs(300))
-        .await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !everyone_knows_everyone(&mesh, n, entries) {
+        anyhow::ensure!(Instant::now() < deadline, "N={n}: no convergence in 600 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let known = started.elapsed() - startup;
     println!(
-        "N={n}: started in {:.1?}, initial ledger converged {:.1?} later",
-        started.elapsed() - conv,
-        conv
+        "N={n}: started in {:.1?}; every node knew every other (ledger and liveness) {:.1?} later",
+        startup, known
     );
-    // Let start-up traffic settle, then measure only the trials.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let traffic = |m: &LocalMesh| {
-        m.running()
-            .fold((0u64, 0u64, 0u64, 0u64), |acc, (_, node)| {
-                let s = &node.mesh().stats;
-                (
-                    acc.0 + s.gossip_in_msgs.load(Relaxed),
-                    acc.1 + s.gossip_in_bytes.load(Relaxed),
-                    acc.2 + s.rpc_in_msgs.load(Relaxed),
-                    acc.3 + s.rpc_in_bytes.load(Relaxed),
-                )
-            })
-    };
+    // Let start-up traffic settle, then measure an idle minute's share.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    const IDLE: Duration = Duration::from_secs(30);
+    let (t0, (_, lo0, cpu0)) = (traffic(&mesh), process_counters());
+    tokio::time::sleep(IDLE).await;
+    let (t1, (fds, lo1, cpu1)) = (traffic(&mesh), process_counters());
+    let links: Vec<usize> = mesh
+        .running()
+        .map(|(_, node)| node.mesh().connected_count())
+        .collect();
+    let secs = IDLE.as_secs_f64();
+    let nf = n as f64;
+    println!(
+        "N={n}: links per node mean {:.1}, max {}; {} descriptors in the process ({:.1} per node)",
+        links.iter().sum::<usize>() as f64 / nf,
+        links.iter().max().copied().unwrap_or(0),
+        fds,
+        fds as f64 / nf
+    );
+    println!(
+        "N={n}: idle, per node: gossip {:.0} B/s ({:.2} msgs/s), requests {:.0} B/s ({:.2}/s), {:.0} B/s on the wire (loopback, headers included), {:.3} links opened/s, CPU {:.2}% of a core",
+        (t1.1 - t0.1) as f64 / nf / secs,
+        (t1.0 - t0.0) as f64 / nf / secs,
+        (t1.3 - t0.3) as f64 / nf / secs,
+        (t1.2 - t0.2) as f64 / nf / secs,
+        (lo1 - lo0) as f64 / nf / secs,
+        (t1.4 - t0.4) as f64 / nf / secs,
+        (cpu1 - cpu0) / secs / nf * 100.0
+    );
     let before = traffic(&mesh);
     let t0 = Instant::now();
     let mut times = Vec::with_capacity(TRIALS);

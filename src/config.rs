@@ -98,6 +98,12 @@ pub struct Config {
     pub admin_key: Option<PathBuf>,
     /// Find peers on the local network by mDNS.
     pub mdns: bool,
+    /// How many peers the node stays connected to, whatever the size of
+    /// the network (idle links above it are closed; below half of it more
+    /// peers are dialed). Others are reached on demand, by PeerId.
+    pub peers_target: usize,
+    /// The most connections the node accepts at once.
+    pub peers_max: usize,
     pub replication: ReplicationConfig,
     pub publisher: PublisherConfig,
     pub auth: AuthConfig,
@@ -234,6 +240,8 @@ impl Default for Config {
             max_result_rows: 1_000_000,
             max_result_bytes: 128 << 20,
             sqlite_memory_mb: 128,
+            peers_target: 24,
+            peers_max: 48,
             query_timeout_ms: 60_000,
             streaming: StreamingConfig::default(),
             watch: WatchConfig::default(),
@@ -354,6 +362,11 @@ impl Config {
         }
         if !(8..=1 << 20).contains(&self.sqlite_memory_mb) {
             return Err("sqlite_memory_mb must be between 8 and 1048576".into());
+        }
+        if self.peers_target == 0 || self.peers_max < self.peers_target || self.peers_max > 4096 {
+            return Err(
+                "peers_target must be at least 1, and peers_max between it and 4096".into(),
+            );
         }
         if self.streaming.threshold_rows == 0 || self.streaming.threshold_ms == 0 {
             return Err("streaming thresholds must be positive".into());

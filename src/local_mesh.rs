@@ -1,7 +1,9 @@
 //! Many nodes in one process on loopback: `tarn demo`, the mesh tests and
-//! the propagation benchmark. Node 0 runs every service and is the others'
-//! bootstrap; links between nodes can be cut and healed, nodes stopped and
-//! started again on their data directories.
+//! the propagation benchmark. Node 0 runs every service and is everyone's
+//! bootstrap, with node `i / 2` as a second one (so a few hundred nodes do
+//! not all queue at node 0's connection cap while starting); links between
+//! nodes can be cut and healed, nodes stopped and started again on their
+//! data directories.
 //!
 //! Uses `node` (it only starts nodes) and `config`.
 
@@ -64,7 +66,8 @@ impl LocalMesh {
         let bootstrap: Vec<String> = first.p2p_addrs().into_iter().take(1).collect();
         let mut nodes = vec![Some(first)];
         for i in 1..n {
-            nodes.push(Some(Node::start(config(i, &bootstrap)).await?));
+            let boot = Self::boot_for(&nodes, &bootstrap, i);
+            nodes.push(Some(Node::start(config(i, &boot)).await?));
         }
         Ok(LocalMesh {
             base: base.to_owned(),
@@ -73,6 +76,17 @@ impl LocalMesh {
             bootstrap,
             blocked: Vec::new(),
         })
+    }
+
+    /// Node `i`'s bootstrap: node 0, and node `i / 2` if it runs.
+    fn boot_for(nodes: &[Option<Node>], first: &[String], i: usize) -> Vec<String> {
+        let mut boot = first.to_vec();
+        if i / 2 > 0
+            && let Some(Some(n)) = nodes.get(i / 2)
+        {
+            boot.extend(n.p2p_addrs().into_iter().take(1));
+        }
+        boot
     }
 
     pub fn len(&self) -> usize {
@@ -175,7 +189,7 @@ impl LocalMesh {
                 .map(|(_, n)| n.p2p_addrs().into_iter().take(1).collect())
                 .unwrap_or_default()
         } else {
-            self.bootstrap.clone()
+            Self::boot_for(&self.nodes, &self.bootstrap, i)
         };
         let mut cfg = Self::config(&self.base, i, &boot);
         (self.tweak)(i, &mut cfg);

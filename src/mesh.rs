@@ -4,7 +4,9 @@
 //!
 //! - `identity`: the node's key; who a ledger author is
 //! - `dispatch`: the loop over the network's events; [`Router`] and [`Serve`]
-//! - `ledger_sync`: gossip in, anti-entropy (heads, fetches), the ledger's handler
+//! - `ledger_sync`: gossip in, anti-entropy (digests, heads, fetches), the ledger's handler
+//! - `liveness`: who is up, as a sans-I/O table of signed records and suspicions
+//! - `presence`: that table driven (rumors, probes, pulls, its tick)
 //!
 //! Uses `proto` (messages), `clock` and `error`; knows none of the services
 //! above it: they register with the [`Router`].
@@ -23,6 +25,8 @@ use tarn_net::{Multiaddr, PeerId};
 mod dispatch;
 mod identity;
 mod ledger_sync;
+pub mod liveness;
+mod presence;
 
 pub use dispatch::{Events, Router, SYNC_EVERY, Serve};
 pub use identity::{
@@ -41,6 +45,9 @@ pub const LEDGER_TOPIC: &str = "tarn/ledger/1";
 pub const POLICY_RATE: u32 = 10;
 const POLICY_BURST: f64 = 100.0;
 
+/// Own entries kept for gossip while no peer is subscribed.
+const MAX_UNSENT: usize = 256;
+
 /// Most strangers kept on the block list at once.
 const MAX_SHUT_OUT: usize = 4096;
 
@@ -58,6 +65,8 @@ pub struct MeshStats {
     pub gossip_in_bytes: AtomicU64,
     pub rpc_in_msgs: AtomicU64,
     pub rpc_in_bytes: AtomicU64,
+    /// Links opened (the first connection with a peer), since start.
+    pub links_opened: AtomicU64,
 }
 
 /// Why a request to a peer has no answer.
@@ -133,6 +142,18 @@ pub struct Mesh {
     policy_bucket: Mutex<(f64, Instant)>,
     /// Where ledger changes and refused peers are recorded.
     audit: std::sync::OnceLock<crate::audit::Sink>,
+    /// Who is up (see `presence`).
+    liveness: Mutex<liveness::Table>,
+    /// This node's record is still to be gossiped to at least one peer.
+    announce: std::sync::atomic::AtomicBool,
+    /// Peers whose links are kept when trimming (its cluster's members).
+    kept: Mutex<HashSet<PeerId>>,
+    /// When each peer was last probed (see `presence`).
+    probed: Mutex<HashMap<PeerId, Instant>>,
+    /// When the liveness table and the ledger heads were last exchanged whole.
+    full_syncs: Mutex<[Option<Instant>; 2]>,
+    /// Own entries no peer took yet (see `gossip_entry`).
+    unsent: Mutex<std::collections::VecDeque<Vec<u8>>>,
 }
 
 impl Mesh {
@@ -151,10 +172,14 @@ impl Mesh {
         };
         let (net, events) = tarn_net::start(net_cfg).await?;
         net.publish(LEDGER_TOPIC, Vec::new()).await.ok();
+        net.publish(proto::liveness::TOPIC, Vec::new()).await.ok();
+        let key = SigningKey::from_bytes(&secret);
+        // The wall clock at start: a restarted node outranks its past self.
+        let table = liveness::Table::new(key.clone(), clock.now_ms(), Vec::new());
         let mesh = Arc::new(Mesh {
             net,
             ledger: Arc::new(Mutex::new(ledger)),
-            key: SigningKey::from_bytes(&secret),
+            key,
             peers: Mutex::new(HashMap::new()),
             listen: Mutex::new(Vec::new()),
             stats: MeshStats::default(),
@@ -166,6 +191,12 @@ impl Mesh {
             enforced: AtomicU64::new(u64::MAX),
             policy_bucket: Mutex::new((POLICY_BURST, Instant::now())),
             audit: std::sync::OnceLock::new(),
+            liveness: Mutex::new(table),
+            announce: std::sync::atomic::AtomicBool::new(true),
+            kept: Mutex::new(HashSet::new()),
+            probed: Mutex::new(HashMap::new()),
+            full_syncs: Mutex::new([None, None]),
+            unsent: Mutex::new(std::collections::VecDeque::new()),
         });
         mesh.refresh_members();
         Ok((mesh, Events(events)))
@@ -412,10 +443,41 @@ impl Mesh {
             self.audit_entry(&kept, "rest");
         }
         self.enforce_members().await;
-        if let Err(e) = self.net.publish(LEDGER_TOPIC, bytes).await {
-            tracing::debug!("gossiping a ledger entry: {e}");
-        }
+        self.gossip_entry(bytes).await;
         Ok(())
+    }
+
+    /// Gossips an entry this node added; one that finds no subscribed peer
+    /// yet (a node still joining) is kept and sent again on the next ticks,
+    /// so it spreads at gossip speed instead of waiting for anti-entropy.
+    async fn gossip_entry(&self, bytes: Vec<u8>) {
+        match self.net.publish(LEDGER_TOPIC, bytes.clone()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let mut unsent = self.unsent.lock().expect("lock poisoned");
+                if unsent.len() < MAX_UNSENT {
+                    unsent.push_back(bytes);
+                }
+            }
+            // Anti-entropy delivers it later.
+            Err(e) => tracing::debug!("gossiping a ledger entry: {e}"),
+        }
+    }
+
+    /// Sends again the entries no peer took (see `gossip_entry`).
+    pub(super) async fn resend_unsent(&self) {
+        loop {
+            let Some(bytes) = self.unsent.lock().expect("lock poisoned").pop_front() else {
+                return;
+            };
+            if !matches!(
+                self.net.publish(LEDGER_TOPIC, bytes.clone()).await,
+                Ok(true)
+            ) {
+                self.unsent.lock().expect("lock poisoned").push_front(bytes);
+                return;
+            }
+        }
     }
 
     /// An author's head in this replica: its last seq and entry hash, and
@@ -445,10 +507,7 @@ impl Mesh {
         })?;
         self.audit_entry(&e, "local");
         self.enforce_members().await;
-        if let Err(e) = self.net.publish(LEDGER_TOPIC, e.bytes().to_vec()).await {
-            // Anti-entropy delivers it later.
-            tracing::debug!("gossiping a ledger entry: {e}");
-        }
+        self.gossip_entry(e.bytes().to_vec()).await;
         Ok(e)
     }
 
@@ -486,12 +545,13 @@ impl Mesh {
             .map_err(CallError::Remote)
     }
 
-    /// Whether a peer answers a request (a heads exchange).
+    /// Whether a peer answers a request (a digest exchange).
     pub async fn ping(&self, peer: PeerId) -> bool {
-        let (heads, _) = self.ledger_state();
+        let (ledger, members) = self.digests();
         matches!(
-            self.call(peer, &proto::ledger::Request::Heads(heads)).await,
-            Ok(proto::ledger::Response::Heads(_))
+            self.call(peer, &proto::ledger::Request::Digest { ledger, members })
+                .await,
+            Ok(proto::ledger::Response::Digest { .. })
         )
     }
 
@@ -542,15 +602,13 @@ impl Mesh {
         }
     }
 
-    /// Whether a peer is connected now (this node counts as alive).
-    pub fn alive(&self, peer: &PeerId) -> bool {
-        *peer == self.peer_id()
-            || self
-                .peers
-                .lock()
-                .expect("lock poisoned")
-                .get(peer)
-                .is_some_and(|p| p.connected)
+    /// Whether a peer is connected now.
+    pub fn connected_now(&self, peer: &PeerId) -> bool {
+        self.peers
+            .lock()
+            .expect("lock poisoned")
+            .get(peer)
+            .is_some_and(|p| p.connected)
     }
 
     /// How many peers are connected now.

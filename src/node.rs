@@ -426,6 +426,8 @@ impl Node {
     /// Stops accepting requests, lets running ones finish, and writes every
     /// streaming buffer.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        // Peers mark it down at once instead of suspecting it first.
+        self.state.mesh.leave().await;
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -560,6 +562,8 @@ fn net_config(cfg: &Config, o: &Opened) -> tarn_net::Config {
     (net.listen, net.bootstrap) = cfg.multiaddrs();
     net.mdns = cfg.mdns;
     net.relay_server = cfg.has(Service::Master);
+    net.peers_target = cfg.peers_target;
+    net.peers_max = cfg.peers_max;
     // Requests carry batches too (replication pushes, a publisher's
     // batches): as large as any message the node accepts.
     net.max_request_bytes = crate::proto::MAX_MESSAGE;

@@ -7,7 +7,9 @@
 //! [`WireError`] with a stable [`Code`]. Everything a peer sends is
 //! size-bounded ([`MAX_MESSAGE`]) and decoded into these types before use.
 //!
-//! - [`ledger`]: anti-entropy of the ledger (heads, entries)
+//! - [`ledger`]: anti-entropy of the ledger (digests, heads, entries) and
+//!   of the liveness table
+//! - [`liveness`]: signed liveness records and the rumors gossiped about them
 //! - [`query`]: partial queries, client queries, result chunks
 //! - [`replication`]: batches between members of a cluster, inventories
 //! - [`ingest`]: a batch for an operator (from a publisher or a client)
@@ -22,6 +24,7 @@ use crate::error::{Code, Coded};
 
 pub mod ingest;
 pub mod ledger;
+pub mod liveness;
 pub mod query;
 pub mod replication;
 

@@ -73,6 +73,25 @@ pub struct Ledger {
     entries: usize,
     /// Bytes of entries held per author.
     written: BTreeMap<Author, u64>,
+    /// Relayed entries committed without a sync since the last durable
+    /// commit, and when that was (see [`Ledger::apply_relayed`]).
+    undurable: usize,
+    last_durable: std::time::Instant,
+}
+
+/// Relayed entries may wait this long (or this many) for a durable commit.
+const RELAYED_DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const RELAYED_DURABLE_AFTER: usize = 1024;
+
+impl Drop for Ledger {
+    /// Makes relayed entries durable before the file is closed.
+    fn drop(&mut self) {
+        if self.undurable > 0
+            && let Ok(w) = self.db.begin_write()
+        {
+            let _ = w.commit();
+        }
+    }
 }
 
 impl Ledger {
@@ -118,6 +137,8 @@ impl Ledger {
             view: root.map_or_else(View::default, View::closed),
             entries: 0,
             written: BTreeMap::new(),
+            undurable: 0,
+            last_durable: std::time::Instant::now(),
         };
         let r = ledger.db.begin_read().map_err(|e| err(&e))?;
         let heads = r.open_table(HEADS).map_err(|e| err(&e))?;
@@ -165,7 +186,22 @@ impl Ledger {
     }
 
     /// Adds a verified entry if it extends its author's chain.
+    /// Adds a verified entry, durably: once this returns, a crash does not
+    /// lose it (entries this node signs, or a client handed it).
     pub fn apply(&mut self, e: &VerifiedEntry) -> Result<Applied, AppendError> {
+        self.apply_with(e, true)
+    }
+
+    /// Adds an entry relayed by a peer (gossip, anti-entropy), with a sync
+    /// to disk at most every second or [`RELAYED_DURABLE_AFTER`] entries:
+    /// one lost to a crash is fetched again by anti-entropy, and a network
+    /// that starts applies every node's entries on every node, where a
+    /// sync per entry costs more than all the rest.
+    pub fn apply_relayed(&mut self, e: &VerifiedEntry) -> Result<Applied, AppendError> {
+        self.apply_with(e, false)
+    }
+
+    fn apply_with(&mut self, e: &VerifiedEntry, durable: bool) -> Result<Applied, AppendError> {
         let entry = e.entry();
         let author = entry.author;
         if !self.view.admitted(&author) {
@@ -205,7 +241,13 @@ impl Ledger {
                 seq: entry.seq,
             });
         }
-        let w = self.db.begin_write().map_err(storage)?;
+        let mut w = self.db.begin_write().map_err(storage)?;
+        let durable = durable
+            || self.undurable >= RELAYED_DURABLE_AFTER
+            || self.last_durable.elapsed() >= RELAYED_DURABLE_EVERY;
+        if !durable {
+            w.set_durability(redb::Durability::None).map_err(storage)?;
+        }
         {
             let mut t = w.open_table(ENTRIES).map_err(storage)?;
             t.insert(&entry_key(&author.0, entry.seq)[..], e.bytes())
@@ -215,6 +257,12 @@ impl Ledger {
                 .map_err(storage)?;
         }
         w.commit().map_err(storage)?;
+        if durable {
+            self.undurable = 0;
+            self.last_durable = std::time::Instant::now();
+        } else {
+            self.undurable += 1;
+        }
         self.heads.insert(author, (entry.seq, e.hash()));
         self.lamport = self.lamport.max(entry.lamport);
         self.view.apply(e);
@@ -239,6 +287,18 @@ impl Ledger {
     /// Each author's latest sequence number: what anti-entropy exchanges.
     pub fn heads(&self) -> Vec<(Author, u64)> {
         self.heads.iter().map(|(a, (s, _))| (*a, *s)).collect()
+    }
+
+    /// A hash of every author's head (seq and entry hash), in author
+    /// order: two replicas with the same digest hold the same entries.
+    pub fn digest(&self) -> Hash {
+        let mut h = blake3::Hasher::new();
+        for (a, (seq, hash)) in &self.heads {
+            h.update(&a.0);
+            h.update(&seq.to_be_bytes());
+            h.update(hash);
+        }
+        *h.finalize().as_bytes()
     }
 
     /// Given a peer's heads, the `(author, first seq)` this ledger lacks

@@ -3,24 +3,26 @@
 //! [`Event`]s (news out), both over bounded channels.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, dcutr, gossipsub, identify, kad, mdns,
-    noise, ping, relay, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, gossipsub,
+    identify, kad, mdns, noise, ping, relay, tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::rpc;
 use crate::{Config, Event, NetError, PeerInfo};
+use crate::{book, rpc};
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
     blocked: libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::BlockedPeers>,
+    limits: connection_limits::Behaviour,
+    book: book::Behaviour,
     relay_client: relay::client::Behaviour,
     relay_server: Toggle<relay::Behaviour>,
     ping: ping::Behaviour,
@@ -38,7 +40,7 @@ pub(crate) enum Command {
     Publish {
         topic: String,
         data: Vec<u8>,
-        reply: oneshot::Sender<Result<(), NetError>>,
+        reply: oneshot::Sender<Result<bool, NetError>>,
     },
     Request {
         peer: PeerId,
@@ -63,21 +65,68 @@ pub(crate) enum Command {
         peer: PeerId,
         blocked: bool,
     },
+    Addresses {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+    Protect {
+        peer: PeerId,
+        on: bool,
+    },
+    Disconnect {
+        peer: PeerId,
+    },
 }
 
 /// Most inbound requests waiting for an answer at once; more are refused.
 const MAX_PENDING_INBOUND: usize = 1024;
+/// A new connection is not closed to stay within the target before it had
+/// time to serve (identify, a Kademlia walk, anti-entropy).
+const GRACE: Duration = Duration::from_secs(10);
+/// A connection is idle once no request went over it for this long.
+const IDLE: Duration = Duration::from_secs(10);
+/// Connections this node may open beyond `peers_max` for its own requests.
+pub(crate) const ON_DEMAND: usize = 64;
+/// Most dials started per tick to get back up to the target.
+const DIALS_PER_TICK: usize = 4;
+/// Every how many ticks (seconds) a node links to one more peer picked at
+/// random, whatever its number of links (the trimming closes an old one):
+/// links that only ever follow bootstrap and DHT order can leave a group of
+/// nodes linked among themselves and to nobody else, and this undoes it.
+const SHUFFLE_EVERY: u64 = 60;
+
+/// Where a request's answer goes.
+type Reply = oneshot::Sender<Result<Vec<u8>, NetError>>;
+
+/// What the loop knows of a connected peer.
+struct Link {
+    since: Instant,
+    used: Instant,
+    in_flight: u32,
+}
 
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
-    pending_out: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
-    pending_in: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    pending_out: HashMap<OutboundRequestId, (PeerId, Reply)>,
+    pending_in: HashMap<u64, (PeerId, ResponseChannel<Vec<u8>>)>,
     next_in: u64,
     topics: HashSet<String>,
     addrs: HashMap<PeerId, Vec<Multiaddr>>,
     bootstrap: Vec<Multiaddr>,
+    links: HashMap<PeerId, Link>,
+    /// Peers never disconnected to stay within the target: bootstrap peers
+    /// and those the node asked for (its cluster's members).
+    protected: HashSet<PeerId>,
+    /// Peers this node is disconnecting on purpose, or that said they are
+    /// disconnecting from it (not a lost link).
+    closing: HashSet<PeerId>,
+    /// Goodbyes sent, by request: the link closes when answered.
+    byes: HashMap<OutboundRequestId, PeerId>,
+    target: usize,
+    rng: u64,
+    ticks: u64,
 }
 
 pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, NetError> {
@@ -90,6 +139,15 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, NetError> {
     };
     let request_timeout = cfg.request_timeout;
     let max_gossip = cfg.max_gossip_bytes;
+    // Peers may open at most `peers_max` connections to this node; the
+    // node itself may open up to ON_DEMAND more (a query over many
+    // operators, replication), closed again once idle.
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established_incoming(Some(cfg.peers_max as u32))
+        .with_max_established(Some((cfg.peers_max + ON_DEMAND) as u32))
+        .with_max_established_per_peer(Some(4))
+        .with_max_pending_incoming(Some(cfg.peers_max as u32))
+        .with_max_pending_outgoing(Some(ON_DEMAND as u32));
     let swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
         .with_tokio()
         .with_tcp(
@@ -105,19 +163,31 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, NetError> {
         .map_err(|e| err(&e))?
         .with_behaviour(|key, relay_client| {
             let peer_id = key.public().to_peer_id();
+            // tarn's gossip carries only self-signed payloads (ledger
+            // entries, liveness records), checked once by the node: signing
+            // each message again, and checking every copy a node receives
+            // (each arrives from several mesh peers), was most of the CPU of
+            // a network starting. Messages are named by their content.
             let gossipsub = gossipsub::Behaviour::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossipsub::MessageAuthenticity::Anonymous,
                 gossipsub::ConfigBuilder::default()
                     .max_transmit_size(max_gossip)
-                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .validation_mode(gossipsub::ValidationMode::Anonymous)
+                    .message_id_fn(|m: &gossipsub::Message| {
+                        gossipsub::MessageId::from(&blake3::hash(&m.data).as_bytes()[..20])
+                    })
                     .heartbeat_interval(Duration::from_millis(500))
                     .build()
                     .map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string()))?,
             )?;
+            let mut kad_cfg = kad::Config::new(StreamProtocol::new("/tarn/kad/1"));
+            // Peers are found through liveness records; the DHT's walks
+            // (each dials a few dozen peers) are for a node short of links.
+            kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(30 * 60)));
             let mut kad = kad::Behaviour::with_config(
                 peer_id,
                 kad::store::MemoryStore::new(peer_id),
-                kad::Config::new(StreamProtocol::new("/tarn/kad/1")),
+                kad_cfg,
             );
             // A tarn mesh is small and mostly private: serve the DHT at once.
             kad.set_mode(Some(kad::Mode::Server));
@@ -131,6 +201,8 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, NetError> {
             };
             Ok(Behaviour {
                 blocked: Default::default(),
+                limits: connection_limits::Behaviour::new(limits),
+                book: Default::default(),
                 relay_client,
                 relay_server: relay_server
                     .then(|| relay::Behaviour::new(peer_id, relay::Config::default()))
@@ -138,9 +210,13 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, NetError> {
                 // A link cut without a reset (a partition, a pulled cable)
                 // leaves TCP open for many minutes: a ping that times out
                 // closes the connection instead (see `swarm_event`).
+                // Every 30 s: a node has a couple dozen links, and pings are
+                // most of what an idle mesh costs. A crashed peer is noticed
+                // sooner (its OS closes the sockets); only a silently cut
+                // link waits for a ping.
                 ping: ping::Behaviour::new(
                     ping::Config::new()
-                        .with_interval(Duration::from_secs(5))
+                        .with_interval(Duration::from_secs(30))
                         .with_timeout(Duration::from_secs(10)),
                 ),
                 identify: identify::Behaviour::new(
@@ -171,8 +247,13 @@ impl EventLoop {
         swarm: Swarm<Behaviour>,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
-        bootstrap: Vec<Multiaddr>,
+        cfg: &Config,
     ) -> EventLoop {
+        let protected = cfg.bootstrap.iter().filter_map(peer_of).collect();
+        let me = swarm.local_peer_id().to_bytes();
+        let rng = me.iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        }) | 1;
         EventLoop {
             swarm,
             commands,
@@ -182,13 +263,20 @@ impl EventLoop {
             next_in: 0,
             topics: HashSet::new(),
             addrs: HashMap::new(),
-            bootstrap,
+            bootstrap: cfg.bootstrap.clone(),
+            links: HashMap::new(),
+            protected,
+            closing: HashSet::new(),
+            byes: HashMap::new(),
+            target: cfg.peers_target,
+            rng,
+            ticks: 0,
         }
     }
 
     pub(crate) async fn run(mut self) {
         let mut redial = tokio::time::interval(Duration::from_secs(2));
-        let mut discover = tokio::time::interval(Duration::from_secs(30));
+        let mut manage = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 biased;
@@ -199,27 +287,133 @@ impl EventLoop {
                 },
                 ev = self.swarm.select_next_some() => self.swarm_event(ev).await,
                 _ = redial.tick() => self.keep_bootstrap_connected(),
-                // A Kademlia walk connects the node to more of the mesh than
-                // its bootstrap peers, so gossip has several paths.
-                _ = discover.tick() => { let _ = self.swarm.behaviour_mut().kad.bootstrap(); }
+                _ = manage.tick() => self.manage_links(),
             }
         }
     }
 
-    /// Redials bootstrap addresses whose peer is not connected, so a node
-    /// that lost its mesh (or a bootstrap that moved back) is found again.
+    /// The fewest links a node keeps before it dials more.
+    fn low_water(&self) -> usize {
+        (self.target / 2).max(1)
+    }
+
+    /// Redials bootstrap addresses while the node has too few links, so a
+    /// node that lost its mesh (or a bootstrap that moved back) is found
+    /// again. A node with enough links leaves its bootstrap peers alone:
+    /// a master that every node kept dialing would be connected to all.
     fn keep_bootstrap_connected(&mut self) {
+        if self.links.len() >= self.low_water() {
+            return;
+        }
         for addr in self.bootstrap.clone() {
-            let peer = addr.iter().find_map(|p| match p {
-                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-                _ => None,
-            });
-            if peer.is_some_and(|p| self.swarm.is_connected(&p)) {
+            if peer_of(&addr).is_some_and(|p| self.swarm.is_connected(&p)) {
                 continue;
             }
             if let Err(e) = self.swarm.dial(addr.clone()) {
                 tracing::debug!("redialing {addr}: {e}");
             }
+        }
+    }
+
+    /// Keeps the number of links near the target whatever the size of the
+    /// network: above it, closes the least recently used idle links (never
+    /// a protected peer's, a new one's, or one with a request in flight,
+    /// peers outside the gossip mesh first); below half of it, dials a few
+    /// peers it knows of.
+    fn manage_links(&mut self) {
+        let now = Instant::now();
+        let n = self.links.len();
+        if n > self.target {
+            let mesh: HashSet<PeerId> = self
+                .swarm
+                .behaviour()
+                .gossipsub
+                .all_mesh_peers()
+                .copied()
+                .collect();
+            let mut idle: Vec<(bool, Instant, PeerId)> = self
+                .links
+                .iter()
+                .filter(|(p, l)| {
+                    !self.protected.contains(p)
+                        && !self.closing.contains(p)
+                        && l.in_flight == 0
+                        && now.duration_since(l.since) >= GRACE
+                        && now.duration_since(l.used) >= IDLE
+                })
+                .map(|(p, l)| (mesh.contains(p), l.used, *p))
+                .collect();
+            idle.sort();
+            for (_, _, p) in idle.into_iter().take(n - self.target) {
+                self.say_bye(p);
+            }
+        }
+        self.ticks += 1;
+        let shuffle = self.ticks.is_multiple_of(SHUFFLE_EVERY);
+        if n < self.low_water() || shuffle {
+            let me = *self.swarm.local_peer_id();
+            let mut known: Vec<PeerId> = {
+                let b = self.swarm.behaviour_mut();
+                let mut v: Vec<PeerId> = b.book.peers().copied().collect();
+                for bucket in b.kad.kbuckets() {
+                    v.extend(bucket.iter().map(|e| *e.node.key.preimage()));
+                }
+                v
+            };
+            known.sort();
+            known.dedup();
+            known.retain(|p| *p != me && !self.links.contains_key(p));
+            let want = if n < self.low_water() {
+                DIALS_PER_TICK.min(self.low_water() - n)
+            } else {
+                1
+            };
+            let mut dialed = 0;
+            while dialed < want && !known.is_empty() {
+                let i = (self.next_random() % known.len() as u64) as usize;
+                let p = known.swap_remove(i);
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(p)
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                if self.swarm.dial(opts).is_ok() {
+                    dialed += 1;
+                }
+            }
+            if n > 0 && dialed == 0 && !shuffle {
+                // Nobody new known: ask the DHT for more of the mesh.
+                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            }
+        }
+    }
+
+    /// Closes the links with `peer` after telling it so (an empty request,
+    /// answered by its network loop), so that it does not take the close
+    /// for a failure: a transport cannot tell a close from a crash.
+    fn say_bye(&mut self, peer: PeerId) {
+        self.closing.insert(peer);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rpc
+            .send_request(&peer, Vec::new());
+        self.byes.insert(id, peer);
+    }
+
+    /// xorshift64: which peers to dial needs no more than spread.
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    /// A request to or from `peer` started (`+1`) or ended (`-1`).
+    fn used(&mut self, peer: &PeerId, delta: i32) {
+        if let Some(l) = self.links.get_mut(peer) {
+            l.used = Instant::now();
+            l.in_flight = l.in_flight.saturating_add_signed(delta);
         }
     }
 
@@ -231,18 +425,26 @@ impl EventLoop {
                     let _ = self.swarm.behaviour_mut().gossipsub.subscribe(&t);
                 }
                 let r = match self.swarm.behaviour_mut().gossipsub.publish(t, data) {
-                    Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
-                    Err(gossipsub::PublishError::Duplicate) => Ok(()),
+                    Ok(_) | Err(gossipsub::PublishError::Duplicate) => Ok(true),
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(false),
                     Err(e) => Err(NetError::Publish(e.to_string())),
                 };
                 let _ = reply.send(r);
             }
             Command::Request { peer, data, reply } => {
+                if data.is_empty() {
+                    // The empty request is the goodbye (see `say_bye`).
+                    let _ = reply.send(Err(NetError::Request("an empty request".into())));
+                    return;
+                }
                 let id = self.swarm.behaviour_mut().rpc.send_request(&peer, data);
-                self.pending_out.insert(id, reply);
+                self.closing.remove(&peer);
+                self.used(&peer, 1);
+                self.pending_out.insert(id, (peer, reply));
             }
             Command::Respond { id, data } => {
-                if let Some(ch) = self.pending_in.remove(&id) {
+                if let Some((peer, ch)) = self.pending_in.remove(&id) {
+                    self.used(&peer, -1);
                     let _ = self.swarm.behaviour_mut().rpc.send_response(ch, data);
                 }
             }
@@ -272,6 +474,24 @@ impl EventLoop {
                     self.swarm.behaviour_mut().blocked.block_peer(peer);
                 } else {
                     self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                }
+            }
+            Command::Addresses { peer, addrs } => {
+                if peer != *self.swarm.local_peer_id() {
+                    self.swarm.behaviour_mut().book.set(peer, addrs);
+                }
+            }
+            Command::Protect { peer, on } => {
+                if on {
+                    self.protected.insert(peer);
+                } else if !self.bootstrap.iter().any(|a| peer_of(a) == Some(peer)) {
+                    self.protected.remove(&peer);
+                }
+            }
+            Command::Disconnect { peer } => {
+                let idle = self.links.get(&peer).is_some_and(|l| l.in_flight == 0);
+                if idle && !self.protected.contains(&peer) && !self.closing.contains(&peer) {
+                    self.say_bye(peer);
                 }
             }
         }
@@ -316,6 +536,15 @@ impl EventLoop {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
                 if num_established.get() == 1 {
+                    let now = Instant::now();
+                    self.links.insert(
+                        peer_id,
+                        Link {
+                            since: now,
+                            used: now,
+                            in_flight: 0,
+                        },
+                    );
                     if self.swarm.connected_peers().count() == 1 {
                         // The first peer: look for the rest of the mesh now.
                         let _ = self.swarm.behaviour_mut().kad.bootstrap();
@@ -328,7 +557,13 @@ impl EventLoop {
                 num_established: 0,
                 ..
             } => {
-                self.emit(Event::Disconnected(peer_id)).await;
+                self.links.remove(&peer_id);
+                let on_purpose = self.closing.remove(&peer_id);
+                self.emit(Event::Disconnected {
+                    peer: peer_id,
+                    on_purpose,
+                })
+                .await;
             }
             // A peer without ping (a light client) is fine; one that
             // stopped answering (a timeout, or a stream that could not even
@@ -371,11 +606,11 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 message,
+                propagation_source,
                 ..
             })) => {
-                let from = message.source;
                 self.offer(Event::Gossip {
-                    from,
+                    from: Some(propagation_source),
                     topic: message.topic.into_string(),
                     data: message.data,
                 });
@@ -388,6 +623,17 @@ impl EventLoop {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
+                    if request.is_empty() {
+                        // A goodbye: the peer is closing the link on purpose.
+                        self.closing.insert(peer);
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .rpc
+                            .send_response(channel, Vec::new());
+                        return;
+                    }
+                    self.closing.remove(&peer);
                     if self.pending_in.len() >= MAX_PENDING_INBOUND {
                         tracing::warn!("dropping a request from {peer}: too many pending");
                         return;
@@ -401,14 +647,22 @@ impl EventLoop {
                     });
                     // Dropping the channel fails the request at its sender.
                     if offered {
-                        self.pending_in.insert(id, channel);
+                        self.used(&peer, 1);
+                        self.pending_in.insert(id, (peer, channel));
                     }
                 }
                 request_response::Message::Response {
                     request_id,
                     response,
                 } => {
-                    if let Some(r) = self.pending_out.remove(&request_id) {
+                    if let Some(p) = self.byes.remove(&request_id) {
+                        if self.closing.contains(&p) {
+                            let _ = self.swarm.disconnect_peer_id(p);
+                        }
+                        return;
+                    }
+                    if let Some((peer, r)) = self.pending_out.remove(&request_id) {
+                        self.used(&peer, -1);
                         let _ = r.send(Ok(response));
                     }
                 }
@@ -421,7 +675,14 @@ impl EventLoop {
                     ..
                 },
             )) => {
-                if let Some(r) = self.pending_out.remove(&request_id) {
+                if let Some(p) = self.byes.remove(&request_id) {
+                    if self.closing.contains(&p) {
+                        let _ = self.swarm.disconnect_peer_id(p);
+                    }
+                    return;
+                }
+                if let Some((_, r)) = self.pending_out.remove(&request_id) {
+                    self.used(&peer, -1);
                     let _ = r.send(Err(NetError::Request(format!("{peer}: {error}"))));
                 }
             }
@@ -433,6 +694,24 @@ impl EventLoop {
             _ => {}
         }
         // Responses whose handlers went away: drop their channels.
-        self.pending_in.retain(|_, ch| ch.is_open());
+        let mut gone = Vec::new();
+        self.pending_in.retain(|_, (peer, ch)| {
+            let open = ch.is_open();
+            if !open {
+                gone.push(*peer);
+            }
+            open
+        });
+        for p in gone {
+            self.used(&p, -1);
+        }
     }
+}
+
+/// The peer a `/p2p/<id>` address names.
+pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
 }

@@ -31,6 +31,7 @@ pub use libp2p::identity::{Keypair, PublicKey};
 pub use libp2p::{Multiaddr, PeerId, multiaddr};
 use tokio::sync::{mpsc, oneshot};
 
+mod book;
 pub mod codec;
 mod event_loop;
 mod rpc;
@@ -51,6 +52,14 @@ pub struct Config {
     pub max_response_bytes: usize,
     pub max_gossip_bytes: usize,
     pub request_timeout: Duration,
+    /// How many peers a node stays connected to, whatever the size of the
+    /// network: above it, idle links are closed; below half of it, more
+    /// peers are dialed.
+    pub peers_target: usize,
+    /// The hard cap on connections peers open to this node; more are
+    /// refused. The node's own dials (queries, replication) may add a few
+    /// dozen more, closed again when idle.
+    pub peers_max: usize,
 }
 
 impl Config {
@@ -71,6 +80,8 @@ impl Config {
             max_response_bytes: 16 << 20,
             max_gossip_bytes: 128 << 10,
             request_timeout: Duration::from_secs(30),
+            peers_target: 24,
+            peers_max: 48,
         }
     }
 
@@ -79,6 +90,12 @@ impl Config {
             return Err(NetError::Setup(
                 "at least one listen address is needed".into(),
             ));
+        }
+        if self.peers_target == 0 || self.peers_max < self.peers_target {
+            return Err(NetError::Setup(format!(
+                "peers_target ({}) must be at least 1 and at most peers_max ({})",
+                self.peers_target, self.peers_max
+            )));
         }
         if self.max_request_bytes == 0 || self.max_response_bytes == 0 || self.max_gossip_bytes == 0
         {
@@ -95,9 +112,16 @@ impl Config {
 pub enum Event {
     Listening(Multiaddr),
     Connected(PeerId),
-    Disconnected(PeerId),
-    /// A gossip message (already signature-checked by gossipsub; the body is
-    /// still untrusted).
+    /// The last connection with a peer closed; `on_purpose`: this node
+    /// closed it (to stay within its target, or when asked), so it says
+    /// nothing about the peer's health.
+    Disconnected {
+        peer: PeerId,
+        on_purpose: bool,
+    },
+    /// A gossip message, from the peer that forwarded it (not signed by
+    /// gossipsub: what is gossiped must carry its own signatures; the body
+    /// is untrusted).
     Gossip {
         from: Option<PeerId>,
         topic: String,
@@ -161,7 +185,7 @@ pub async fn start(cfg: Config) -> Result<(Client, mpsc::Receiver<Event>), NetEr
     let peer_id = *swarm.local_peer_id();
     let (tx, rx) = mpsc::channel(256);
     let (ev_tx, ev_rx) = mpsc::channel(1024);
-    tokio::spawn(EventLoop::new(swarm, rx, ev_tx, cfg.bootstrap.clone()).run());
+    tokio::spawn(EventLoop::new(swarm, rx, ev_tx, &cfg).run());
     Ok((Client { tx, peer_id }, ev_rx))
 }
 
@@ -200,8 +224,9 @@ impl Client {
         rx.await.map_err(|_| NetError::Stopped)
     }
 
-    /// Publishes on a gossip topic (subscribing to it on first use).
-    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<(), NetError> {
+    /// Publishes on a gossip topic (subscribing to it on first use);
+    /// `false`: no peer subscribed to the topic is connected yet.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<bool, NetError> {
         let topic = topic.to_owned();
         self.ask(|reply| Command::Publish { topic, data, reply })
             .await?
@@ -241,6 +266,32 @@ impl Client {
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
         self.ask(|reply| Command::ListenAddrs { reply }).await
     }
+
+    /// Where `peer` can be dialed, as it announced (replaces what was known).
+    pub async fn set_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetError> {
+        self.tx
+            .send(Command::Addresses { peer, addrs })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Keeps (or no longer keeps) the links with `peer` when trimming to
+    /// the target: a cluster's members, say.
+    pub async fn protect(&self, peer: PeerId, on: bool) -> Result<(), NetError> {
+        self.tx
+            .send(Command::Protect { peer, on })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Closes the links with `peer` (reported as closed on purpose), unless
+    /// it is protected or a request with it is in flight.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<(), NetError> {
+        self.tx
+            .send(Command::Disconnect { peer })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
 }
 
 #[cfg(test)]
@@ -270,6 +321,47 @@ mod tests {
         })
         .await
         .expect("the event came before the deadline")
+    }
+
+    /// A link closed on purpose is reported so on both ends (the closer
+    /// says goodbye first); a peer that vanishes is not.
+    #[tokio::test]
+    async fn a_goodbye_tells_a_close_from_a_loss() {
+        let (a, mut a_ev) = start(config(11)).await.unwrap();
+        let addr = next_matching(&mut a_ev, |e| match e {
+            Event::Listening(addr) => Some(addr.clone()),
+            _ => None,
+        })
+        .await;
+        let full = addr.with(libp2p::multiaddr::Protocol::P2p(a.peer_id()));
+        let connected = |e: &Event| matches!(e, Event::Connected(_)).then_some(());
+        let closed = |e: &Event| match e {
+            Event::Disconnected { on_purpose, .. } => Some(*on_purpose),
+            _ => None,
+        };
+        let mut cb = config(12);
+        cb.bootstrap = vec![full.clone()];
+        let (b, mut b_ev) = start(cb).await.unwrap();
+        next_matching(&mut b_ev, connected).await;
+        next_matching(&mut a_ev, connected).await;
+        a.disconnect(b.peer_id()).await.unwrap();
+        assert!(next_matching(&mut a_ev, closed).await, "the closer");
+        assert!(
+            next_matching(&mut b_ev, closed).await,
+            "the peer told goodbye"
+        );
+        assert!(
+            b.request(a.peer_id(), Vec::new()).await.is_err(),
+            "empty requests are the goodbye"
+        );
+
+        b.dial(full).await.unwrap();
+        next_matching(&mut b_ev, connected).await;
+        drop((a, a_ev));
+        assert!(
+            !next_matching(&mut b_ev, closed).await,
+            "a peer that vanished"
+        );
     }
 
     #[tokio::test]

@@ -225,11 +225,14 @@ pub async fn nodes(mesh: &Mesh) -> Vec<NodeInfo> {
                     continue;
                 }
                 by_peer.entry(peer.to_owned()).or_insert_with(|| {
-                    let alive = peer == me || connected.contains_key(peer);
-                    let last_seen = peer
-                        .parse::<PeerId>()
-                        .ok()
-                        .and_then(|id| states.get(&id))
+                    let id = peer.parse::<PeerId>().ok();
+                    // Connected, or believed up by the liveness table.
+                    let alive = peer == me
+                        || connected.contains_key(peer)
+                        || id.as_ref().is_some_and(|id| mesh.alive(id));
+                    let last_seen = id
+                        .as_ref()
+                        .and_then(|id| states.get(id))
                         .map(|st| st.last_seen.elapsed().as_secs());
                     let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
                     NodeInfo {
@@ -253,7 +256,12 @@ pub async fn nodes(mesh: &Mesh) -> Vec<NodeInfo> {
                         addresses: match connected.get(peer) {
                             Some(a) => a.clone(),
                             None if peer == me => mine.clone(),
-                            None => Vec::new(),
+                            None => id
+                                .map(|id| mesh.announced_addrs(&id))
+                                .unwrap_or_default()
+                                .iter()
+                                .map(|a| a.to_string())
+                                .collect(),
                         },
                         last_seen_s_ago: if alive { Some(0) } else { last_seen },
                         name_conflict: false,

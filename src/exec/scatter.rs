@@ -8,14 +8,21 @@
 //! too slow, busy) is replaced by the next candidate of its cluster; one
 //! that refuses the query as every member would (bad SQL, too large) ends
 //! the whole query at once. A cluster whose candidates are all used up, or
-//! whose time ran out, is reported as not answering.
+//! whose time ran out, is reported as not answering. At most
+//! [`MAX_IN_FLIGHT`] fetches run at once: a table held by hundreds of
+//! clusters is asked a few dozen operators at a time, so one query never
+//! opens hundreds of connections.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use tarn_net::PeerId;
 
 use super::ExecError;
 use crate::proto::query::NodeError;
+
+/// Most partial queries one query has in flight at once.
+pub const MAX_IN_FLIGHT: usize = 32;
 
 /// The operators that can answer for one cluster, best first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,11 +79,19 @@ pub struct Scatter<P> {
     deadline: Instant,
     fatal: Option<ExecError>,
     asked: usize,
+    /// Clusters not asked yet, waiting for room.
+    waiting: VecDeque<usize>,
+    limit: usize,
 }
 
 impl<P> Scatter<P> {
     pub fn new(targets: Vec<Target>, deadline: Instant) -> Scatter<P> {
-        let slots = targets
+        Scatter::with_limit(targets, deadline, MAX_IN_FLIGHT)
+    }
+
+    /// At most `limit` fetches at once.
+    pub fn with_limit(targets: Vec<Target>, deadline: Instant, limit: usize) -> Scatter<P> {
+        let slots: Vec<Slot<P>> = targets
             .into_iter()
             .map(|target| Slot {
                 target,
@@ -86,21 +101,39 @@ impl<P> Scatter<P> {
             })
             .collect();
         Scatter {
+            waiting: (0..slots.len()).collect(),
             slots,
             deadline,
             fatal: None,
             asked: 0,
+            limit: limit.max(1),
         }
     }
 
-    /// The first fetch of every cluster.
+    /// The first fetches: one per cluster, as many clusters as there is room for.
     pub fn start(&mut self, now: Instant) -> Vec<Fetch> {
-        (0..self.slots.len())
-            .filter_map(|t| self.ask_next(t, now))
-            .collect()
+        let mut out = Vec::new();
+        while out.len() < self.limit {
+            match self.next_waiting(now) {
+                Some(f) => out.push(f),
+                None => break,
+            }
+        }
+        out
     }
 
-    /// A fetch ended; returns the fetch that replaces it, if any.
+    /// The first fetch of the next cluster waiting for room.
+    fn next_waiting(&mut self, now: Instant) -> Option<Fetch> {
+        while let Some(t) = self.waiting.pop_front() {
+            if let Some(f) = self.ask_next(t, now) {
+                return Some(f);
+            }
+        }
+        None
+    }
+
+    /// A fetch ended; returns the fetch that takes its place, if any (the
+    /// next member of its cluster, or the next cluster waiting).
     pub fn on_result(
         &mut self,
         target: usize,
@@ -115,7 +148,7 @@ impl<P> Scatter<P> {
         match result {
             Ok(part) => {
                 slot.state = State::Done(part);
-                None
+                self.next_waiting(now)
             }
             Err(Failure::Fatal(e)) => {
                 slot.state = State::Failed;
@@ -127,6 +160,7 @@ impl<P> Scatter<P> {
                 slot.tried.push((peer, msg));
                 slot.state = State::Failed;
                 self.ask_next(target, now)
+                    .or_else(|| self.next_waiting(now))
             }
         }
     }
@@ -149,10 +183,11 @@ impl<P> Scatter<P> {
     /// up, or the query failed.
     pub fn finished(&self) -> bool {
         self.fatal.is_some()
-            || self
-                .slots
-                .iter()
-                .all(|s| !matches!(s.state, State::Asking(_)))
+            || (self.waiting.is_empty()
+                && self
+                    .slots
+                    .iter()
+                    .all(|s| !matches!(s.state, State::Asking(_))))
     }
 
     /// What arrived (call once [`finished`](Self::finished)), or the error
@@ -223,8 +258,9 @@ mod tests {
     }
 
     /// A query over operators that answer, fail, refuse or answer late, in
-    /// a seeded random order: each cluster's candidates are asked in order,
-    /// one at a time, none after the deadline; the first refusal ends the
+    /// a seeded random order, with room for a few fetches at once: each
+    /// cluster's candidates are asked in order, one at a time, none after
+    /// the deadline, never more fetches than the room; the first refusal ends the
     /// query; otherwise each cluster ends with the part of the first
     /// candidate that answered, or as an error naming every one tried.
     #[test]
@@ -264,9 +300,11 @@ mod tests {
                         .collect(),
                 })
                 .collect();
-            let mut s: Scatter<PeerId> = Scatter::new(targets.clone(), deadline);
+            let limit = 1 + rnd(4) as usize;
+            let mut s: Scatter<PeerId> = Scatter::with_limit(targets.clone(), deadline, limit);
             let mut now = t0;
             let mut flying = s.start(now);
+            assert!(flying.len() <= limit, "run {run}");
             let mut asked: Vec<Vec<PeerId>> = vec![Vec::new(); targets.len()];
             let mut refused = false;
             for f in &flying {
@@ -297,6 +335,10 @@ mod tests {
                     );
                     asked[n.target].push(n.peer);
                     flying.push(n);
+                    assert!(
+                        flying.len() <= limit,
+                        "run {run}: more than {limit} at once"
+                    );
                 }
             }
             assert!(s.finished(), "run {run}");

@@ -34,8 +34,9 @@ pub const GOSSIP_QUEUE: usize = 4096;
 pub const MAX_SYNCS: usize = 32;
 /// How often each node compares ledger heads with a few peers.
 pub const SYNC_EVERY: Duration = Duration::from_secs(3);
-/// Peers compared with per round: enough to repair, cheap at any size.
-const SYNC_FANOUT: usize = 3;
+/// Peers compared with per round: enough to repair, cheap at any size
+/// (a converged pair exchanges two digests).
+const SYNC_FANOUT: usize = 1;
 
 /// The network's events, waiting for a [`Router`].
 pub struct Events(pub(super) mpsc::Receiver<Event>);
@@ -121,6 +122,8 @@ impl Router {
 
     async fn run(self, mut events: mpsc::Receiver<Event>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(SYNC_EVERY);
+        let mut second = tokio::time::interval(Duration::from_secs(1));
+        let mut seconds = 0u64;
         let room = Room {
             slots: Arc::new(Semaphore::new(self.slots)),
             syncs: Arc::new(Semaphore::new(MAX_SYNCS)),
@@ -139,19 +142,29 @@ impl Router {
                     round = round.wrapping_add(1);
                     self.sync_round(round, &room.syncs);
                 }
+                _ = second.tick() => {
+                    seconds += 1;
+                    let m = self.mesh.clone();
+                    if let Some(permit) = free(&room.syncs) {
+                        spawn(permit, async move { m.liveness_tick(seconds).await });
+                    }
+                }
             }
         }
     }
 
-    /// Applies gossiped entries one after another (the ledger takes one
-    /// writer at a time anyway); ends when the loop does.
-    fn ledger_worker(&self) -> mpsc::Sender<(Vec<u8>, Option<PeerId>)> {
-        let (tx, mut rx) = mpsc::channel::<(Vec<u8>, Option<PeerId>)>(GOSSIP_QUEUE);
+    /// Applies gossiped entries and liveness rumors one after another (the
+    /// ledger takes one writer at a time anyway); ends when the loop does.
+    fn ledger_worker(&self) -> mpsc::Sender<Gossiped> {
+        let (tx, mut rx) = mpsc::channel::<Gossiped>(GOSSIP_QUEUE);
         let mesh = self.mesh.clone();
         tokio::spawn(
             async move {
-                while let Some((data, from)) = rx.recv().await {
-                    mesh.receive(data, from).await;
+                while let Some(g) = rx.recv().await {
+                    match g {
+                        Gossiped::Entry(data, from) => mesh.receive(data, from).await,
+                        Gossiped::Rumor(data) => mesh.hear(&data).await,
+                    }
                 }
             }
             .in_current_span(),
@@ -162,9 +175,15 @@ impl Router {
     fn event(&self, ev: Event, room: &Room) {
         let mesh = &self.mesh;
         match ev {
-            Event::Listening(a) => mesh.listen.lock().expect("lock poisoned").push(a),
+            Event::Listening(a) => {
+                mesh.listen.lock().expect("lock poisoned").push(a);
+                mesh.addrs_changed();
+            }
             Event::Connected(p) => {
                 mesh.note(p, Some(true));
+                mesh.stats
+                    .links_opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let m = mesh.clone();
                 if let Some(permit) = free(&room.syncs) {
                     spawn(permit, async move {
@@ -178,7 +197,13 @@ impl Router {
                     );
                 }
             }
-            Event::Disconnected(p) => mesh.note(p, Some(false)),
+            Event::Disconnected { peer, on_purpose } => {
+                mesh.note(peer, Some(false));
+                if !on_purpose && let Some(permit) = free(&room.syncs) {
+                    let m = mesh.clone();
+                    spawn(permit, async move { m.link_lost(peer).await });
+                }
+            }
             // Only members' gossip (its entries would be refused anyway).
             Event::Gossip { from, .. } if from.is_some_and(|p| !mesh.admits(&p)) => {}
             Event::Gossip { from, topic, data } if topic == LEDGER_TOPIC && !data.is_empty() => {
@@ -187,8 +212,15 @@ impl Router {
                 if let Some(p) = from {
                     mesh.note(p, None);
                 }
-                if room.gossip.try_send((data, from)).is_err() {
+                if room.gossip.try_send(Gossiped::Entry(data, from)).is_err() {
                     tracing::debug!("too busy for a ledger entry: anti-entropy repairs it");
+                }
+            }
+            Event::Gossip { topic, data, .. } if topic == proto::liveness::TOPIC => {
+                let stats = &mesh.stats;
+                mesh.count_in(&stats.gossip_in_msgs, &stats.gossip_in_bytes, data.len());
+                if room.gossip.try_send(Gossiped::Rumor(data)).is_err() {
+                    tracing::debug!("too busy for a liveness rumor: anti-entropy repairs it");
                 }
             }
             Event::Gossip { .. } => {}
@@ -269,7 +301,13 @@ impl Router {
 struct Room {
     slots: Arc<Semaphore>,
     syncs: Arc<Semaphore>,
-    gossip: mpsc::Sender<(Vec<u8>, Option<PeerId>)>,
+    gossip: mpsc::Sender<Gossiped>,
+}
+
+/// What the gossip worker applies, in arrival order.
+enum Gossiped {
+    Entry(Vec<u8>, Option<PeerId>),
+    Rumor(Vec<u8>),
 }
 
 fn free(slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {

@@ -1,7 +1,10 @@
 //! The ledger between replicas: entries gossiped in are verified and
 //! applied (a gap starts anti-entropy with the sender); anti-entropy
-//! compares per-author heads and fetches what is missing, author by author,
-//! in bounded batches.
+//! compares digests first — two converged replicas exchange two hashes
+//! each way and nothing else — then per-author heads, and fetches what is
+//! missing, author by author, in bounded batches. The liveness table rides
+//! along: its digest is in the same exchange, and a pair whose tables
+//! differ pulls them.
 
 use std::sync::Arc;
 
@@ -10,6 +13,10 @@ use tarn_ledger::{AppendError, Author};
 use tarn_net::PeerId;
 
 use super::{Mesh, Serve};
+
+/// Most often a node exchanges whole liveness tables, or whole ledger
+/// heads, with a peer (each kind on its own clock).
+pub const FULL_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::error::Code;
 use crate::proto::ledger::{Request, Response};
 use crate::proto::{Reply, WireError};
@@ -30,7 +37,7 @@ impl Mesh {
             me.ledger
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .apply(&e)
+                .apply_relayed(&e)
         })
         .await;
         match r {
@@ -41,10 +48,17 @@ impl Mesh {
                 }
                 self.enforce_members().await
             }
-            Ok(Err(AppendError::Gap { .. })) => {
-                if let Some(p) = from {
+            Ok(Err(AppendError::Gap { author, have, .. })) => {
+                // The sender has what came before: fetch that author's
+                // entries from it, nothing else.
+                if let Some(p) = from
+                    && self.syncing.lock().expect("lock poisoned").insert(p)
+                {
                     let me = self.clone();
-                    tokio::spawn(async move { me.sync_with(p).await });
+                    tokio::spawn(async move {
+                        me.fetch_author(p, author, have + 1).await;
+                        me.syncing.lock().expect("lock poisoned").remove(&p);
+                    });
                 }
             }
             Ok(Err(err @ AppendError::NotAdmitted(_))) => {
@@ -66,6 +80,42 @@ impl Mesh {
     }
 
     async fn sync_once(self: &Arc<Self>, peer: PeerId) {
+        let (ledger, members) = self.digests();
+        let (their_ledger, their_members) =
+            match self.call(peer, &Request::Digest { ledger, members }).await {
+                Ok(Response::Digest { ledger, members }) => (ledger, members),
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!("digest exchange with {peer}: {e}");
+                    return;
+                }
+            };
+        // Tables and heads are O(N) each: pulled at most once per
+        // FULL_SYNC_EVERY, since a difference is mostly gossip still on its
+        // way (while a network starts, all the time).
+        if their_members != members && self.full_sync_due(0) {
+            self.pull_members(peer).await;
+        }
+        if their_ledger != ledger && self.full_sync_due(1) {
+            self.sync_heads(peer).await;
+        }
+    }
+
+    /// Whether a full exchange of kind `k` (0: liveness table, 1: ledger
+    /// heads) may run now; if so, it counts as run.
+    fn full_sync_due(&self, k: usize) -> bool {
+        let mut last = self.full_syncs.lock().expect("lock poisoned");
+        let now = std::time::Instant::now();
+        if last[k].is_some_and(|t| now.duration_since(t) < FULL_SYNC_EVERY) {
+            return false;
+        }
+        last[k] = Some(now);
+        true
+    }
+
+    /// Heads exchanged, missing entries fetched (the peer pulls what it
+    /// lacks of ours on seeing our heads).
+    async fn sync_heads(self: &Arc<Self>, peer: PeerId) {
         let (heads, _) = self.ledger_state();
         let theirs = match self.call(peer, &Request::Heads(heads)).await {
             Ok(Response::Heads(theirs)) => theirs,
@@ -124,7 +174,9 @@ impl Mesh {
                     if e.entry().author != author {
                         return Err("an entry of another author".to_owned());
                     }
-                    if l.apply(&e).map_err(|e| e.to_string())? == tarn_ledger::Applied::Added {
+                    if l.apply_relayed(&e).map_err(|e| e.to_string())?
+                        == tarn_ledger::Applied::Added
+                    {
                         added.push(e);
                     }
                 }
@@ -136,6 +188,14 @@ impl Mesh {
                     let source = peer.to_string();
                     for e in &added {
                         self.audit_entry(e, &source);
+                        // What anti-entropy repaired here, gossip may have
+                        // missed elsewhere too (a partition that healed):
+                        // pass it on. Messages are named by content, so each
+                        // node forwards it once however many send it.
+                        let _ = self
+                            .net
+                            .publish(super::LEDGER_TOPIC, e.bytes().to_vec())
+                            .await;
                     }
                     from += n
                 }
@@ -168,6 +228,14 @@ impl Serve<Request> for LedgerService {
                     tokio::spawn(async move { m.sync_with(from).await });
                 }
                 Ok(Response::Heads(mine))
+            }
+            Request::Digest { .. } => {
+                let (ledger, members) = mesh.digests();
+                Ok(Response::Digest { ledger, members })
+            }
+            Request::Members { after } => {
+                let (rows, more) = mesh.table().page(after);
+                Ok(Response::Members { rows, more })
             }
             Request::Fetch { author, from: seq } => {
                 let m = mesh.clone();

@@ -304,3 +304,149 @@ fn twenty_in_process_nodes_converge_partition_heal_and_restart() {
         mesh.shutdown().await.unwrap();
     });
 }
+
+/// Issue 14: a mesh whose nodes keep a handful of links each still knows
+/// who is up and answers queries over operators it is not linked to.
+/// 40 nodes with `peers_target = 6` (`peers_max = 12`): links stay bounded;
+/// every node learns every other by gossip; a node that stops (a goodbye)
+/// and one cut off without a word are shown down everywhere, and up again
+/// when they come back; a network query asks every operator that holds
+/// the table, dialing those it has no link with by PeerId.
+#[test]
+fn forty_nodes_with_six_links_each_know_who_is_up() {
+    use tarn::LocalMesh;
+    const N: usize = 40;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut mesh = LocalMesh::start_with(N, dir.path(), |_, c| {
+            c.peers_target = 6;
+            c.peers_max = 12;
+        })
+        .await
+        .unwrap();
+        let at_start = 4 + (N - 1) * 2;
+        // Links follow bootstrap and DHT order at first and can leave a
+        // group linked only among itself: a random link a minute undoes it.
+        mesh.wait_converged(at_start, Duration::from_secs(180))
+            .await
+            .unwrap();
+        let peer = |mesh: &LocalMesh, i: usize| mesh.node(i).unwrap().peer_id();
+        let all_see = |mesh: &LocalMesh, target: tarn_net::PeerId, up: bool| {
+            mesh.running()
+                .filter(|(_, n)| n.peer_id() != target)
+                .all(|(_, n)| n.mesh().alive(&target) == up)
+        };
+        async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+            let start = std::time::Instant::now();
+            while !f() {
+                assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        until(
+            "every node believes every other up",
+            Duration::from_secs(60),
+            || {
+                mesh.running()
+                    .all(|(_, n)| n.mesh().liveness_counts().0 == N - 1)
+            },
+        )
+        .await;
+        // Links settle to the target (never above the cap).
+        until(
+            "links settle near the target",
+            Duration::from_secs(60),
+            || {
+                let links: Vec<usize> = mesh
+                    .running()
+                    .map(|(_, n)| n.mesh().connected_count())
+                    .collect();
+                assert!(
+                    links.iter().all(|l| *l <= 12 + 64),
+                    "above the cap: {links:?}"
+                );
+                links.iter().sum::<usize>() <= N * 8
+            },
+        )
+        .await;
+
+        // Ten operators hold rows of one table; node 0 asks all of them.
+        for i in 10..20 {
+            let url = format!("{}/v1/data/lab/t", mesh.node(i).unwrap().rest_url());
+            let body = format!(r#"[{{"v": {i}}}, {{"v": {}}}]"#, i + 100);
+            tokio::task::spawn_blocking(move || {
+                ureq::post(&url)
+                    .header("content-type", "application/json")
+                    .send(body.as_bytes())
+                    .map(|_| ())
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        }
+        let url = format!("{}/v1/query", mesh.node(0).unwrap().rest_url());
+        let answer = tokio::task::spawn_blocking(move || -> serde_json::Value {
+            let body =
+                r#"{"db": "lab", "sql": "select count(*), sum(v) from t", "scope": "network"}"#;
+            // The table policies reach node 0 by gossip: ask until all ten answer.
+            let start = std::time::Instant::now();
+            loop {
+                let r = ureq::post(&url)
+                    .header("content-type", "application/json")
+                    .config()
+                    .http_status_as_error(false)
+                    .build()
+                    .send(body.as_bytes())
+                    .unwrap()
+                    .body_mut()
+                    .read_json::<serde_json::Value>()
+                    .unwrap();
+                if r["rows"][0][0] == 20 || start.elapsed() > Duration::from_secs(30) {
+                    return r;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer["rows"][0], serde_json::json!([20, 1290]), "{answer}");
+        assert!(answer["stats"]["nodes"].as_u64().unwrap() >= 10, "{answer}");
+        assert!(
+            answer["stats"]["replied"].as_u64().unwrap() >= 10,
+            "{answer}"
+        );
+
+        // A node that stops says goodbye: down everywhere at once.
+        let p7 = peer(&mesh, 7);
+        mesh.stop(7).await.unwrap();
+        until(
+            "a stopped node is down everywhere",
+            Duration::from_secs(10),
+            || all_see(&mesh, p7, false),
+        )
+        .await;
+        // One cut off without a word: its neighbours suspect it, and the
+        // suspicion stands.
+        let p9 = peer(&mesh, 9);
+        let others: Vec<usize> = (0..N).filter(|i| *i != 9).collect();
+        mesh.partition(&[9], &others).await.unwrap();
+        until(
+            "a node cut off is down everywhere",
+            Duration::from_secs(30),
+            || all_see(&mesh, p9, false),
+        )
+        .await;
+        // Both come back: up everywhere within seconds.
+        mesh.heal().await.unwrap();
+        mesh.restart(7).await.unwrap();
+        let p7 = peer(&mesh, 7);
+        until(
+            "nodes that came back are up everywhere",
+            Duration::from_secs(40),
+            || all_see(&mesh, p7, true) && all_see(&mesh, p9, true),
+        )
+        .await;
+        mesh.shutdown().await.unwrap();
+    });
+}

@@ -127,7 +127,10 @@ async fn run(
                 core.step(Input::Committed(b), now)
             }
             _ = tick.tick() => {
-                let mut a = core.step(Input::Members(members(&deps)), now);
+                let ms = members(&deps);
+                // The cluster's links are kept when the node trims to its target.
+                deps.mesh.keep_linked(ms.iter().map(|(m, _)| m.peer)).await;
+                let mut a = core.step(Input::Members(ms), now);
                 a.extend(core.tick(now));
                 a
             }
