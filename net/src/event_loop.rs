@@ -399,6 +399,21 @@ impl EventLoop {
         self.byes.insert(id, peer);
     }
 
+    /// A request of this node's ended: a goodbye closes its link; any
+    /// other's outcome goes to its caller.
+    fn answered(&mut self, id: OutboundRequestId, outcome: Result<Vec<u8>, NetError>) {
+        if let Some(p) = self.byes.remove(&id) {
+            if self.closing.contains(&p) {
+                let _ = self.swarm.disconnect_peer_id(p);
+            }
+            return;
+        }
+        if let Some((peer, r)) = self.pending_out.remove(&id) {
+            self.used(&peer, -1);
+            let _ = r.send(outcome);
+        }
+    }
+
     /// xorshift64: which peers to dial needs no more than spread.
     fn next_random(&mut self) -> u64 {
         let mut x = self.rng;
@@ -654,18 +669,7 @@ impl EventLoop {
                 request_response::Message::Response {
                     request_id,
                     response,
-                } => {
-                    if let Some(p) = self.byes.remove(&request_id) {
-                        if self.closing.contains(&p) {
-                            let _ = self.swarm.disconnect_peer_id(p);
-                        }
-                        return;
-                    }
-                    if let Some((peer, r)) = self.pending_out.remove(&request_id) {
-                        self.used(&peer, -1);
-                        let _ = r.send(Ok(response));
-                    }
-                }
+                } => self.answered(request_id, Ok(response)),
             },
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(
                 request_response::Event::OutboundFailure {
@@ -675,16 +679,10 @@ impl EventLoop {
                     ..
                 },
             )) => {
-                if let Some(p) = self.byes.remove(&request_id) {
-                    if self.closing.contains(&p) {
-                        let _ = self.swarm.disconnect_peer_id(p);
-                    }
-                    return;
-                }
-                if let Some((_, r)) = self.pending_out.remove(&request_id) {
-                    self.used(&peer, -1);
-                    let _ = r.send(Err(NetError::Request(format!("{peer}: {error}"))));
-                }
+                self.answered(
+                    request_id,
+                    Err(NetError::Request(format!("{peer}: {error}"))),
+                );
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(
                 request_response::Event::InboundFailure { peer, error, .. },

@@ -323,26 +323,45 @@ mod tests {
         .expect("the event came before the deadline")
     }
 
-    /// A link closed on purpose is reported so on both ends (the closer
-    /// says goodbye first); a peer that vanishes is not.
-    #[tokio::test]
-    async fn a_goodbye_tells_a_close_from_a_loss() {
-        let (a, mut a_ev) = start(config(11)).await.unwrap();
+    /// Two peers, the second bootstrapped from the first and connected to
+    /// it; the first's full address.
+    async fn pair(
+        seed_a: u8,
+        seed_b: u8,
+    ) -> (
+        Client,
+        mpsc::Receiver<Event>,
+        Client,
+        mpsc::Receiver<Event>,
+        Multiaddr,
+    ) {
+        let (a, mut a_ev) = start(config(seed_a)).await.unwrap();
         let addr = next_matching(&mut a_ev, |e| match e {
             Event::Listening(addr) => Some(addr.clone()),
             _ => None,
         })
         .await;
         let full = addr.with(libp2p::multiaddr::Protocol::P2p(a.peer_id()));
+        let mut cb = config(seed_b);
+        cb.bootstrap = vec![full.clone()];
+        let (b, mut b_ev) = start(cb).await.unwrap();
+        next_matching(&mut b_ev, |e| {
+            matches!(e, Event::Connected(p) if *p == a.peer_id()).then_some(())
+        })
+        .await;
+        (a, a_ev, b, b_ev, full)
+    }
+
+    /// A link closed on purpose is reported so on both ends (the closer
+    /// says goodbye first); a peer that vanishes is not.
+    #[tokio::test]
+    async fn a_goodbye_tells_a_close_from_a_loss() {
+        let (a, mut a_ev, b, mut b_ev, full) = pair(11, 12).await;
         let connected = |e: &Event| matches!(e, Event::Connected(_)).then_some(());
         let closed = |e: &Event| match e {
             Event::Disconnected { on_purpose, .. } => Some(*on_purpose),
             _ => None,
         };
-        let mut cb = config(12);
-        cb.bootstrap = vec![full.clone()];
-        let (b, mut b_ev) = start(cb).await.unwrap();
-        next_matching(&mut b_ev, connected).await;
         next_matching(&mut a_ev, connected).await;
         a.disconnect(b.peer_id()).await.unwrap();
         assert!(next_matching(&mut a_ev, closed).await, "the closer");
@@ -366,19 +385,7 @@ mod tests {
 
     #[tokio::test]
     async fn two_peers_talk_by_peer_id() {
-        let (a, mut a_ev) = start(config(1)).await.unwrap();
-        let addr = next_matching(&mut a_ev, |e| match e {
-            Event::Listening(addr) => Some(addr.clone()),
-            _ => None,
-        })
-        .await;
-        let mut cb = config(2);
-        cb.bootstrap = vec![addr.with(libp2p::multiaddr::Protocol::P2p(a.peer_id()))];
-        let (b, mut b_ev) = start(cb).await.unwrap();
-        next_matching(&mut b_ev, |e| {
-            matches!(e, Event::Connected(p) if *p == a.peer_id()).then_some(())
-        })
-        .await;
+        let (a, mut a_ev, b, mut b_ev, _) = pair(1, 2).await;
 
         // Request-response, answered by A's consumer.
         let a2 = a.clone();

@@ -79,6 +79,15 @@ impl Mesh {
             tracing::debug!("dropping a malformed liveness rumor");
             return;
         };
+        // In a closed network, only members are tracked (a member could
+        // relay a stranger's record; strangers cannot connect at all).
+        let about = match &rumor {
+            Rumor::Alive(r) => r.peer,
+            Rumor::Suspect { peer, .. } => *peer,
+        };
+        if !self.admits_author(&about) {
+            return;
+        }
         let now = self.clock.now_ms();
         let applied = self.table().apply(rumor, now);
         self.follow(vec![applied], false).await;
@@ -209,6 +218,10 @@ impl Mesh {
         }
     }
 
+    fn admits_author(&self, a: &Author) -> bool {
+        self.network.is_none() || peer_of(a).is_some_and(|p| self.admits(&p))
+    }
+
     /// Before stopping: tell the network, so nobody waits for a suspicion.
     pub async fn leave(&self) {
         let r = self.table().leave();
@@ -228,6 +241,10 @@ impl Mesh {
                 }
             };
             let last = rows.last().map(|r| r.record.peer);
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|r| self.admits_author(&r.record.peer))
+                .collect();
             let me = self.clone();
             let now = self.clock.now_ms();
             let applied = tokio::task::spawn_blocking(move || me.table().merge(rows, now))
