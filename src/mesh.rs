@@ -154,6 +154,9 @@ pub struct Mesh {
     full_syncs: Mutex<[Option<Instant>; 2]>,
     /// Own entries no peer took yet (see `gossip_entry`).
     unsent: Mutex<std::collections::VecDeque<Vec<u8>>>,
+    /// When this node started (ms): what anti-entropy repairs is passed on
+    /// only if it is newer (see `presence::news`).
+    started_ms: u64,
 }
 
 impl Mesh {
@@ -175,7 +178,8 @@ impl Mesh {
         net.publish(proto::liveness::TOPIC, Vec::new()).await.ok();
         let key = SigningKey::from_bytes(&secret);
         // The wall clock at start: a restarted node outranks its past self.
-        let table = liveness::Table::new(key.clone(), clock.now_ms(), Vec::new());
+        let started_ms = clock.now_ms();
+        let table = liveness::Table::new(key.clone(), started_ms, Vec::new());
         let mesh = Arc::new(Mesh {
             net,
             ledger: Arc::new(Mutex::new(ledger)),
@@ -197,6 +201,7 @@ impl Mesh {
             probed: Mutex::new(HashMap::new()),
             full_syncs: Mutex::new([None, None]),
             unsent: Mutex::new(std::collections::VecDeque::new()),
+            started_ms,
         });
         mesh.refresh_members();
         Ok((mesh, Events(events)))

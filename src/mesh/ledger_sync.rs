@@ -188,14 +188,15 @@ impl Mesh {
                     let source = peer.to_string();
                     for e in &added {
                         self.audit_entry(e, &source);
-                        // What anti-entropy repaired here, gossip may have
-                        // missed elsewhere too (a partition that healed):
-                        // pass it on. Messages are named by content, so each
-                        // node forwards it once however many send it.
-                        let _ = self
-                            .net
-                            .publish(super::LEDGER_TOPIC, e.bytes().to_vec())
-                            .await;
+                        // News that gossip missed here it may have missed
+                        // elsewhere too (a partition that healed): pass it
+                        // on (named by content, each node forwards it once).
+                        if self.news(e.entry().time_ms) {
+                            let _ = self
+                                .net
+                                .publish(super::LEDGER_TOPIC, e.bytes().to_vec())
+                                .await;
+                        }
                     }
                     from += n
                 }

@@ -95,12 +95,13 @@ impl Mesh {
 
     /// Acts on what the table did: new addresses to the network's book,
     /// refutations out, and (`pass_on`: the rows came from a table pull)
-    /// records that were new here gossiped on, since gossip missed them
+    /// records that are news here gossiped on, since gossip missed them
     /// around here (rumors are named by content: each node forwards one once).
     async fn follow(&self, applied: Vec<Applied>, pass_on: bool) {
         for a in applied {
             if let Some(r) = a.record {
-                if pass_on {
+                // Incarnations are wall-clock ms (see `news`).
+                if pass_on && self.news(r.incarnation) {
                     self.gossip(&Rumor::Alive(r.clone())).await;
                 }
                 if let Some(peer) = peer_of(&r.peer) {
@@ -216,6 +217,15 @@ impl Mesh {
         for p in drop {
             let _ = self.net.protect(p, false).await;
         }
+    }
+
+    /// Whether something made at `ms` (its author's clock) is news to pass
+    /// on when anti-entropy brings it: made after this node started, so
+    /// gossip should have brought it and missed (a partition that healed).
+    /// What is older is history a starting node pulls; passing a whole
+    /// ledger on would flood every node once per join.
+    pub(super) fn news(&self, ms: u64) -> bool {
+        ms > self.started_ms
     }
 
     fn admits_author(&self, a: &Author) -> bool {
