@@ -70,7 +70,7 @@ impl Mesh {
         }
     }
 
-    /// A rumor from gossip (`from`: the member that published it).
+    /// A liveness rumor from gossip (untrusted bytes: bounded, decoded, checked).
     pub(super) async fn hear(&self, data: &[u8]) {
         if data.len() > MAX_RUMOR_BYTES {
             return;
@@ -122,9 +122,9 @@ impl Mesh {
 
     /// The last link with `peer` closed, not on purpose: probe it, and
     /// gossip a suspicion if it does not answer. A peer that answered a
-    /// probe lately is not probed again: a neighbour that closes links to
-    /// stay within its own target looks, from here, like one that failed,
-    /// and probing it every time would only make the link again.
+    /// probe lately is not probed again: a close on purpose comes with a
+    /// goodbye, but one that got lost looks, from here, like a failure, and
+    /// probing it every time would only make the link again.
     pub(super) async fn link_lost(self: &Arc<Self>, peer: PeerId) {
         let Some(author) = author_of(&peer) else {
             return;
