@@ -192,11 +192,14 @@ impl Ledger {
         self.apply_with(e, true)
     }
 
-    /// Adds an entry relayed by a peer (gossip, anti-entropy), with a sync
-    /// to disk at most every second or [`RELAYED_DURABLE_AFTER`] entries:
-    /// one lost to a crash is fetched again by anti-entropy, and a network
-    /// that starts applies every node's entries on every node, where a
-    /// sync per entry costs more than all the rest.
+    /// Adds an entry relayed by a peer (gossip, anti-entropy) without a
+    /// sync to disk of its own. What came before is synced by the next
+    /// relayed entry a second or more after the last sync (or the
+    /// [`RELAYED_DURABLE_AFTER`]th), by any durable [`apply`](Self::apply),
+    /// and by closing the ledger. One lost to a crash is
+    /// fetched again by anti-entropy; a network that starts applies every
+    /// node's entries on every node, where a sync per entry costs more than
+    /// all the rest.
     pub fn apply_relayed(&mut self, e: &VerifiedEntry) -> Result<Applied, AppendError> {
         self.apply_with(e, false)
     }

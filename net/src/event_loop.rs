@@ -102,7 +102,6 @@ type Reply = oneshot::Sender<Result<Vec<u8>, NetError>>;
 struct Link {
     since: Instant,
     used: Instant,
-    in_flight: u32,
 }
 
 pub(crate) struct EventLoop {
@@ -331,13 +330,14 @@ impl EventLoop {
                 .all_mesh_peers()
                 .copied()
                 .collect();
+            let busy = self.busy();
             let mut idle: Vec<(bool, Instant, PeerId)> = self
                 .links
                 .iter()
                 .filter(|(p, l)| {
                     !self.protected.contains(p)
                         && !self.closing.contains(p)
-                        && l.in_flight == 0
+                        && !busy.contains(p)
                         && now.duration_since(l.since) >= GRACE
                         && now.duration_since(l.used) >= IDLE
                 })
@@ -409,7 +409,7 @@ impl EventLoop {
             return;
         }
         if let Some((peer, r)) = self.pending_out.remove(&id) {
-            self.used(&peer, -1);
+            self.used(&peer);
             let _ = r.send(outcome);
         }
     }
@@ -424,12 +424,21 @@ impl EventLoop {
         x
     }
 
-    /// A request to or from `peer` started (`+1`) or ended (`-1`).
-    fn used(&mut self, peer: &PeerId, delta: i32) {
+    /// A request to or from `peer` started or ended.
+    fn used(&mut self, peer: &PeerId) {
         if let Some(l) = self.links.get_mut(peer) {
             l.used = Instant::now();
-            l.in_flight = l.in_flight.saturating_add_signed(delta);
         }
+    }
+
+    /// Peers with a request in flight either way (derived from the pending
+    /// maps, so it holds whether or not a link existed when it started).
+    fn busy(&self) -> HashSet<PeerId> {
+        self.pending_out
+            .values()
+            .map(|(p, _)| *p)
+            .chain(self.pending_in.values().map(|(p, _)| *p))
+            .collect()
     }
 
     fn command(&mut self, c: Command) {
@@ -454,12 +463,12 @@ impl EventLoop {
                 }
                 let id = self.swarm.behaviour_mut().rpc.send_request(&peer, data);
                 self.closing.remove(&peer);
-                self.used(&peer, 1);
+                self.used(&peer);
                 self.pending_out.insert(id, (peer, reply));
             }
             Command::Respond { id, data } => {
                 if let Some((peer, ch)) = self.pending_in.remove(&id) {
-                    self.used(&peer, -1);
+                    self.used(&peer);
                     let _ = self.swarm.behaviour_mut().rpc.send_response(ch, data);
                 }
             }
@@ -504,7 +513,7 @@ impl EventLoop {
                 }
             }
             Command::Disconnect { peer } => {
-                let idle = self.links.get(&peer).is_some_and(|l| l.in_flight == 0);
+                let idle = self.links.contains_key(&peer) && !self.busy().contains(&peer);
                 if idle && !self.protected.contains(&peer) && !self.closing.contains(&peer) {
                     self.say_bye(peer);
                 }
@@ -557,7 +566,6 @@ impl EventLoop {
                         Link {
                             since: now,
                             used: now,
-                            in_flight: 0,
                         },
                     );
                     if self.swarm.connected_peers().count() == 1 {
@@ -662,7 +670,7 @@ impl EventLoop {
                     });
                     // Dropping the channel fails the request at its sender.
                     if offered {
-                        self.used(&peer, 1);
+                        self.used(&peer);
                         self.pending_in.insert(id, (peer, channel));
                     }
                 }
@@ -692,17 +700,7 @@ impl EventLoop {
             _ => {}
         }
         // Responses whose handlers went away: drop their channels.
-        let mut gone = Vec::new();
-        self.pending_in.retain(|_, (peer, ch)| {
-            let open = ch.is_open();
-            if !open {
-                gone.push(*peer);
-            }
-            open
-        });
-        for p in gone {
-            self.used(&p, -1);
-        }
+        self.pending_in.retain(|_, (_, ch)| ch.is_open());
     }
 }
 

@@ -227,9 +227,7 @@ pub async fn nodes(mesh: &Mesh) -> Vec<NodeInfo> {
                 by_peer.entry(peer.to_owned()).or_insert_with(|| {
                     let id = peer.parse::<PeerId>().ok();
                     // Connected, or believed up by the liveness table.
-                    let alive = peer == me
-                        || connected.contains_key(peer)
-                        || id.as_ref().is_some_and(|id| mesh.alive(id));
+                    let alive = peer == me || id.as_ref().is_some_and(|id| mesh.alive(id));
                     let last_seen = id
                         .as_ref()
                         .and_then(|id| states.get(id))

@@ -13,13 +13,37 @@ use tarn_ledger::{AppendError, Author};
 use tarn_net::PeerId;
 
 use super::{Mesh, Serve};
-
-/// Most often a node exchanges whole liveness tables, or whole ledger
-/// heads, with a peer (each kind on its own clock).
-pub const FULL_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::error::Code;
 use crate::proto::ledger::{Request, Response};
 use crate::proto::{Reply, WireError};
+
+/// Most often a node exchanges whole liveness tables, or whole ledger
+/// heads, with a peer (each kind on its own clock).
+const FULL_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The O(N) exchanges that [`FULL_SYNC_EVERY`] limits.
+#[derive(Clone, Copy)]
+pub(super) enum Full {
+    Members = 0,
+    Heads = 1,
+}
+
+/// A peer's slot in `Mesh::syncing`, given back when dropped: one
+/// anti-entropy run (or gap fill) with a peer at a time.
+struct Syncing<'a> {
+    mesh: &'a Mesh,
+    peer: PeerId,
+}
+
+impl Drop for Syncing<'_> {
+    fn drop(&mut self) {
+        self.mesh
+            .syncing
+            .lock()
+            .expect("lock poisoned")
+            .remove(&self.peer);
+    }
+}
 
 impl Mesh {
     /// Applies an entry from a peer; on a gap, syncs with that peer.
@@ -51,13 +75,12 @@ impl Mesh {
             Ok(Err(AppendError::Gap { author, have, .. })) => {
                 // The sender has what came before: fetch that author's
                 // entries from it, nothing else.
-                if let Some(p) = from
-                    && self.syncing.lock().expect("lock poisoned").insert(p)
-                {
+                if let Some(p) = from {
                     let me = self.clone();
                     tokio::spawn(async move {
-                        me.fetch_author(p, author, have + 1).await;
-                        me.syncing.lock().expect("lock poisoned").remove(&p);
+                        if let Some(_slot) = me.sync_slot(p) {
+                            me.fetch_author(p, author, have + 1).await;
+                        }
                     });
                 }
             }
@@ -72,11 +95,18 @@ impl Mesh {
     /// Anti-entropy with one peer: exchange heads, fetch what is missing.
     /// Returns at once if a run with that peer is already going on.
     pub async fn sync_with(self: &Arc<Self>, peer: PeerId) {
-        if !self.syncing.lock().expect("lock poisoned").insert(peer) {
-            return;
+        if let Some(_slot) = self.sync_slot(peer) {
+            self.sync_once(peer).await;
         }
-        self.sync_once(peer).await;
-        self.syncing.lock().expect("lock poisoned").remove(&peer);
+    }
+
+    /// Takes `peer`'s anti-entropy slot, unless a run with it holds it.
+    fn sync_slot(&self, peer: PeerId) -> Option<Syncing<'_>> {
+        // Not `then_some`: that builds a `Syncing` even when the slot is
+        // taken, and dropping it would free the other run's slot (and,
+        // under this lock, deadlock).
+        let free = self.syncing.lock().expect("lock poisoned").insert(peer);
+        free.then(|| Syncing { mesh: self, peer })
     }
 
     async fn sync_once(self: &Arc<Self>, peer: PeerId) {
@@ -93,23 +123,23 @@ impl Mesh {
         // Tables and heads are O(N) each: pulled at most once per
         // FULL_SYNC_EVERY, since a difference is mostly gossip still on its
         // way (while a network starts, all the time).
-        if their_members != members && self.full_sync_due(0) {
+        if their_members != members && self.full_sync_due(Full::Members) {
             self.pull_members(peer).await;
         }
-        if their_ledger != ledger && self.full_sync_due(1) {
+        if their_ledger != ledger && self.full_sync_due(Full::Heads) {
             self.sync_heads(peer).await;
         }
     }
 
-    /// Whether a full exchange of kind `k` (0: liveness table, 1: ledger
-    /// heads) may run now; if so, it counts as run.
-    fn full_sync_due(&self, k: usize) -> bool {
+    /// Whether a full exchange of this kind may run now; if so, it counts as run.
+    fn full_sync_due(&self, kind: Full) -> bool {
         let mut last = self.full_syncs.lock().expect("lock poisoned");
         let now = std::time::Instant::now();
-        if last[k].is_some_and(|t| now.duration_since(t) < FULL_SYNC_EVERY) {
+        let at = &mut last[kind as usize];
+        if at.is_some_and(|t| now.duration_since(t) < FULL_SYNC_EVERY) {
             return false;
         }
-        last[k] = Some(now);
+        *at = Some(now);
         true
     }
 
@@ -125,11 +155,16 @@ impl Mesh {
                 return;
             }
         };
+        self.fetch_wants(peer, &theirs).await;
+    }
+
+    /// Fetches from `peer` what its heads show this ledger lacks.
+    async fn fetch_wants(self: &Arc<Self>, peer: PeerId, theirs: &[(Author, u64)]) {
         let wants = self
             .ledger
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .wants(&theirs);
+            .wants(theirs);
         // Fetched entries may admit new authors (a closed network's member
         // policies): ask again for what those wrote, a few rounds at most.
         let mut wants = wants;
@@ -149,7 +184,7 @@ impl Mesh {
                 .ledger
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .wants(&theirs);
+                .wants(theirs);
         }
     }
 
@@ -222,11 +257,16 @@ impl Serve<Request> for LedgerService {
                     let l = mesh.ledger.lock().unwrap_or_else(|p| p.into_inner());
                     (l.heads(), l.wants(&theirs))
                 };
-                // They have what we lack: pull it too (unless already pulling).
-                if !wants.is_empty() && !mesh.syncing.lock().expect("lock poisoned").contains(&from)
-                {
+                // They have what we lack: fetch it from them now (their
+                // heads are here already, and a whole sync could be skipped
+                // by the FULL_SYNC_EVERY limit).
+                if !wants.is_empty() {
                     let m = mesh.clone();
-                    tokio::spawn(async move { m.sync_with(from).await });
+                    tokio::spawn(async move {
+                        if let Some(_slot) = m.sync_slot(from) {
+                            m.fetch_wants(from, &theirs).await;
+                        }
+                    });
                 }
                 Ok(Response::Heads(mine))
             }

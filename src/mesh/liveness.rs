@@ -8,7 +8,7 @@
 //! - A node whose link with a peer is lost (not closed on purpose) probes
 //!   it once; if that fails, it gossips a `Suspect`. Every node that hears
 //!   it marks the peer suspect and, unless the peer refutes it with a
-//!   higher incarnation within [`SUSPECT_FOR`], dead.
+//!   higher incarnation within [`SUSPECT_FOR_MS`], dead.
 //! - Tables are repaired by anti-entropy: neighbours compare [`Table::digest`]s
 //!   and pull each other's rows when they differ. A node that was declared
 //!   dead while cut off learns it this way and refutes it.
@@ -25,7 +25,6 @@ use crate::proto::liveness::{Record, Row, Rumor};
 
 /// How long a suspicion stands before the peer counts as dead.
 pub const SUSPECT_FOR_MS: u64 = 6_000;
-pub const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_millis(SUSPECT_FOR_MS);
 /// Rows in one page of a table pull.
 pub const PAGE: usize = 512;
 /// Most peers the table keeps (a closed network admits fewer; an open
@@ -46,8 +45,6 @@ pub enum State {
 struct Entry {
     record: Record,
     state: State,
-    /// When the state last changed (ms).
-    changed: u64,
 }
 
 /// What applying a rumor did.
@@ -153,7 +150,6 @@ impl Table {
             Entry {
                 record: r.clone(),
                 state,
-                changed: now,
             },
         );
         Applied {
@@ -176,7 +172,6 @@ impl Table {
         match self.peers.get_mut(&peer) {
             Some(e) if e.record.incarnation == incarnation && e.state == State::Alive => {
                 e.state = State::Suspect(now);
-                e.changed = now;
                 Applied {
                     changed: true,
                     ..Applied::default()
@@ -212,7 +207,6 @@ impl Table {
                 && now.saturating_sub(since) >= SUSPECT_FOR_MS
             {
                 e.state = State::Dead(now);
-                e.changed = now;
                 died.push(*p);
             }
         }
@@ -235,11 +229,6 @@ impl Table {
     /// A peer's latest record.
     pub fn record(&self, peer: &Author) -> Option<&Record> {
         self.peers.get(peer).map(|e| &e.record)
-    }
-
-    /// When `peer`'s state last changed (ms).
-    pub fn changed(&self, peer: &Author) -> Option<u64> {
-        self.peers.get(peer).map(|e| e.changed)
     }
 
     /// Peers believed dead, for the occasional attempt to reach one again

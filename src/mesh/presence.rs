@@ -12,7 +12,7 @@ use std::time::Duration;
 use tarn_ledger::Author;
 use tarn_net::{Multiaddr, PeerId};
 
-use super::liveness::{Applied, State};
+use super::liveness::Applied;
 use super::{Mesh, author_of, peer_of};
 use crate::proto::ledger::{Request, Response};
 use crate::proto::liveness::{MAX_RUMOR_BYTES, Rumor, TOPIC};
@@ -34,11 +34,6 @@ impl Mesh {
             return true;
         }
         author_of(peer).is_some_and(|a| self.table().is_up(&a) == Some(true))
-    }
-
-    /// What the liveness table believes of `peer`.
-    pub fn liveness_of(&self, peer: &PeerId) -> Option<State> {
-        author_of(peer).and_then(|a| self.table().state(&a))
     }
 
     /// The addresses `peer` announced in its latest record.
@@ -144,13 +139,10 @@ impl Mesh {
             probed.retain(|_, t| now.duration_since(*t) < PROBE_QUIET);
             probed.insert(peer, now);
         }
-        let (ledger, members) = self.digests();
-        let answered = tokio::time::timeout(
-            PROBE_TIMEOUT,
-            self.call(peer, &Request::Digest { ledger, members }),
-        )
-        .await;
-        if matches!(answered, Ok(Ok(Response::Digest { .. }))) {
+        if tokio::time::timeout(PROBE_TIMEOUT, self.ping(peer))
+            .await
+            .unwrap_or(false)
+        {
             return;
         }
         self.probed
