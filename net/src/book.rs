@@ -55,6 +55,14 @@ impl Behaviour {
         }
     }
 
+    /// Addresses seen by the swarm (identify, a dial, mDNS): kept only for
+    /// a peer the book knows nothing of, since a signed record says better.
+    pub(crate) fn learn(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if !self.addrs.contains_key(&peer) {
+            self.set(peer, addrs);
+        }
+    }
+
     pub(crate) fn get(&self, peer: &PeerId) -> &[Multiaddr] {
         self.addrs.get(peer).map_or(&[], Vec::as_slice)
     }

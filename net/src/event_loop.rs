@@ -10,8 +10,8 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, Respons
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, gossipsub,
-    identify, kad, mdns, noise, ping, relay, tcp, yamux,
+    Multiaddr, PeerId, Swarm, autonat, connection_limits, dcutr, gossipsub, identify, mdns, noise,
+    ping, relay, tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,7 +27,6 @@ pub(crate) struct Behaviour {
     relay_server: Toggle<relay::Behaviour>,
     ping: ping::Behaviour,
     identify: identify::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
     mdns: Toggle<mdns::tokio::Behaviour>,
     gossipsub: gossipsub::Behaviour,
     rpc: request_response::Behaviour<rpc::Codec>,
@@ -179,17 +178,6 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, NetError> {
                     .build()
                     .map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string()))?,
             )?;
-            let mut kad_cfg = kad::Config::new(StreamProtocol::new("/tarn/kad/1"));
-            // Peers are found through liveness records; the DHT's walks
-            // (each dials a few dozen peers) are for a node short of links.
-            kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(30 * 60)));
-            let mut kad = kad::Behaviour::with_config(
-                peer_id,
-                kad::store::MemoryStore::new(peer_id),
-                kad_cfg,
-            );
-            // A tarn mesh is small and mostly private: serve the DHT at once.
-            kad.set_mode(Some(kad::Mode::Server));
             let mdns = if mdns_on {
                 Some(mdns::tokio::Behaviour::new(
                     mdns::Config::default(),
@@ -223,7 +211,6 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, NetError> {
                         .with_agent_version(format!("tarn/{}", env!("CARGO_PKG_VERSION")))
                         .with_push_listen_addr_updates(true),
                 ),
-                kad,
                 mdns: mdns.into(),
                 gossipsub,
                 rpc: request_response::Behaviour::with_codec(
@@ -352,14 +339,7 @@ impl EventLoop {
         let shuffle = self.ticks.is_multiple_of(SHUFFLE_EVERY);
         if n < self.low_water() || shuffle {
             let me = *self.swarm.local_peer_id();
-            let mut known: Vec<PeerId> = {
-                let b = self.swarm.behaviour_mut();
-                let mut v: Vec<PeerId> = b.book.peers().copied().collect();
-                for bucket in b.kad.kbuckets() {
-                    v.extend(bucket.iter().map(|e| *e.node.key.preimage()));
-                }
-                v
-            };
+            let mut known: Vec<PeerId> = self.swarm.behaviour().book.peers().copied().collect();
             known.sort();
             known.dedup();
             known.retain(|p| *p != me && !self.links.contains_key(p));
@@ -378,10 +358,6 @@ impl EventLoop {
                 if self.swarm.dial(opts).is_ok() {
                     dialed += 1;
                 }
-            }
-            if n > 0 && dialed == 0 && !shuffle {
-                // Nobody new known: ask the DHT for more of the mesh.
-                let _ = self.swarm.behaviour_mut().kad.bootstrap();
             }
         }
     }
@@ -555,9 +531,9 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
-                let addr = endpoint.get_remote_address().clone();
                 if endpoint.is_dialer() {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    let addr = endpoint.get_remote_address().clone();
+                    self.swarm.behaviour_mut().book.learn(peer_id, vec![addr]);
                 }
                 if num_established.get() == 1 {
                     let now = Instant::now();
@@ -568,10 +544,6 @@ impl EventLoop {
                             used: now,
                         },
                     );
-                    if self.swarm.connected_peers().count() == 1 {
-                        // The first peer: look for the rest of the mesh now.
-                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                    }
                     self.emit(Event::Connected(peer_id)).await;
                 }
             }
@@ -604,14 +576,11 @@ impl EventLoop {
                 info,
                 ..
             })) => {
-                // Only routable addresses: skip loopback ones from other hosts? Keep all;
-                // dialing tries them in turn.
-                for a in &info.listen_addrs {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, a.clone());
-                }
+                // All of them, loopback too: dialing tries them in turn.
+                self.swarm
+                    .behaviour_mut()
+                    .book
+                    .learn(peer_id, info.listen_addrs.clone());
                 let known = self.addrs.entry(peer_id).or_default();
                 *known = info.listen_addrs.clone();
                 known.truncate(16);
@@ -620,8 +589,8 @@ impl EventLoop {
                 for (peer, addr) in list {
                     self.swarm
                         .behaviour_mut()
-                        .kad
-                        .add_address(&peer, addr.clone());
+                        .book
+                        .learn(peer, vec![addr.clone()]);
                     if !self.swarm.is_connected(&peer) {
                         let _ = self.swarm.dial(addr);
                     }
