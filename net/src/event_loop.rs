@@ -80,7 +80,7 @@ pub(crate) enum Command {
 /// Most inbound requests waiting for an answer at once; more are refused.
 const MAX_PENDING_INBOUND: usize = 1024;
 /// A new connection is not closed to stay within the target before it had
-/// time to serve (identify, a Kademlia walk, anti-entropy).
+/// time to serve (identify, gossipsub subscriptions, anti-entropy).
 const GRACE: Duration = Duration::from_secs(10);
 /// A connection is idle once no request went over it for this long.
 const IDLE: Duration = Duration::from_secs(10);
@@ -90,7 +90,7 @@ pub(crate) const ON_DEMAND: usize = 64;
 const DIALS_PER_TICK: usize = 4;
 /// Every how many ticks (seconds) a node links to one more peer picked at
 /// random, whatever its number of links (the trimming closes an old one):
-/// links that only ever follow bootstrap and DHT order can leave a group of
+/// links that only ever follow bootstrap order can leave a group of
 /// nodes linked among themselves and to nobody else, and this undoes it.
 const SHUFFLE_EVERY: u64 = 60;
 

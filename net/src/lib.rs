@@ -1,5 +1,5 @@
 //! tarn's overlay network: a libp2p swarm over TCP (Noise + Yamux) and QUIC
-//! with identify, ping, Kademlia, mDNS, gossipsub, relay, DCUtR, AutoNAT and
+//! with identify, ping, mDNS, gossipsub, relay, DCUtR, AutoNAT and
 //! one request-response protocol for tarn's own messages (`/tarn/rpc/2`).
 //!
 //! The pattern is rust-libp2p's file-sharing example: [`start`] spawns an
