@@ -21,6 +21,8 @@ pub struct LocalMesh {
     nodes: Vec<Option<Node>>,
     bootstrap: Vec<String>,
     blocked: Vec<(usize, usize)>,
+    /// Each stopped node's REST address, taken again when it restarts.
+    rest: Vec<Option<std::net::SocketAddr>>,
 }
 
 impl LocalMesh {
@@ -73,6 +75,7 @@ impl LocalMesh {
             base: base.to_owned(),
             tweak,
             nodes,
+            rest: vec![None; n],
             bootstrap,
             blocked: Vec::new(),
         })
@@ -174,6 +177,7 @@ impl LocalMesh {
     /// Stops node `i` (its data directory stays).
     pub async fn stop(&mut self, i: usize) -> anyhow::Result<()> {
         if let Some(n) = self.nodes.get_mut(i).and_then(Option::take) {
+            self.rest[i] = Some(n.rest_addr());
             n.shutdown().await?;
         }
         Ok(())
@@ -191,9 +195,21 @@ impl LocalMesh {
         } else {
             Self::boot_for(&self.nodes, &self.bootstrap, i)
         };
+        anyhow::ensure!(i < self.nodes.len(), "no node {i} in this mesh");
         let mut cfg = Self::config(&self.base, i, &boot);
         (self.tweak)(i, &mut cfg);
-        let node = Node::start(cfg).await?;
+        // Its old REST address if still free, so scripts keep their URL.
+        let node = match self.rest[i] {
+            Some(addr) => {
+                let mut same = cfg.clone();
+                same.rest = addr;
+                match Node::start(same).await {
+                    Ok(n) => n,
+                    Err(_) => Node::start(cfg).await?,
+                }
+            }
+            None => Node::start(cfg).await?,
+        };
         self.nodes[i] = Some(node);
         Ok(())
     }

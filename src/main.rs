@@ -122,7 +122,7 @@ enum Command {
     /// Start a local mesh of N nodes in this process, with sample data, and
     /// keep it running until Ctrl-C.
     Demo {
-        /// How many nodes.
+        /// How many nodes (1 to 300; type `stop <i>` / `start <i>` while it runs).
         #[arg(long, default_value_t = 5)]
         nodes: usize,
         /// Where the nodes keep their data [default: a temporary directory].

@@ -8,6 +8,9 @@ use crate::client::Client;
 use crate::{Config, LocalMesh, Node};
 
 fn init_logs(default: &str) {
+    // gossipsub warns of every entry gossiped again that it already holds
+    // (anti-entropy's repairs are gossiped on): noise, not news.
+    let default = format!("{default},libp2p_gossipsub::behaviour=error");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -56,7 +59,7 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
 
 /// `tarn demo`: a local mesh of `n` nodes with sample data, until Ctrl-C.
 pub fn run_demo(n: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
-    anyhow::ensure!((1..=200).contains(&n), "--nodes must be between 1 and 200");
+    anyhow::ensure!((1..=300).contains(&n), "--nodes must be between 1 and 300");
     init_logs("warn");
     let tmp = tempfile::tempdir()?;
     let base = dir.unwrap_or_else(|| tmp.path().to_owned());
@@ -67,7 +70,23 @@ pub fn run_demo(n: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
         print_nodes(&mesh);
         first_query(&mesh, n).await?;
         print_hints(&mesh);
-        shutdown_signal().await;
+        let mut mesh = mesh;
+        let mut lines = stdin_lines();
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                line = lines.recv() => match line {
+                    Some(l) => control(&mut mesh, l.trim()).await,
+                    // Stdin closed (a script, `< /dev/null`): run until Ctrl-C.
+                    None => {
+                        (&mut stop).await;
+                        break;
+                    }
+                },
+            }
+        }
         mesh.shutdown().await
     })
 }
@@ -81,8 +100,9 @@ async fn start(n: usize, base: &Path) -> anyhow::Result<LocalMesh> {
         base.display()
     );
     let entries = 4 + (n - 1) * 2;
+    // Joins cost every running node a little: a larger mesh takes longer.
     let took = mesh
-        .wait_converged(entries, Duration::from_secs(120))
+        .wait_converged(entries, Duration::from_secs(120 + 2 * n as u64))
         .await?;
     println!("ledger converged on all {n} nodes ({entries} entries) after {took:.1?}");
     Ok(mesh)
@@ -174,5 +194,65 @@ fn print_hints(mesh: &LocalMesh) {
     );
     println!("  tarn query --peer {p2p} --db demo \"select count(*) from readings\"");
     println!();
-    println!("Ctrl-C stops the mesh.");
+    println!("type `stop <i>` or `start <i>` to stop or restart node i (it keeps its data and");
+    println!("REST address), `nodes` for who is running; Ctrl-C stops the mesh.");
+}
+
+/// Lines typed on stdin, read on a thread of their own (bounded).
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { return };
+            if tx.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// One command typed while the demo runs.
+async fn control(mesh: &mut LocalMesh, line: &str) {
+    let mut words = line.split_whitespace();
+    let (verb, arg) = (words.next(), words.next());
+    let index = arg
+        .and_then(|a| a.trim_start_matches("node-").parse::<usize>().ok())
+        .filter(|i| *i < mesh.len());
+    let done = match (verb, index) {
+        (None, _) => return,
+        (Some("stop"), Some(i)) if mesh.node(i).is_none() => {
+            Err(anyhow::anyhow!("node-{i} is not running"))
+        }
+        (Some("stop"), Some(i)) => mesh.stop(i).await.map(|()| format!("node-{i} stopped")),
+        (Some("start"), Some(i)) if mesh.node(i).is_some() => {
+            Err(anyhow::anyhow!("node-{i} is running already"))
+        }
+        (Some("start"), Some(i)) => mesh.restart(i).await.map(|()| {
+            format!(
+                "node-{i} started: {}",
+                url(mesh.node(i).expect("just started"))
+            )
+        }),
+        (Some("stop" | "start"), None) => Err(anyhow::anyhow!(
+            "which node? a number from 0 to {}",
+            mesh.len() - 1
+        )),
+        (Some("nodes"), _) => {
+            let running: Vec<String> = mesh.running().map(|(i, _)| i.to_string()).collect();
+            Ok(format!(
+                "{} of {} running: {}",
+                running.len(),
+                mesh.len(),
+                running.join(" ")
+            ))
+        }
+        (Some(other), _) => Err(anyhow::anyhow!(
+            "unknown command `{other}`: stop <i>, start <i>, nodes"
+        )),
+    };
+    match done {
+        Ok(msg) => println!("{msg}"),
+        Err(e) => println!("error: {e:#}"),
+    }
 }

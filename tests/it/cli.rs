@@ -213,3 +213,80 @@ fn a_second_node_on_the_same_data_dir_is_refused() {
     ]));
     assert!(e.contains("in use"), "{e}");
 }
+
+/// `tarn demo` takes `stop i` / `start i` on stdin: a stopped node is shown
+/// dead by the others' `/v1/nodes`, a restarted one alive again, at its old
+/// REST address; a bad command gets a one-line error and changes nothing.
+#[test]
+fn demo_nodes_stop_and_start_from_stdin() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--nodes", "3", "--dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run tarn demo");
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next_line = |want: &str| -> String {
+        loop {
+            let l = rx
+                .recv_timeout(Duration::from_secs(120))
+                .unwrap_or_else(|_| panic!("no line with {want:?} from the demo"));
+            if l.contains(want) {
+                return l;
+            }
+        }
+    };
+    let url_of = |l: &str| {
+        l.split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("a URL")
+            .to_owned()
+    };
+    let node0 = tarn::client::Client::new(&url_of(&next_line("node-0 ")));
+    let url2 = url_of(&next_line("node-2 "));
+    next_line("Ctrl-C stops the mesh");
+    let alive = |name: &str| -> Option<bool> {
+        let v = node0.get("/v1/nodes", &[]).ok()?.json().ok()?;
+        let list = v
+            .as_array()
+            .cloned()
+            .or_else(|| v["nodes"].as_array().cloned())?;
+        list.iter()
+            .find(|n| n["name"] == name)
+            .and_then(|n| n["alive"].as_bool())
+    };
+    writeln!(stdin, "stop 7").unwrap();
+    assert!(next_line("error").contains("which node"));
+    writeln!(stdin, "stop 2").unwrap();
+    next_line("node-2 stopped");
+    crate::harness::wait_for("node-2 shown dead", Duration::from_secs(30), || {
+        (alive("node-2") == Some(false)).then_some(())
+    });
+    writeln!(stdin, "start 2").unwrap();
+    let again = url_of(&next_line("node-2 started"));
+    assert_eq!(again, url2, "a restarted node keeps its REST address");
+    crate::harness::wait_for("node-2 shown alive", Duration::from_secs(30), || {
+        (alive("node-2") == Some(true)).then_some(())
+    });
+    writeln!(stdin, "nodes").unwrap();
+    assert!(next_line("running").starts_with("3 of 3 running"));
+    let _ = child.kill();
+    let _ = child.wait();
+}
