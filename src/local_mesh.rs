@@ -185,6 +185,7 @@ impl LocalMesh {
 
     /// Starts node `i` again on its data directory.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(i < self.nodes.len(), "no node {i} in this mesh");
         self.stop(i).await?;
         // Node 0 rejoins through another running node.
         let boot = if i == 0 {
@@ -195,7 +196,6 @@ impl LocalMesh {
         } else {
             Self::boot_for(&self.nodes, &self.bootstrap, i)
         };
-        anyhow::ensure!(i < self.nodes.len(), "no node {i} in this mesh");
         let mut cfg = Self::config(&self.base, i, &boot);
         (self.tweak)(i, &mut cfg);
         // Its old REST address if still free, so scripts keep their URL.

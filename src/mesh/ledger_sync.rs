@@ -23,7 +23,7 @@ const FULL_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The O(N) exchanges that [`FULL_SYNC_EVERY`] limits.
 #[derive(Clone, Copy)]
-pub(super) enum Full {
+enum Full {
     Members = 0,
     Heads = 1,
 }
@@ -155,19 +155,23 @@ impl Mesh {
                 return;
             }
         };
-        self.fetch_wants(peer, &theirs).await;
-    }
-
-    /// Fetches from `peer` what its heads show this ledger lacks.
-    async fn fetch_wants(self: &Arc<Self>, peer: PeerId, theirs: &[(Author, u64)]) {
         let wants = self
             .ledger
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .wants(theirs);
+            .wants(&theirs);
+        self.fetch_wants(peer, &theirs, wants).await;
+    }
+
+    /// Fetches from `peer` what this ledger `wants` of what its heads show.
+    async fn fetch_wants(
+        self: &Arc<Self>,
+        peer: PeerId,
+        theirs: &[(Author, u64)],
+        mut wants: Vec<(Author, u64)>,
+    ) {
         // Fetched entries may admit new authors (a closed network's member
         // policies): ask again for what those wrote, a few rounds at most.
-        let mut wants = wants;
         for _ in 0..4 {
             if wants.is_empty() {
                 break;
@@ -264,7 +268,7 @@ impl Serve<Request> for LedgerService {
                     let m = mesh.clone();
                     tokio::spawn(async move {
                         if let Some(_slot) = m.sync_slot(from) {
-                            m.fetch_wants(from, &theirs).await;
+                            m.fetch_wants(from, &theirs, wants).await;
                         }
                     });
                 }

@@ -223,6 +223,14 @@ fn demo_nodes_stop_and_start_from_stdin() {
     use std::process::Stdio;
     use std::time::Duration;
 
+    /// Kills the demo even when an assertion fails.
+    struct Demo(std::process::Child);
+    impl Drop for Demo {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["demo", "--nodes", "3", "--dir"])
@@ -234,8 +242,9 @@ fn demo_nodes_stop_and_start_from_stdin() {
         .spawn()
         .expect("run tarn demo");
     let mut stdin = child.stdin.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
     let out = child.stdout.take().unwrap();
+    let _demo = Demo(child);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -287,6 +296,4 @@ fn demo_nodes_stop_and_start_from_stdin() {
     });
     writeln!(stdin, "nodes").unwrap();
     assert!(next_line("running").starts_with("3 of 3 running"));
-    let _ = child.kill();
-    let _ = child.wait();
 }
