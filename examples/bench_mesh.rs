@@ -70,9 +70,22 @@ fn everyone_knows_everyone(m: &LocalMesh, n: usize, entries: usize) -> bool {
 
 async fn run(n: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    let (_, lo_b, cpu_b) = process_counters();
     let started = Instant::now();
     let mesh = LocalMesh::start(n, dir.path()).await?;
     let startup = started.elapsed();
+    let (s, (_, lo_s, cpu_s)) = (traffic(&mesh), process_counters());
+    let nf = n as f64;
+    println!(
+        "N={n}: start-up, per node: {:.0} gossip deliveries ({:.1} KB), {:.0} requests ({:.1} KB), {:.1} links opened, {:.0} KB on the wire; {:.1} CPU seconds in all",
+        s.0 as f64 / nf,
+        s.1 as f64 / nf / 1e3,
+        s.2 as f64 / nf,
+        s.3 as f64 / nf / 1e3,
+        s.4 as f64 / nf,
+        (lo_s - lo_b) as f64 / nf / 1e3,
+        cpu_s - cpu_b
+    );
     let entries = 4 + (n - 1) * 2;
     let deadline = Instant::now() + Duration::from_secs(600);
     while !everyone_knows_everyone(&mesh, n, entries) {
@@ -95,7 +108,6 @@ async fn run(n: usize) -> anyhow::Result<()> {
         .map(|(_, node)| node.mesh().connected_count())
         .collect();
     let secs = IDLE.as_secs_f64();
-    let nf = n as f64;
     println!(
         "N={n}: links per node mean {:.1}, max {}; {} descriptors in the process ({:.1} per node)",
         links.iter().sum::<usize>() as f64 / nf,
