@@ -94,6 +94,52 @@ impl Drop for Ledger {
     }
 }
 
+/// What a ledger keeps in memory, rebuilt from its file.
+struct State {
+    heads: BTreeMap<Author, (u64, Hash)>,
+    lamport: u64,
+    view: View,
+    entries: usize,
+    written: BTreeMap<Author, u64>,
+}
+
+impl State {
+    /// Reads heads and entries, verifying every stored entry.
+    fn read(db: &redb::Database, root: Option<Author>) -> Result<State, StoreError> {
+        let err = |e: &dyn std::fmt::Display| StoreError(e.to_string());
+        let mut s = State {
+            heads: BTreeMap::new(),
+            lamport: 0,
+            view: root.map_or_else(View::default, View::closed),
+            entries: 0,
+            written: BTreeMap::new(),
+        };
+        let r = db.begin_read().map_err(|e| err(&e))?;
+        let heads = r.open_table(HEADS).map_err(|e| err(&e))?;
+        for row in heads.iter().map_err(|e| err(&e))? {
+            let (k, v) = row.map_err(|e| err(&e))?;
+            let author = Author(
+                k.value()
+                    .try_into()
+                    .map_err(|_| StoreError("bad head key".into()))?,
+            );
+            let head = parse_head(v.value()).ok_or_else(|| StoreError("bad head value".into()))?;
+            s.heads.insert(author, head);
+        }
+        let entries = r.open_table(ENTRIES).map_err(|e| err(&e))?;
+        for row in entries.iter().map_err(|e| err(&e))? {
+            let (_, v) = row.map_err(|e| err(&e))?;
+            let e = Entry::verify_bytes(v.value())
+                .map_err(|e| StoreError(format!("stored entry: {e}")))?;
+            s.lamport = s.lamport.max(e.entry().lamport);
+            s.view.apply(&e);
+            s.entries += 1;
+            *s.written.entry(e.entry().author).or_default() += e.bytes().len() as u64;
+        }
+        Ok(s)
+    }
+}
+
 impl Ledger {
     /// Opens (or creates) the ledger in a redb file and rebuilds heads and
     /// view from it, verifying every stored entry.
@@ -130,42 +176,26 @@ impl Ledger {
             w.open_table(HEADS).map_err(|e| err(&e))?;
             w.commit().map_err(|e| err(&e))?;
         }
-        let mut ledger = Ledger {
+        let s = State::read(&db, root)?;
+        Ok(Ledger {
             db,
-            heads: BTreeMap::new(),
-            lamport: 0,
-            view: root.map_or_else(View::default, View::closed),
-            entries: 0,
-            written: BTreeMap::new(),
+            heads: s.heads,
+            lamport: s.lamport,
+            view: s.view,
+            entries: s.entries,
+            written: s.written,
             undurable: 0,
             last_durable: std::time::Instant::now(),
-        };
-        let r = ledger.db.begin_read().map_err(|e| err(&e))?;
-        let heads = r.open_table(HEADS).map_err(|e| err(&e))?;
-        for row in heads.iter().map_err(|e| err(&e))? {
-            let (k, v) = row.map_err(|e| err(&e))?;
-            let author = Author(
-                k.value()
-                    .try_into()
-                    .map_err(|_| StoreError("bad head key".into()))?,
-            );
-            let head = parse_head(v.value()).ok_or_else(|| StoreError("bad head value".into()))?;
-            ledger.heads.insert(author, head);
-        }
-        let entries = r.open_table(ENTRIES).map_err(|e| err(&e))?;
-        for row in entries.iter().map_err(|e| err(&e))? {
-            let (_, v) = row.map_err(|e| err(&e))?;
-            let e = Entry::verify_bytes(v.value())
-                .map_err(|e| StoreError(format!("stored entry: {e}")))?;
-            ledger.lamport = ledger.lamport.max(e.entry().lamport);
-            ledger.view.apply(&e);
-            ledger.entries += 1;
-            *ledger.written.entry(e.entry().author).or_default() += e.bytes().len() as u64;
-        }
-        drop(entries);
-        drop(heads);
-        drop(r);
-        Ok(ledger)
+        })
+    }
+
+    /// After a write that did not commit: the in-memory state as stored.
+    fn set_state(&mut self, s: State) {
+        self.heads = s.heads;
+        self.lamport = s.lamport;
+        self.view = s.view;
+        self.entries = s.entries;
+        self.written = s.written;
     }
 
     /// Signs `op` as the next entry of `key`'s chain and adds it.
@@ -204,7 +234,103 @@ impl Ledger {
         self.apply_with(e, false)
     }
 
+    /// Adds entries relayed by peers in one write transaction (see
+    /// [`apply_relayed`](Self::apply_relayed)): each one's outcome, in
+    /// order. An entry may extend one before it in the batch. `Err` when
+    /// storage failed: then none of the batch is kept.
+    pub fn apply_relayed_all(
+        &mut self,
+        es: &[VerifiedEntry],
+    ) -> Result<Vec<Result<Applied, AppendError>>, AppendError> {
+        self.apply_batch(es, false)
+    }
+
     fn apply_with(&mut self, e: &VerifiedEntry, durable: bool) -> Result<Applied, AppendError> {
+        self.apply_batch(std::slice::from_ref(e), durable)?
+            .pop()
+            .expect("one outcome per entry")
+    }
+
+    fn apply_batch(
+        &mut self,
+        es: &[VerifiedEntry],
+        durable: bool,
+    ) -> Result<Vec<Result<Applied, AppendError>>, AppendError> {
+        let mut w = self.db.begin_write().map_err(storage)?;
+        let durable = durable
+            || self.undurable + es.len() > RELAYED_DURABLE_AFTER
+            || self.last_durable.elapsed() >= RELAYED_DURABLE_EVERY;
+        if !durable {
+            w.set_durability(redb::Durability::None).map_err(storage)?;
+        }
+        let mut out = Vec::with_capacity(es.len());
+        // The in-memory state moves with each entry (the next may extend
+        // it, or be admitted by it); a batch that does not commit reloads
+        // it from what is stored.
+        let written = self
+            .write_batch(&w, es, &mut out)
+            .and_then(|added| w.commit().map_err(storage).map(|()| added));
+        match written {
+            Ok(added) => {
+                if durable {
+                    self.undurable = 0;
+                    self.last_durable = std::time::Instant::now();
+                } else {
+                    self.undurable += added;
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                if let Ok(state) = State::read(&self.db, self.view.network()) {
+                    self.set_state(state);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Inserts each entry that extends its author's chain; returns how many.
+    fn write_batch(
+        &mut self,
+        w: &redb::WriteTransaction,
+        es: &[VerifiedEntry],
+        out: &mut Vec<Result<Applied, AppendError>>,
+    ) -> Result<usize, AppendError> {
+        let mut t = w.open_table(ENTRIES).map_err(storage)?;
+        let mut h = w.open_table(HEADS).map_err(storage)?;
+        let mut added = 0;
+        for e in es {
+            match self.check(e, &t) {
+                Ok(None) => {}
+                other => {
+                    out.push(other.map(|d| d.expect("checked: a duplicate")));
+                    continue;
+                }
+            }
+            let entry = e.entry();
+            let author = entry.author;
+            t.insert(&entry_key(&author.0, entry.seq)[..], e.bytes())
+                .map_err(storage)?;
+            h.insert(&author.0[..], &head_value(entry.seq, &e.hash())[..])
+                .map_err(storage)?;
+            self.heads.insert(author, (entry.seq, e.hash()));
+            self.lamport = self.lamport.max(entry.lamport);
+            self.view.apply(e);
+            self.entries += 1;
+            *self.written.entry(author).or_default() += e.bytes().len() as u64;
+            added += 1;
+            out.push(Ok(Applied::Added));
+        }
+        Ok(added)
+    }
+
+    /// Whether `e` may be added: `Ok(None)` when it extends its author's
+    /// chain, `Some(Duplicate)` when it is held already.
+    fn check(
+        &self,
+        e: &VerifiedEntry,
+        entries: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    ) -> Result<Option<Applied>, AppendError> {
         let entry = e.entry();
         let author = entry.author;
         if !self.view.admitted(&author) {
@@ -212,8 +338,12 @@ impl Ledger {
         }
         let have = self.heads.get(&author).map_or(0, |(s, _)| *s);
         if entry.seq <= have {
-            return match self.stored_hash(&author, entry.seq)? {
-                Some(h) if h == e.hash() => Ok(Applied::Duplicate),
+            let stored = entries
+                .get(&entry_key(&author.0, entry.seq)[..])
+                .map_err(storage)?
+                .map(|v| *blake3::hash(v.value()).as_bytes());
+            return match stored {
+                Some(h) if h == e.hash() => Ok(Some(Applied::Duplicate)),
                 _ => Err(AppendError::Conflict {
                     author,
                     seq: entry.seq,
@@ -244,42 +374,7 @@ impl Ledger {
                 seq: entry.seq,
             });
         }
-        let mut w = self.db.begin_write().map_err(storage)?;
-        let durable = durable
-            || self.undurable >= RELAYED_DURABLE_AFTER
-            || self.last_durable.elapsed() >= RELAYED_DURABLE_EVERY;
-        if !durable {
-            w.set_durability(redb::Durability::None).map_err(storage)?;
-        }
-        {
-            let mut t = w.open_table(ENTRIES).map_err(storage)?;
-            t.insert(&entry_key(&author.0, entry.seq)[..], e.bytes())
-                .map_err(storage)?;
-            let mut h = w.open_table(HEADS).map_err(storage)?;
-            h.insert(&author.0[..], &head_value(entry.seq, &e.hash())[..])
-                .map_err(storage)?;
-        }
-        w.commit().map_err(storage)?;
-        if durable {
-            self.undurable = 0;
-            self.last_durable = std::time::Instant::now();
-        } else {
-            self.undurable += 1;
-        }
-        self.heads.insert(author, (entry.seq, e.hash()));
-        self.lamport = self.lamport.max(entry.lamport);
-        self.view.apply(e);
-        self.entries += 1;
-        *self.written.entry(author).or_default() += e.bytes().len() as u64;
-        Ok(Applied::Added)
-    }
-
-    fn stored_hash(&self, author: &Author, seq: u64) -> Result<Option<Hash>, AppendError> {
-        let r = self.db.begin_read().map_err(storage)?;
-        let t = r.open_table(ENTRIES).map_err(storage)?;
-        Ok(t.get(&entry_key(&author.0, seq)[..])
-            .map_err(storage)?
-            .map(|v| *blake3::hash(v.value()).as_bytes()))
+        Ok(None)
     }
 
     /// One author's latest sequence number and entry hash.
@@ -367,6 +462,48 @@ mod tests {
     use super::*;
     use crate::policy::Policy;
     use crate::testing::{key, put};
+
+    #[test]
+    fn a_batch_applies_in_order_and_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Ledger::in_memory().unwrap();
+        let es: Vec<VerifiedEntry> = (1..=4)
+            .map(|i| {
+                a.append_local(&key(1), put(&format!(r#"{{"n": {{"i": {i}}}}}"#)), i)
+                    .unwrap()
+            })
+            .collect();
+        let other = a
+            .append_local(&key(2), put(r#"{"m": {"i": 1}}"#), 9)
+            .unwrap();
+        let path = dir.path().join("l.redb");
+        let mut b = Ledger::open(&path).unwrap();
+        let batch = [
+            es[0].clone(),
+            es[1].clone(),
+            es[0].clone(),
+            es[3].clone(),
+            other.clone(),
+        ];
+        let got = b.apply_relayed_all(&batch).unwrap();
+        assert_eq!(got[0], Ok(Applied::Added));
+        assert_eq!(got[1], Ok(Applied::Added), "extends the entry before it");
+        assert_eq!(got[2], Ok(Applied::Duplicate));
+        assert!(matches!(
+            got[3],
+            Err(AppendError::Gap {
+                have: 2,
+                got: 4,
+                ..
+            })
+        ));
+        assert_eq!(got[4], Ok(Applied::Added));
+        assert_eq!(b.len(), 3);
+        drop(b);
+        let b = Ledger::open(&path).unwrap();
+        assert_eq!(b.len(), 3, "the batch is on disk");
+        assert_eq!(b.head(&es[1].entry().author).map(|h| h.0), Some(2));
+    }
 
     #[test]
     fn chains_gaps_conflicts_and_replays() {

@@ -30,6 +30,10 @@ use crate::proto::{self, Envelope, Family, MAX_MESSAGE, Reply, WireError};
 pub const MAX_HANDLERS: usize = 256;
 /// Gossiped ledger entries waiting to be applied.
 pub const GOSSIP_QUEUE: usize = 4096;
+
+/// Most gossiped messages taken from the queue at once (their entries
+/// applied in one write to the ledger).
+const APPLY_BATCH: usize = 256;
 /// Anti-entropy runs at once.
 pub const MAX_SYNCS: usize = 32;
 /// How often each node compares ledger heads with a few peers.
@@ -160,10 +164,25 @@ impl Router {
         let mesh = self.mesh.clone();
         tokio::spawn(
             async move {
+                // Entries waiting are applied together: one write to the
+                // ledger, one trip to a blocking thread (a starting network
+                // gossips them faster than one at a time keeps up with).
                 while let Some(g) = rx.recv().await {
-                    match g {
-                        Gossiped::Entry(data, from) => mesh.receive(data, from).await,
-                        Gossiped::Rumor(data) => mesh.hear(&data).await,
+                    let mut entries = Vec::new();
+                    let mut next = Some(g);
+                    let mut taken = 0;
+                    while let Some(g) = next.take() {
+                        match g {
+                            Gossiped::Entry(data, from) => entries.push((data, from)),
+                            Gossiped::Rumor(data) => mesh.hear(&data).await,
+                        }
+                        taken += 1;
+                        if taken < APPLY_BATCH {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    if !entries.is_empty() {
+                        mesh.receive(entries).await;
                     }
                 }
             }
@@ -219,6 +238,9 @@ impl Router {
             Event::Gossip { topic, data, .. } if topic == proto::liveness::TOPIC => {
                 let stats = &mesh.stats;
                 mesh.count_in(&stats.gossip_in_msgs, &stats.gossip_in_bytes, data.len());
+                stats
+                    .rumors_in_msgs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if room.gossip.try_send(Gossiped::Rumor(data)).is_err() {
                     tracing::debug!("too busy for a liveness rumor: anti-entropy repairs it");
                 }

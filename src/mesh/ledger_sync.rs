@@ -46,50 +46,61 @@ impl Drop for Syncing<'_> {
 }
 
 impl Mesh {
-    /// Applies an entry from a peer; on a gap, syncs with that peer.
-    pub(super) async fn receive(self: &Arc<Self>, bytes: Vec<u8>, from: Option<PeerId>) {
-        let e = match Entry::verify_bytes(&bytes) {
-            Ok(e) => e,
-            Err(err) => {
-                tracing::warn!("dropping a ledger entry from {from:?}: {err}");
-                return;
-            }
-        };
+    /// Applies entries gossiped by peers, in one write to the ledger; on a
+    /// gap, fetches what came before from the peer that sent it.
+    pub(super) async fn receive(self: &Arc<Self>, batch: Vec<(Vec<u8>, Option<PeerId>)>) {
         let me = self.clone();
-        let kept = e.clone();
         let r = tokio::task::spawn_blocking(move || {
-            me.ledger
+            let mut from = Vec::with_capacity(batch.len());
+            let mut verified = Vec::with_capacity(batch.len());
+            for (bytes, peer) in batch {
+                match Entry::verify_bytes(&bytes) {
+                    Ok(e) => {
+                        verified.push(e);
+                        from.push(peer);
+                    }
+                    Err(err) => tracing::warn!("dropping a ledger entry from {peer:?}: {err}"),
+                }
+            }
+            let applied = me
+                .ledger
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .apply_relayed(&e)
+                .apply_relayed_all(&verified);
+            (verified, from, applied)
         })
         .await;
-        match r {
-            Ok(Ok(applied)) => {
-                if applied == tarn_ledger::Applied::Added {
+        let (verified, from, applied) = match r {
+            Ok((v, f, Ok(a))) => (v, f, a),
+            Ok((_, _, Err(err))) => return tracing::error!("applying gossiped entries: {err}"),
+            Err(err) => return tracing::error!("applying gossiped entries: {err}"),
+        };
+        for ((e, from), applied) in verified.iter().zip(from).zip(applied) {
+            match applied {
+                Ok(tarn_ledger::Applied::Added) => {
                     let source = from.map_or_else(|| "gossip".to_owned(), |p| p.to_string());
-                    self.audit_entry(&kept, &source);
+                    self.audit_entry(e, &source);
                 }
-                self.enforce_members().await
-            }
-            Ok(Err(AppendError::Gap { author, have, .. })) => {
-                // The sender has what came before: fetch that author's
-                // entries from it, nothing else.
-                if let Some(p) = from {
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        if let Some(_slot) = me.sync_slot(p) {
-                            me.fetch_author(p, author, have + 1).await;
-                        }
-                    });
+                Ok(_) => {}
+                Err(AppendError::Gap { author, have, .. }) => {
+                    // The sender has what came before: fetch that author's
+                    // entries from it, nothing else.
+                    if let Some(p) = from {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            if let Some(_slot) = me.sync_slot(p) {
+                                me.fetch_author(p, author, have + 1).await;
+                            }
+                        });
+                    }
                 }
+                Err(err @ AppendError::NotAdmitted(_)) => {
+                    tracing::debug!("refusing a ledger entry from {from:?}: {err}")
+                }
+                Err(err) => tracing::warn!("refusing a ledger entry from {from:?}: {err}"),
             }
-            Ok(Err(err @ AppendError::NotAdmitted(_))) => {
-                tracing::debug!("refusing a ledger entry from {from:?}: {err}")
-            }
-            Ok(Err(err)) => tracing::warn!("refusing a ledger entry from {from:?}: {err}"),
-            Err(err) => tracing::error!("applying a ledger entry: {err}"),
         }
+        self.enforce_members().await
     }
 
     /// Anti-entropy with one peer: exchange heads, fetch what is missing.
@@ -206,16 +217,23 @@ impl Mesh {
             let n = batch.len() as u64;
             let me = self.clone();
             let ok = tokio::task::spawn_blocking(move || {
-                let mut l = me.ledger.lock().unwrap_or_else(|p| p.into_inner());
-                let mut added = Vec::new();
+                let mut es = Vec::with_capacity(batch.len());
                 for b in batch {
                     let e = Entry::verify_bytes(&b).map_err(|e| e.to_string())?;
                     if e.entry().author != author {
                         return Err("an entry of another author".to_owned());
                     }
-                    if l.apply_relayed(&e).map_err(|e| e.to_string())?
-                        == tarn_ledger::Applied::Added
-                    {
+                    es.push(e);
+                }
+                let applied = me
+                    .ledger
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .apply_relayed_all(&es)
+                    .map_err(|e| e.to_string())?;
+                let mut added = Vec::new();
+                for (e, a) in es.into_iter().zip(applied) {
+                    if a.map_err(|e| e.to_string())? == tarn_ledger::Applied::Added {
                         added.push(e);
                     }
                 }
