@@ -48,8 +48,8 @@ fn process_counters() -> (usize, u64, f64) {
     (fds, lo, cpu)
 }
 
-fn traffic(m: &LocalMesh) -> (u64, u64, u64, u64, u64) {
-    m.running().fold((0, 0, 0, 0, 0), |acc, (_, node)| {
+fn traffic(m: &LocalMesh) -> (u64, u64, u64, u64, u64, u64) {
+    m.running().fold((0, 0, 0, 0, 0, 0), |acc, (_, node)| {
         let s = &node.mesh().stats;
         (
             acc.0 + s.gossip_in_msgs.load(Relaxed),
@@ -57,6 +57,7 @@ fn traffic(m: &LocalMesh) -> (u64, u64, u64, u64, u64) {
             acc.2 + s.rpc_in_msgs.load(Relaxed),
             acc.3 + s.rpc_in_bytes.load(Relaxed),
             acc.4 + s.links_opened.load(Relaxed),
+            acc.5 + s.rumors_in_msgs.load(Relaxed),
         )
     })
 }
@@ -77,8 +78,9 @@ async fn run(n: usize) -> anyhow::Result<()> {
     let (s, (_, lo_s, cpu_s)) = (traffic(&mesh), process_counters());
     let nf = n as f64;
     println!(
-        "N={n}: start-up, per node: {:.0} gossip deliveries ({:.1} KB), {:.0} requests ({:.1} KB), {:.1} links opened, {:.0} KB on the wire; {:.1} CPU seconds in all",
+        "N={n}: start-up, per node: {:.0} gossip deliveries ({:.0} rumors, {:.1} KB), {:.0} requests ({:.1} KB), {:.1} links opened, {:.0} KB on the wire; {:.1} CPU seconds in all",
         s.0 as f64 / nf,
+        s.5 as f64 / nf,
         s.1 as f64 / nf / 1e3,
         s.2 as f64 / nf,
         s.3 as f64 / nf / 1e3,
@@ -88,8 +90,24 @@ async fn run(n: usize) -> anyhow::Result<()> {
     );
     let entries = 4 + (n - 1) * 2;
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut report = Instant::now() + Duration::from_secs(10);
     while !everyone_knows_everyone(&mesh, n, entries) {
         anyhow::ensure!(Instant::now() < deadline, "N={n}: no convergence in 600 s");
+        if Instant::now() >= report {
+            report += Duration::from_secs(10);
+            let (least_entries, least_alive) =
+                mesh.running()
+                    .fold((usize::MAX, usize::MAX), |(e, a), (_, node)| {
+                        (
+                            e.min(node.mesh().ledger_state().1),
+                            a.min(node.mesh().liveness_counts().0 + 1),
+                        )
+                    });
+            eprintln!(
+                "N={n}: {:.0?} in: the least informed node holds {least_entries} of {entries} entries, knows {least_alive} of {n} up",
+                started.elapsed()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let known = started.elapsed() - startup;

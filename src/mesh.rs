@@ -63,6 +63,8 @@ pub struct PeerState {
 pub struct MeshStats {
     pub gossip_in_msgs: AtomicU64,
     pub gossip_in_bytes: AtomicU64,
+    /// Of `gossip_in_msgs`, the liveness rumors.
+    pub rumors_in_msgs: AtomicU64,
     pub rpc_in_msgs: AtomicU64,
     pub rpc_in_bytes: AtomicU64,
     /// Links opened (the first connection with a peer), since start.
