@@ -27,6 +27,7 @@ mod identity;
 mod ledger_sync;
 pub mod liveness;
 mod presence;
+pub mod sim;
 
 pub use dispatch::{Events, Router, SYNC_EVERY, Serve};
 pub use identity::{

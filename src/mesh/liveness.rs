@@ -319,6 +319,13 @@ impl Table {
 
     /// Merges a neighbour's rows: each record as if gossiped, each of its
     /// suspicions as a suspicion of ours (our own timer decides death).
+    ///
+    /// A suspicion is only ever settled by the suspect itself, so whatever
+    /// the two tables disagree on is gossiped for it to hear: a suspicion
+    /// we take from the neighbour, and one we hold that the neighbour does
+    /// not (after a partition heals, each side holds the other dead; left
+    /// silent, those verdicts would spread by merging to peers that can
+    /// reach the suspect and time out there before it refutes).
     pub fn merge(&mut self, rows: Vec<Row>, now: u64) -> Vec<Applied> {
         let mut out = Vec::new();
         for row in rows {
@@ -327,11 +334,22 @@ impl Table {
             if a != Applied::default() {
                 out.push(a);
             }
+            let suspicion = Rumor::Suspect { peer, incarnation };
             if row.suspect {
-                let a = self.apply(Rumor::Suspect { peer, incarnation }, now);
+                let mut a = self.apply(suspicion.clone(), now);
+                if a.changed && a.gossip.is_none() {
+                    a.gossip = Some(suspicion);
+                }
                 if a != Applied::default() {
                     out.push(a);
                 }
+            } else if self.peers.get(&peer).is_some_and(|e| {
+                e.record.incarnation == incarnation && !e.record.leaving && e.state != State::Alive
+            }) {
+                out.push(Applied {
+                    gossip: Some(suspicion),
+                    ..Applied::default()
+                });
             }
         }
         out
@@ -472,5 +490,47 @@ mod tests {
         a.tick(20_001 + SUSPECT_FOR_MS);
         assert_eq!(a.digest(), b.digest());
         assert_eq!(a.counts().0, b.counts().0);
+    }
+
+    #[test]
+    fn merging_tells_the_suspect_what_the_tables_disagree_on() {
+        let (mut a, mut b) = (
+            Table::new(key(1), 100, addr(1)),
+            Table::new(key(2), 200, addr(2)),
+        );
+        let x = Table::new(key(3), 300, addr(3));
+        for t in [&mut a, &mut b] {
+            t.apply(Rumor::Alive(x.own().clone()), 0);
+        }
+        a.probe_failed(&author(3), 10);
+        a.tick(10 + SUSPECT_FOR_MS);
+        let suspicion = Rumor::Suspect {
+            peer: author(3),
+            incarnation: 300,
+        };
+        // b takes a's verdict as a suspicion of its own, and passes it on.
+        let from_a: Vec<_> = b
+            .merge(a.page(None).0, 20_000)
+            .into_iter()
+            .filter_map(|x| x.gossip)
+            .collect();
+        assert_eq!(from_a, vec![suspicion.clone()]);
+        assert_eq!(b.state(&author(3)), Some(State::Suspect(20_000)));
+        // a, reading a table where x is alive, tells x it is held dead.
+        let mut c = Table::new(key(4), 400, addr(4));
+        c.apply(Rumor::Alive(x.own().clone()), 0);
+        let from_c: Vec<_> = a
+            .merge(c.page(None).0, 20_000)
+            .into_iter()
+            .filter_map(|x| x.gossip)
+            .collect();
+        assert_eq!(from_c, vec![suspicion]);
+        // Agreeing tables say nothing.
+        let again: Vec<_> = b
+            .merge(a.page(None).0, 20_001)
+            .into_iter()
+            .filter_map(|x| x.gossip)
+            .collect();
+        assert!(again.is_empty(), "{again:?}");
     }
 }
