@@ -88,6 +88,8 @@ async fn run(n: usize) -> anyhow::Result<()> {
         (lo_s - lo_b) as f64 / nf / 1e3,
         cpu_s - cpu_b
     );
+    // A lower bound: each node publishes three policies (operator, query,
+    // config), node 0 more; the heads must also agree, which is exact.
     let entries = 4 + (n - 1) * 2;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut report = Instant::now() + Duration::from_secs(10);
