@@ -36,6 +36,9 @@ pub const GOSSIP_QUEUE: usize = 4096;
 const APPLY_BATCH: usize = 256;
 /// Anti-entropy runs at once.
 pub const MAX_SYNCS: usize = 32;
+/// Probes of lost links at once: one a lost link, and links are bounded
+/// (`peers_max`), so this is only reached when most links drop together.
+pub const MAX_PROBES: usize = 64;
 /// How often each node compares ledger heads with a few peers.
 pub const SYNC_EVERY: Duration = Duration::from_secs(3);
 /// Peers compared with per round: enough to repair, cheap at any size
@@ -131,6 +134,8 @@ impl Router {
         let room = Room {
             slots: Arc::new(Semaphore::new(self.slots)),
             syncs: Arc::new(Semaphore::new(MAX_SYNCS)),
+            tick: Arc::new(Semaphore::new(1)),
+            probes: Arc::new(Semaphore::new(MAX_PROBES)),
             gossip: self.ledger_worker(),
         };
         let mut round = 0usize;
@@ -149,7 +154,7 @@ impl Router {
                 _ = second.tick() => {
                     seconds += 1;
                     let m = self.mesh.clone();
-                    if let Some(permit) = free(&room.syncs) {
+                    if let Some(permit) = free(&room.tick) {
                         spawn(permit, async move { m.liveness_tick(seconds).await });
                     }
                 }
@@ -218,9 +223,16 @@ impl Router {
             }
             Event::Disconnected { peer, on_purpose } => {
                 mesh.note(peer, Some(false));
-                if !on_purpose && let Some(permit) = free(&room.syncs) {
-                    let m = mesh.clone();
-                    spawn(permit, async move { m.link_lost(peer).await });
+                if !on_purpose {
+                    match free(&room.probes) {
+                        Some(permit) => {
+                            let m = mesh.clone();
+                            spawn(permit, async move { m.link_lost(peer).await });
+                        }
+                        None => tracing::warn!(
+                            "{peer} was lost with {MAX_PROBES} probes running: not probed"
+                        ),
+                    }
                 }
             }
             // Only members' gossip (its entries would be refused anyway).
@@ -323,6 +335,11 @@ impl Router {
 struct Room {
     slots: Arc<Semaphore>,
     syncs: Arc<Semaphore>,
+    /// Liveness has rooms of its own: syncs with peers behind a cut link
+    /// wait out their timeouts, and while they filled every sync slot, lost
+    /// links went unprobed and suspicions never became deaths.
+    tick: Arc<Semaphore>,
+    probes: Arc<Semaphore>,
     gossip: mpsc::Sender<Gossiped>,
 }
 

@@ -10,6 +10,7 @@ mod distributed;
 mod edgelake;
 mod harness;
 mod ingest;
+mod lan;
 mod mesh;
 mod netns;
 mod robust;
