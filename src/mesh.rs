@@ -610,6 +610,12 @@ impl Mesh {
         }
     }
 
+    /// Closes the links with `peer` on purpose (with a goodbye), unless it
+    /// is protected or has a request in flight: for links opened on demand.
+    pub async fn release(&self, peer: PeerId) {
+        let _ = self.net.disconnect(peer).await;
+    }
+
     /// Whether a peer is connected now.
     pub fn connected_now(&self, peer: &PeerId) -> bool {
         self.peers

@@ -158,7 +158,20 @@ impl Exec {
         })
     }
 
+    /// Asks a remote operator; a link opened for this ask alone is closed
+    /// once it is answered (a query over hundreds of operators would
+    /// otherwise hold a link to each of them until the idle trimming, and
+    /// reach the connection cap before it is done).
     async fn fetch_from(&self, ask: &Ask<'_>, held: &mut Held<'_>) -> Result<Part, Failure> {
+        let linked = self.mesh.connected_now(&ask.peer);
+        let r = self.fetch_chunks(ask, held).await;
+        if !linked {
+            self.mesh.release(ask.peer).await;
+        }
+        r
+    }
+
+    async fn fetch_chunks(&self, ask: &Ask<'_>, held: &mut Held<'_>) -> Result<Part, Failure> {
         let remaining = ask.deadline.saturating_duration_since(Instant::now());
         let mut msg = Request::Partial {
             db: ask.db.to_owned(),
