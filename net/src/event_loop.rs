@@ -547,6 +547,13 @@ impl EventLoop {
                     self.emit(Event::Connected(peer_id)).await;
                 }
             }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                tracing::debug!("dialing {peer} failed: {error}");
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,

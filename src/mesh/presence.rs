@@ -107,7 +107,11 @@ impl Mesh {
                 }
             }
             if let Some(g) = a.gossip {
-                tracing::info!("refuting a rumor that this node is down");
+                match &g {
+                    Rumor::Alive(_) => tracing::info!("refuting a rumor that this node is down"),
+                    // Merged tables disagreed: the suspect must hear it.
+                    Rumor::Suspect { .. } => tracing::debug!("passing on a suspicion"),
+                }
                 if !self.gossip(&g).await {
                     self.announce.store(true, Ordering::SeqCst);
                 }
