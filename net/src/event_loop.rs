@@ -552,7 +552,7 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                tracing::debug!("dialing {peer} failed: {error}");
+                tracing::debug!("dialing {peer} failed: {error:?}");
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
