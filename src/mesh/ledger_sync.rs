@@ -19,7 +19,7 @@ use crate::proto::{Reply, WireError};
 
 /// Most often a node exchanges whole liveness tables, or whole ledger
 /// heads, with a peer (each kind on its own clock).
-const FULL_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+pub(super) const FULL_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The O(N) exchanges that [`FULL_SYNC_EVERY`] limits.
 #[derive(Clone, Copy)]

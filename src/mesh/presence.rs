@@ -20,9 +20,9 @@ use crate::proto::liveness::{MAX_RUMOR_BYTES, Rumor, TOPIC};
 /// How long a probe of a peer whose link was lost may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long after a probe a lost link with the same peer is not probed.
-const PROBE_QUIET: Duration = Duration::from_secs(60);
+pub(super) const PROBE_QUIET: Duration = Duration::from_secs(60);
 /// Every how many ticks (seconds) a dead peer is tried again.
-const RETRY_DEAD_EVERY: u64 = 30;
+pub(super) const RETRY_DEAD_EVERY: u64 = 30;
 /// Most pages read in one table pull.
 const MAX_PAGES: usize = super::liveness::MAX_PEERS / super::liveness::PAGE + 1;
 

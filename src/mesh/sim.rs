@@ -26,8 +26,9 @@ use std::collections::{BinaryHeap, HashMap};
 pub use member::{Member, Model, Real, Say};
 
 use super::dispatch::SYNC_EVERY;
+use super::ledger_sync::FULL_SYNC_EVERY;
 use super::liveness::SUSPECT_FOR_MS;
-use super::presence::PROBE_TIMEOUT;
+use super::presence::{PROBE_QUIET, PROBE_TIMEOUT, RETRY_DEAD_EVERY};
 
 /// What a run simulates.
 #[derive(Debug, Clone)]
@@ -103,10 +104,12 @@ const ENTRY_BYTES: u64 = 310;
 const DIGEST_BYTES: u64 = 84;
 const HEAD_BYTES: u64 = 45;
 /// How long a node waits between O(N) exchanges of one kind.
-const FULL_EVERY_MS: u32 = 10_000;
+const FULL_EVERY_MS: u32 = FULL_SYNC_EVERY.as_millis() as u32;
 const PING_EVERY_MS: u32 = 30_000;
 const PING_TIMEOUT_MS: u32 = 10_000;
-const PROBE_QUIET_MS: u32 = 60_000;
+const PROBE_QUIET_MS: u32 = PROBE_QUIET.as_millis() as u32;
+/// A dead peer is tried again every this many ticks (seconds).
+const RETRY_DEAD_TICKS: u32 = RETRY_DEAD_EVERY as u32;
 /// Gossipsub's mesh degree: D, D_low, D_high.
 const MESH: (usize, usize, usize) = (6, 5, 12);
 /// Gossipsub forgets a message id after this long.

@@ -471,6 +471,26 @@ impl Drop for Hosts {
     }
 }
 
+/// Network namespaces made by a test and the processes run in them: on
+/// drop the processes are killed, then the namespaces deleted (and with
+/// them the veth ends inside).
+pub struct Namespaces {
+    pub names: Vec<String>,
+    pub children: Vec<Child>,
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
 pub fn ip(args: &[&str]) {
     let ok = Command::new("ip")
         .args(args)

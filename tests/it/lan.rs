@@ -9,10 +9,10 @@
 //! Needs root and iproute2 (`ip netns`); without them the test says
 //! SKIPPED on stderr and passes, since nothing can be checked.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{BIN, ip, netns_available, start_line, wait_for};
+use crate::harness::{BIN, Namespaces, ip, netns_available, start_line, wait_for};
 
 const HOSTS: usize = 12;
 const CUT_OFF: std::ops::Range<usize> = 8..12;
@@ -23,20 +23,8 @@ struct Lan {
     switch: String,
     hosts: Vec<String>,
     ports: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Deleting a namespace deletes the veth ends in it, and so the pairs.
-        for n in self.hosts.iter().chain(std::iter::once(&self.switch)) {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
+    /// Every namespace above and the nodes in them, cleaned up on drop.
+    made: Namespaces,
 }
 
 impl Lan {
@@ -46,9 +34,13 @@ impl Lan {
             switch: switch.clone(),
             hosts: Vec::new(),
             ports: Vec::new(),
-            children: Vec::new(),
+            made: Namespaces {
+                names: Vec::new(),
+                children: Vec::new(),
+            },
         };
         ip(&["netns", "add", &switch]);
+        lan.made.names.push(switch.clone());
         for br in ["br0", "br1"] {
             ip(&["-n", &switch, "link", "add", br, "type", "bridge"]);
             ip(&["-n", &switch, "link", "set", br, "up"]);
@@ -60,6 +52,7 @@ impl Lan {
                 format!("{tag}p{i}"),
             );
             ip(&["netns", "add", &ns]);
+            lan.made.names.push(ns.clone());
             lan.hosts.push(ns.clone());
             ip(&["link", "add", &nic, "type", "veth", "peer", "name", &port]);
             ip(&["link", "set", &nic, "netns", &ns]);
@@ -192,7 +185,7 @@ fn a_dozen_hosts_keep_few_links_and_converge_after_the_lan_is_split() {
             .spawn()
             .expect("start tarn node in a namespace");
         let (url, peer, p2p) = start_line(&mut child);
-        lan.children.push(child);
+        lan.made.children.push(child);
         let own = p2p
             .into_iter()
             .find(|a| a.contains(&Lan::addr(i)))

@@ -10,24 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cluster::{cluster_members_alive, local_counts};
-use crate::harness::{BIN, Hosts, TestNode, ip, netns_available, start_line, wait_for};
-
-struct Namespaces {
-    names: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
+use crate::harness::{BIN, Hosts, Namespaces, TestNode, ip, netns_available, start_line, wait_for};
 
 /// Starts `tarn node` inside namespace `ns`; returns the child and its start line.
 fn node_in(

@@ -56,7 +56,8 @@ impl<M: Member> Sim<M> {
     /// When `at` notices that its link to `peer` went silent: its next
     /// ping on that link, plus the ping's timeout.
     pub(super) fn notice_silence(&mut self, at: usize, peer: usize) {
-        let phase = (mix(self.p.seed ^ (at as u64) << 32, peer as u64) % 30_000) as u32;
+        let phase =
+            (mix(self.p.seed ^ (at as u64) << 32, peer as u64) % PING_EVERY_MS as u64) as u32;
         let next = phase + (self.now.saturating_sub(phase)).div_ceil(PING_EVERY_MS) * PING_EVERY_MS;
         let epoch = self.nodes[at].epoch;
         let ev = Ev::Lost {
@@ -113,10 +114,10 @@ impl<M: Member> Sim<M> {
             let b = links[round % links.len()] as usize;
             self.sync(i, b);
         }
-        if ticks % 30 == 29 {
+        if ticks % RETRY_DEAD_TICKS == RETRY_DEAD_TICKS - 1 {
             let dead = self.nodes[i].m.dead();
             if !dead.is_empty() {
-                let pick = dead[(ticks / 30) as usize % dead.len()];
+                let pick = dead[(ticks / RETRY_DEAD_TICKS) as usize % dead.len()];
                 if !self.link(i, pick, true) && self.nodes[i].links.contains(&(pick as u32)) {
                     self.sync(i, pick);
                 }
@@ -154,14 +155,7 @@ impl<M: Member> Sim<M> {
         }
         if self.nodes[i].links.len() > self.p.links {
             // Peers outside the gossip mesh first; a goodbye, no probe.
-            let spare: Vec<u32> = {
-                let node = &self.nodes[i];
-                node.links
-                    .iter()
-                    .copied()
-                    .filter(|l| !node.mesh.contains(l))
-                    .collect()
-            };
+            let spare = self.outside_mesh(i);
             if let Some(&b) = spare.get(self.rng.below(spare.len().max(1))) {
                 self.unlink(i, b as usize);
                 self.unlink(b as usize, i);
@@ -169,18 +163,21 @@ impl<M: Member> Sim<M> {
         }
     }
 
+    /// Node `i`'s links that are not in its gossip mesh.
+    fn outside_mesh(&self, i: usize) -> Vec<u32> {
+        let node = &self.nodes[i];
+        node.links
+            .iter()
+            .copied()
+            .filter(|l| !node.mesh.contains(l))
+            .collect()
+    }
+
     /// Gossipsub's heartbeat: keep the mesh between D_low and D_high.
     pub(super) fn heartbeat(&mut self, i: usize) {
         let (d, low, high) = MESH;
         if self.nodes[i].mesh.len() < low {
-            let mut spare: Vec<u32> = {
-                let node = &self.nodes[i];
-                node.links
-                    .iter()
-                    .copied()
-                    .filter(|l| !node.mesh.contains(l))
-                    .collect()
-            };
+            let mut spare = self.outside_mesh(i);
             while self.nodes[i].mesh.len() < d && !spare.is_empty() {
                 let b = spare.swap_remove(self.rng.below(spare.len()));
                 if self.nodes[b as usize].mesh.len() < high && self.nodes[b as usize].up {
