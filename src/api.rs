@@ -58,6 +58,8 @@ pub struct Info {
     pub streaming: StreamingConfig,
     /// REST is served over TLS.
     pub tls: bool,
+    /// The watched directory, when the node loads files from one.
+    pub watch_dir: Option<PathBuf>,
 }
 
 impl Info {

@@ -492,6 +492,7 @@ fn info_of(cfg: &Config, rest: SocketAddr) -> Info {
         cluster: cfg.cluster.clone(),
         streaming: cfg.streaming.clone(),
         tls: cfg.tls.cert.is_some(),
+        watch_dir: (cfg.has(Service::Operator) && cfg.watch.enabled).then(|| cfg.watch_dir()),
     }
 }
 

@@ -246,23 +246,37 @@ impl Storage {
     }
 
     /// The columns of `db.table` with the types EdgeLake declares for them
-    /// (`int`, `decimal`, `varchar`, `bool`, `timestamp`, and its own for
-    /// the system columns), as `get columns` and the `table` policy show.
+    /// (`int`, `decimal`, `char(4)`, `varchar`, ... as EdgeLake infers them
+    /// from the rows that made each column, and its own for the system
+    /// columns), as the `table` policy shows them.
     pub fn declared_columns(
         &self,
         db: &str,
         table: &str,
-    ) -> Result<Vec<(String, &'static str)>, StoreError> {
-        Ok(self
-            .columns(db, table)?
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let columns = self.columns(db, table)?;
+        let table = table.to_ascii_lowercase();
+        let database = self.database(db)?;
+        let declared = if Arc::ptr_eq(&database, &self.almgm) {
+            Default::default()
+        } else {
+            database
+                .with_reader(|c| schema::load_declared(c, &table))
+                .map_err(|e| StoreError::internal("reading declared types", e))?
+        };
+        Ok(columns
             .into_iter()
             .map(|(name, t)| {
                 let decl = match name.as_str() {
-                    "row_id" => "integer",
-                    "insert_timestamp" => "timestamp",
-                    "tsd_name" => "char(3)",
-                    "tsd_id" => "int",
-                    _ => t.edgelake_name(),
+                    "row_id" => "integer".to_owned(),
+                    "insert_timestamp" => "timestamp".to_owned(),
+                    "tsd_name" => "char(3)".to_owned(),
+                    "tsd_id" => "int".to_owned(),
+                    // A column made before tarn kept EdgeLake's names.
+                    _ => declared
+                        .get(&name)
+                        .cloned()
+                        .unwrap_or_else(|| t.edgelake_name().to_owned()),
                 };
                 (name, decl)
             })

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 mod blockchain;
+mod dialect;
 mod get;
 mod network;
 mod shapes;

@@ -164,7 +164,7 @@ pub async fn announce_tables(mesh: &Arc<Mesh>, me: &Me, store: &Storage) {
 
 /// The body of a `table` policy: tarn's routing fields, the columns in
 /// order, and EdgeLake's `create` statement for its scripts.
-fn table_policy(db: &str, table: &str, cluster: &str, columns: &[(String, &str)]) -> Value {
+fn table_policy(db: &str, table: &str, cluster: &str, columns: &[(String, String)]) -> Value {
     let list: Vec<Value> = columns
         .iter()
         .map(|(n, t)| serde_json::json!({"name": n, "type": t}))

@@ -105,6 +105,7 @@ impl Database {
             );
         }
         conn.execute_batch(super::batches::BATCHES_DDL)?;
+        conn.execute_batch(super::schema::COLUMNS_DDL)?;
         conn.set_prepared_statement_cache_capacity(256);
         let schemas = load_schemas(&conn)?;
         Ok(Database {

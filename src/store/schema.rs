@@ -242,6 +242,163 @@ pub(super) fn alter_sql(table: &str, schema: &TableSchema, new: &[(String, ColTy
     sql
 }
 
+/// The type EdgeLake would declare for each user column (what `get
+/// columns` and the `table` policy show): SQLite's own declaration keeps
+/// tarn's affinity, so EdgeLake's name is kept beside it.
+pub(super) const COLUMNS_DDL: &str = "CREATE TABLE IF NOT EXISTS tarn_columns (
+        tbl TEXT NOT NULL,
+        col TEXT NOT NULL,
+        decl TEXT NOT NULL,
+        PRIMARY KEY (tbl, col)
+    ) WITHOUT ROWID;";
+
+/// Records EdgeLake's declared type of the columns a batch adds, from that
+/// batch's values (in the transaction that adds them).
+pub(super) fn record_declared(
+    conn: &Connection,
+    table: &str,
+    new: &[(String, ColType)],
+    rows: &Rows,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO tarn_columns (tbl, col, decl) VALUES (?1, ?2, ?3)",
+    )?;
+    for (c, t) in new {
+        let decl = match rows.columns.iter().position(|x| x == c) {
+            Some(i) => edgelake_decl(*t, rows.rows.iter().map(|r| &r[i])),
+            None => t.edgelake_name().to_owned(),
+        };
+        stmt.execute(rusqlite::params![table, c, decl])?;
+    }
+    Ok(())
+}
+
+/// The declared types recorded for `table`'s columns.
+pub(super) fn load_declared(
+    conn: &Connection,
+    table: &str,
+) -> rusqlite::Result<HashMap<String, String>> {
+    conn.prepare_cached("SELECT col, decl FROM tarn_columns WHERE tbl = ?1")?
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+/// EdgeLake's reading of one value (its `get_column_type_by_value`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decl {
+    Char(usize),
+    Varchar,
+    Uuid,
+    Int,
+    BigInt,
+    Decimal,
+    Float,
+    Boolean,
+    Timestamp,
+}
+
+impl Decl {
+    fn of(ty: ColType, v: &Val) -> Option<Decl> {
+        Some(match (ty, v) {
+            (_, Val::Null) => return None,
+            (ColType::Boolean, _) => Decl::Boolean,
+            (ColType::Timestamp, _) => Decl::Timestamp,
+            // EdgeLake takes integers near 2^31 for big ones.
+            (ColType::Integer, Val::Int(i)) if i.unsigned_abs() > 0x5F5_E0FF => Decl::BigInt,
+            (ColType::Integer, _) => Decl::Int,
+            (ColType::Float, Val::Float(f))
+                if *f != 0.0 && (1..=5).contains(&py_fraction_len(*f)) =>
+            {
+                Decl::Decimal
+            }
+            (ColType::Float, _) => Decl::Float,
+            (ColType::Text, Val::Text(t)) if t.is_empty() => Decl::Varchar,
+            (ColType::Text, Val::Text(t)) if is_uuid(t) => Decl::Uuid,
+            (ColType::Text, Val::Text(t)) if t.chars().count() <= 8 => {
+                Decl::Char(t.chars().count())
+            }
+            (ColType::Text, _) => Decl::Varchar,
+        })
+    }
+
+    /// Two readings of one column made one (EdgeLake's `resolve_data_type`).
+    fn resolve(a: Decl, b: Decl) -> Decl {
+        use Decl::*;
+        match (a, b) {
+            _ if a == b => a,
+            (Char(x), Char(y)) => Char(x.max(y)),
+            (Char(_), Varchar) | (Varchar, Char(_)) => Varchar,
+            (Char(_), _) | (_, Char(_)) => Char(32),
+            (Decimal, Int) | (Int, Decimal) => Decimal,
+            (Float, _) | (_, Float) => Float,
+            (BigInt, Int | Decimal) | (Int | Decimal, BigInt) => BigInt,
+            _ => Varchar,
+        }
+    }
+
+    fn name(self) -> String {
+        match self {
+            Decl::Char(n) => format!("char({n})"),
+            Decl::Varchar => "varchar".into(),
+            Decl::Uuid => "uuid".into(),
+            Decl::Int => "int".into(),
+            Decl::BigInt => "bigint".into(),
+            Decl::Decimal => "decimal".into(),
+            Decl::Float => "float".into(),
+            Decl::Boolean => "boolean".into(),
+            Decl::Timestamp => "timestamp".into(),
+        }
+    }
+}
+
+/// The type EdgeLake declares for a column made from `values`: `int` or
+/// `bigint`; `decimal` for floats written with 1 to 5 decimals, `float`
+/// otherwise; `boolean`; `timestamp`; for text `uuid`, `char(n)` for values
+/// of at most 8 characters, `varchar` otherwise. A column of nulls only is
+/// named after tarn's type.
+pub fn edgelake_decl<'a>(ty: ColType, values: impl Iterator<Item = &'a Val>) -> String {
+    values
+        .filter_map(|v| Decl::of(ty, v))
+        .reduce(Decl::resolve)
+        .map_or_else(|| ty.edgelake_name().to_owned(), Decl::name)
+}
+
+/// How many characters follow the last `.` of Python's `str(f)` (EdgeLake
+/// counts them to tell `decimal` from `float`): the shortest round-trip
+/// digits, in exponent form outside 1e-4..1e16.
+fn py_fraction_len(f: f64) -> usize {
+    let sci = format!("{:e}", f.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits = mantissa.replace('.', "").len() as i32;
+    if (-4..16).contains(&exp) {
+        (digits - 1 - exp).max(1) as usize
+    } else if digits == 1 {
+        // "1e-05": no '.', the whole text counts.
+        format!("1e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs()).len()
+    } else {
+        // "1.25e-07": the digits after the point, and the exponent.
+        (digits - 1) as usize + 2 + format!("{:02}", exp.abs()).len()
+    }
+}
+
+fn is_uuid(t: &str) -> bool {
+    let b = t.as_bytes();
+    let hex = |r: &[u8]| r.iter().all(u8::is_ascii_hexdigit);
+    match b.len() {
+        32 => hex(b),
+        36 => {
+            [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
+                && hex(&b[..8])
+                && hex(&b[9..13])
+                && hex(&b[14..18])
+                && hex(&b[19..23])
+                && hex(&b[24..])
+        }
+        _ => false,
+    }
+}
+
 /// Every table's user columns as the database declares them.
 pub(super) fn load_schemas(
     conn: &Connection,
@@ -286,6 +443,47 @@ mod tests {
         assert_eq!(infer("c", [Null].into_iter()).unwrap(), ColType::Text);
         assert!(infer("c", [Int, Text].into_iter()).is_err());
         assert!(infer("c", [Bool, Int].into_iter()).is_err());
+    }
+
+    #[test]
+    fn declares_columns_as_edgelake_does() {
+        let t = |v: &[&str]| {
+            let vals: Vec<Val> = v.iter().map(|s| Val::Text((*s).into())).collect();
+            edgelake_decl(ColType::Text, vals.iter())
+        };
+        // Source: EdgeLake's suggest_create_table.py, and AnyLog's unit
+        // tests (monitor_id 'BCT'..'BG10' is char(4), a 21-letter one varchar).
+        assert_eq!(t(&["BCT", "BG10", "DF2"]), "char(4)");
+        assert_eq!(t(&["true", "false"]), "char(5)");
+        assert_eq!(t(&["InconLoadTapChangerAI"]), "varchar");
+        assert_eq!(t(&["BCT", "InconLoadTapChangerAI"]), "varchar");
+        assert_eq!(t(&["f0bd0832-a81e-11ea-b46d-d4856454f4ba"]), "uuid");
+        assert_eq!(
+            t(&["f0bd0832-a81e-11ea-b46d-d4856454f4ba", "ab"]),
+            "char(32)"
+        );
+        let f = |v: &[f64]| {
+            let vals: Vec<Val> = v.iter().map(|x| Val::Float(*x)).collect();
+            edgelake_decl(ColType::Float, vals.iter())
+        };
+        assert_eq!(f(&[8.491, 431.448, 276.0]), "decimal");
+        assert_eq!(f(&[-1.0399999618530273]), "float");
+        assert_eq!(f(&[8.491, -1.0399999618530273]), "float");
+        assert_eq!(f(&[0.0]), "float");
+        assert_eq!(f(&[1e-5]), "decimal");
+        assert_eq!(f(&[1.25e-7]), "float");
+        assert_eq!(f(&[1.5e20]), "decimal");
+        let i = |v: &[i64]| {
+            let vals: Vec<Val> = v.iter().map(|x| Val::Int(*x)).collect();
+            edgelake_decl(ColType::Integer, vals.iter())
+        };
+        assert_eq!(i(&[0, 6000, -5]), "int");
+        assert_eq!(i(&[1, 1_700_000_000]), "bigint");
+        assert_eq!(edgelake_decl(ColType::Text, [Val::Null].iter()), "varchar");
+        assert_eq!(
+            edgelake_decl(ColType::Boolean, [Val::Bool(true)].iter()),
+            "boolean"
+        );
     }
 
     #[test]

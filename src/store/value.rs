@@ -66,7 +66,7 @@ impl ColType {
             ColType::Integer => "int",
             ColType::Float => "decimal",
             ColType::Text => "varchar",
-            ColType::Boolean => "bool",
+            ColType::Boolean => "boolean",
             ColType::Timestamp => "timestamp",
         }
     }

@@ -11,7 +11,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use super::batches::{BatchMeta, BatchRecord, Committed, Origin, ReplBatch, Written, insert_batch};
 use super::database::{Database, Job};
 use super::names::{ident, user_db};
-use super::schema::{MAX_PARAMS, NewColumns, ROWS_PER_INSERT, TableSchema, alter_sql, insert_sql};
+use super::schema::{
+    MAX_PARAMS, NewColumns, ROWS_PER_INSERT, TableSchema, alter_sql, insert_sql, record_declared,
+};
 use super::{ColType, Rows, Storage, StoreError, Val};
 
 /// About how many bytes of rows one part of a batch holds (see
@@ -295,6 +297,7 @@ impl Storage {
         }
         if !new_cols.is_empty() {
             tx.execute_batch(&alter_sql(table, schema, &new_cols))?;
+            record_declared(tx, table, &new_cols, &rows)?;
         }
         // A large batch written here is recorded as several parts (one
         // transaction still), each small enough to travel to the other

@@ -167,7 +167,11 @@ fn metadata_commands() {
     // Peer connections and ledger sync run; EdgeLake's names for them.
     assert_eq!(p["TCP"]["Status"], "Running");
     assert_eq!(p["Blockchain Sync"]["Status"], "Running");
-    assert_eq!(p["Scheduler"]["Status"], "Not declared");
+    // Its timers are EdgeLake's system scheduler; the files it loaded stay
+    // in the watched directory's archive (EdgeLake's archiver).
+    assert_eq!(p["Scheduler"]["Status"], "Running");
+    assert_eq!(p["Blobs Archiver"]["Status"], "Running");
+    assert_eq!(p["SMTP"]["Status"], "Not declared");
     let names: Vec<&String> = p.as_object().unwrap().keys().collect();
     assert_eq!(names[..4], ["TCP", "REST", "Operator", "Blockchain Sync"]);
     let t = node
@@ -181,11 +185,16 @@ fn metadata_commands() {
         .unwrap();
     assert_eq!(
         c,
-        // The types EdgeLake declares (../shared/EDGELAKE-COMPAT.md).
+        // The types EdgeLake declares from the first rows (its
+        // suggest_create_table: text of at most 8 characters is char(n), a
+        // float written with more than 5 decimals makes the column float),
+        // shown as its get columns shows them (unify_data_type: timestamp
+        // and varchar in PostgreSQL's words); AnyLog's unit tests expect
+        // exactly these names (test_anylog_cli.py, test_table_columns).
         serde_json::json!({
-            "row_id": "integer", "insert_timestamp": "timestamp",
+            "row_id": "integer", "insert_timestamp": "timestamp without time zone",
             "tsd_name": "char(3)", "tsd_id": "int",
-            "timestamp": "timestamp", "device_name": "varchar", "value": "decimal"
+            "timestamp": "timestamp without time zone", "device_name": "char(5)", "value": "float"
         })
     );
     let e = node
@@ -194,7 +203,7 @@ fn metadata_commands() {
         .unwrap();
     assert!(e["err_code"].as_i64().unwrap() > 0);
     let text = node.command("get columns where dbms = lab and table = ping");
-    assert!(text.body.contains("device_name") && text.body.contains("varchar"));
+    assert!(text.body.contains("device_name") && text.body.contains("char(5)"));
 }
 
 /// Answers as EdgeLake 1.4 gives them (observed side by side on the same
@@ -326,4 +335,236 @@ fn sql_answers_as_edgelake_gives_them() {
             "Table 'nope' in DBMS 'lab' not defined (using 'sqlite')"
         );
     }
+}
+
+/// AnyLog's own unit tests (AnyLog-co/unit-testing: insert_data.py,
+/// test_anylog_cli.py, test_sql_queries.py) drive a node this way: a row per
+/// PUT, `flush buffers` sent as a PUT with a `command` header, then `get`
+/// commands and queries whose answers they compare with EdgeLake's. The rows
+/// are made here with the suite's shapes; the expected texts are EdgeLake's
+/// own (its expect/period_complex_day_30.out and
+/// expect/period_and_condition_day_30.out, which these rows reproduce).
+#[test]
+fn anylog_unit_tests_get_edgelake_answers() {
+    let node = LocalNode::start(|c| c.streaming.threshold_ms = 600_000);
+    let plant = [
+        ("DF2", "2024-01-18T14:15:00", 24, 22, 24, "true"),
+        ("DF2", "2024-02-11T09:35:24", 23, 19, 23, "false"),
+        ("DF2", "2023-05-14T02:50:24", 25, 19, 25, "true"),
+        ("BSP", "2024-02-09T22:36:36", 1, 1, 1, "true"),
+        ("BSP", "2024-02-12T10:00:00", 1, 1, 1, "true"),
+        ("BG10", "2024-02-14T00:00:00", 0, 0, 0, "true"),
+        ("BG10", "2023-01-01T23:19:12", 0, 0, 0, "true"),
+    ];
+    for (m, ts, a, b, c, comms) in plant {
+        let row = format!(
+            r#"{{"monitor_id": "{m}", "timestamp": "{ts}.000000Z", "A_Current": {a}, "B_Current": {b}, "C_Current": {c}, "CommsStatus": "{comms}", "Frequency": 6000}}"#
+        );
+        node.put("new_company", "power_plant", "streaming", &row)
+            .ok_json()
+            .unwrap();
+    }
+    for (ts, pv) in [
+        ("2023-01-01T00:00:00", -1.0399999618530273),
+        ("2023-12-28T05:12:36", -1.0500001907348633),
+    ] {
+        let row = format!(
+            r#"{{"monitor_id": "InconLoadTapChangerAI", "timestamp": "{ts}.000000Z", "PV": {pv:?}}}"#
+        );
+        node.put("new_company", "power_plant_pv", "streaming", &row)
+            .ok_json()
+            .unwrap();
+    }
+    for (ts, v) in [
+        ("2023-01-01T00:00:00", "8.491"),
+        ("2024-07-19T12:14:24", "276.0"),
+        ("2024-07-19T23:54:00", "320.6"),
+        ("2025-12-31T23:59:59", "974.959"),
+    ] {
+        let row = format!(r#"{{"timestamp": "{ts}.000000Z", "value": {v}}}"#);
+        node.put("new_company", "rand_data", "streaming", &row)
+            .ok_json()
+            .unwrap();
+    }
+    // `flush buffers` as the suite sends it (rest_call.py's "post" is a PUT).
+    let f = node
+        .client
+        .put(
+            "/",
+            &[("command", "flush buffers"), ("User-Agent", "AnyLog/1.23")],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(f.status, 200, "{}", f.body);
+
+    // test_row_count_complete / _per_table_complete: one total, or a row
+    // per table with extend=(@table_name).
+    let base = "sql new_company format=json and stat=false";
+    let a = node.command(&format!(
+        "{base} and include=(rand_data, power_plant_pv) \"SELECT COUNT(*) AS row_count FROM power_plant;\""
+    ));
+    assert_eq!(a.body, r#"{"Query":[{"row_count":13}]}"#);
+    let a = node
+        .command(&format!(
+            "{base} and include=(rand_data, power_plant_pv) and extend=(@table_name) \"SELECT COUNT(*) AS row_count FROM power_plant;\""
+        ))
+        .json()
+        .unwrap();
+    let mut per: Vec<(String, i64)> = a["Query"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["table_name"].as_str().unwrap().to_owned(),
+                r["row_count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    per.sort();
+    assert_eq!(
+        per,
+        [
+            ("power_plant".to_owned(), 7),
+            ("power_plant_pv".to_owned(), 2),
+            ("rand_data".to_owned(), 4)
+        ]
+    );
+
+    // test_aggregations_group_by: a repeated alias and an ORDER without BY
+    // (EdgeLake reads no ORDER BY there): the groups in their own order.
+    let a = node.command(&format!(
+        "{base} and include=(power_plant_pv) SELECT monitor_id, min(timestamp)::ljust(19) as min_ts, \
+         max(timestamp)::ljust(19) as max_ts, count(*) as row_count as row_count FROM power_plant \
+         GROUP BY monitor_id ORDER min_ts, monitor_id DESC"
+    ));
+    assert_eq!(
+        a.body,
+        r#"{"Query":[{"monitor_id":"BG10","min_ts":"2023-01-01T23:19:12","max_ts":"2024-02-14T00:00:00","row_count":2},{"monitor_id":"BSP","min_ts":"2024-02-09T22:36:36","max_ts":"2024-02-12T10:00:00","row_count":2},{"monitor_id":"DF2","min_ts":"2023-05-14T02:50:24","max_ts":"2024-02-11T09:35:24","row_count":3},{"monitor_id":"InconLoadTapChangerAI","min_ts":"2023-01-01T00:00:00","max_ts":"2023-12-28T05:12:36","row_count":2}]}"#
+    );
+
+    // test_period_complex (day, 30): ORDER BY timestamp, monitor_id DESC
+    // sorts both keys descending in EdgeLake.
+    let t = node.command(
+        "sql new_company format=table and stat=false SELECT monitor_id, min(timestamp) as timestamp, \
+         avg(a_current), avg(b_current) as b_current, avg(c_current) as c_current FROM power_plant \
+         WHERE period(day, 30, \"2024-02-15 20:18:29\", timestamp) AND (monitor_id='DF2' OR monitor_id='BSP') \
+         GROUP BY monitor_id ORDER BY timestamp, monitor_id  DESC",
+    );
+    assert_eq!(
+        t.body,
+        "\nmonitor_id timestamp                  avg(a_current) b_current c_current\n\
+         ---------- -------------------------- -------------- --------- --------- \n\
+         BSP        2024-02-09 22:36:36.000000            1.0       1.0       1.0 \n\
+         DF2        2024-01-18 14:15:00.000000           23.5      20.5      23.5 \n"
+    );
+    // test_period_and (day, 30).
+    let t = node.command(
+        "sql new_company format=table and stat=false SELECT timestamp, a_current, b_current, c_current \
+         FROM power_plant WHERE period(day, 30, \"2024-02-15 20:18:29\", timestamp) AND monitor_id='DF2' \
+         ORDER BY timestamp DESC",
+    );
+    assert_eq!(
+        t.body,
+        "\ntimestamp                  a_current b_current c_current\n\
+         -------------------------- --------- --------- --------- \n\
+         2024-02-11 09:35:24.000000        23        19        23 \n\
+         2024-01-18 14:15:00.000000        24        22        24 \n"
+    );
+    // test_aggregations, and increments: a whole float stays a float
+    // (expect/increments_day_1.out shows `276.0`).
+    let a = node.command(&format!(
+        "{base} \"SELECT min(timestamp) as min_ts, max(timestamp) as max_ts,  MIN(value) as min_val, \
+         MAX(value) as max_val, COUNT(*) as row_count FROM rand_data\""
+    ));
+    assert_eq!(
+        a.body,
+        r#"{"Query":[{"min_ts":"2023-01-01 00:00:00.000000","max_ts":"2025-12-31 23:59:59.000000","min_val":8.491,"max_val":974.959,"row_count":4}]}"#
+    );
+    let t = node.command(
+        "sql new_company format=table and stat=false \"SELECT increments(day, 1, timestamp), \
+         min(timestamp)::ljust(19), max(timestamp)::ljust(19), min(value), avg(value)::float(3), \
+         max(value) FROM rand_data WHERE timestamp >= '2024-07-01' AND timestamp < '2024-08-01';\"",
+    );
+    assert_eq!(
+        t.body,
+        "\nmin(timestamp)      max(timestamp)      min(value) avg(value) max(value)\n\
+         ------------------- ------------------- ---------- ---------- ---------- \n\
+         2024-07-19T12:14:24 2024-07-19T23:54:00      276.0      298.3      320.6 \n"
+    );
+
+    // test_operator_processes / test_query_processes.
+    let p = node
+        .command("get processes where format=json")
+        .json()
+        .unwrap();
+    for k in [
+        "TCP",
+        "REST",
+        "Operator",
+        "Blockchain Sync",
+        "Scheduler",
+        "Blobs Archiver",
+    ] {
+        assert_eq!(p[k]["Status"], "Running", "{k}: {p}");
+    }
+    // test_table_columns: EdgeLake's declared types in its words.
+    let cols = |t: &str| {
+        node.command(&format!(
+            "get columns where dbms=new_company and table={t} and format=json"
+        ))
+        .json()
+        .unwrap()
+    };
+    let c = cols("power_plant");
+    assert_eq!(
+        (
+            &c["row_id"],
+            &c["insert_timestamp"],
+            &c["tsd_name"],
+            &c["tsd_id"]
+        ),
+        (
+            &"integer".into(),
+            &"timestamp without time zone".into(),
+            &"char(3)".into(),
+            &"int".into()
+        )
+    );
+    assert_eq!(
+        (
+            &c["monitor_id"],
+            &c["commsstatus"],
+            &c["a_current"],
+            &c["timestamp"]
+        ),
+        (
+            &"char(4)".into(),
+            &"char(5)".into(),
+            &"int".into(),
+            &"timestamp without time zone".into()
+        )
+    );
+    let c = cols("power_plant_pv");
+    assert_eq!(
+        (&c["monitor_id"], &c["pv"]),
+        (&"character varying".into(), &"float".into())
+    );
+    assert_eq!(cols("rand_data")["value"], "decimal");
+    // test_check_tables.
+    let d = node
+        .command("get data nodes where format=json and dbms=new_company")
+        .json()
+        .unwrap();
+    let mut tables: Vec<&str> = d
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["DBMS"], "new_company");
+            r["Table"].as_str().unwrap()
+        })
+        .collect();
+    tables.sort();
+    assert_eq!(tables, ["power_plant", "power_plant_pv", "rand_data"]);
 }

@@ -231,8 +231,8 @@ fn schema_evolves_with_new_keys() {
             "online"
         ]
     );
-    assert_eq!(cols["seen"], "timestamp");
-    assert_eq!(cols["online"], "bool");
+    assert_eq!(cols["seen"], "timestamp without time zone");
+    assert_eq!(cols["online"], "boolean");
     // An integer column takes a whole float, a float column takes an integer.
     node.post("lab", "evo", r#"{"a": 4.0, "c": 2}"#)
         .ok_json()

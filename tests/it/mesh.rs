@@ -166,7 +166,7 @@ fn nodes_join_by_bootstrap_and_share_policies() {
             .command("get columns where dbms = lab and table = readings and format=json")
             .json()
             .ok()?;
-        (c["site"] == "varchar").then_some(c)
+        (c["site"] == "char(5)").then_some(c)
     });
     let cols = master
         .command("get columns where dbms = lab and table = readings and format=json")
@@ -174,8 +174,8 @@ fn nodes_join_by_bootstrap_and_share_policies() {
         .unwrap();
     assert_eq!(
         cols,
-        serde_json::json!({"row_id": "integer", "insert_timestamp": "timestamp",
-            "tsd_name": "char(3)", "tsd_id": "int", "v": "int", "site": "varchar"})
+        serde_json::json!({"row_id": "integer", "insert_timestamp": "timestamp without time zone",
+            "tsd_name": "char(3)", "tsd_id": "int", "v": "int", "site": "char(5)"})
     );
     assert_eq!(
         master

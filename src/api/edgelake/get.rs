@@ -121,8 +121,26 @@ fn process_list(s: &AppState) -> Vec<(&'static str, Option<String>)> {
                 crate::mesh::SYNC_EVERY.as_secs()
             )),
         ),
-        ("Scheduler", None),
-        ("Blobs Archiver", None),
+        // EdgeLake's system scheduler (id 0) runs its periodic housekeeping;
+        // tarn's node runs the same kind of tasks on timers of its own.
+        (
+            "Scheduler",
+            Some(format!(
+                "Schedulers IDs in use: [0 (system)], tasks: streaming flush every {} ms, \
+                 ledger anti-entropy every {} seconds, audit retention hourly",
+                s.info.streaming.threshold_ms,
+                crate::mesh::SYNC_EVERY.as_secs()
+            )),
+        ),
+        // EdgeLake archives the files it ingested; tarn keeps the files it
+        // loaded from the watched directory in its `archive/`.
+        (
+            "Blobs Archiver",
+            s.info
+                .watch_dir
+                .as_ref()
+                .map(|d| format!("Archiving loaded files in {}", d.join("archive").display())),
+        ),
         ("MQTT", None),
         ("Message Broker", None),
         ("SMTP", None),
@@ -199,7 +217,7 @@ pub(super) fn columns(s: &AppState, kv: Vec<(String, String)>) -> Reply {
     // A node that holds the table answers from its store; any other (a
     // query node) from the schema its operators announced in the ledger.
     let cols: Vec<(String, String)> = match s.store.declared_columns(dbms, table) {
-        Ok(c) => c.into_iter().map(|(n, t)| (n, t.to_owned())).collect(),
+        Ok(c) => c,
         Err(e) => match s
             .mesh
             .with_view(|v| crate::cluster::announce::announced_columns(v, dbms, table))
@@ -208,6 +226,17 @@ pub(super) fn columns(s: &AppState, kv: Vec<(String, String)>) -> Reply {
             None => return Reply::from_error(&e),
         },
     };
+    // EdgeLake shows the declared types in PostgreSQL's words (its
+    // `unify_data_type`): `timestamp without time zone`, `character varying`.
+    let cols = cols.into_iter().map(|(c, t)| {
+        let shown = match t.as_str() {
+            "serial" => "integer".to_owned(),
+            "timestamp" => "timestamp without time zone".to_owned(),
+            "varchar" => "character varying".to_owned(),
+            _ => t,
+        };
+        (c, shown)
+    });
     if wants_json(&kv) {
         let mut m = serde_json::Map::new();
         for (c, t) in cols {

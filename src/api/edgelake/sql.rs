@@ -99,7 +99,7 @@ impl SqlCommand {
         if select.is_empty() {
             return Err("the sql command has no SELECT".into());
         }
-        cmd.select = select;
+        cmd.select = super::dialect::normalize(&select);
         Ok(cmd)
     }
 }
