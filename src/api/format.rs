@@ -205,6 +205,88 @@ fn table_block(out: &mut String, names: &[String], rows: &[Vec<Val>]) {
     out.push('\n');
 }
 
+/// EdgeLake's layout of its `get` tables (`utils_print.output_nested_lists`):
+/// each title left-aligned to its column's width and one space, a line of
+/// dashes with `|` after each column, then each row's cells, numbers (and
+/// short number-like text) right-aligned, each followed by `|`. A column is
+/// as wide as its title or widest cell (at most 100; a longer cell runs on
+/// in lines of 100 under its column). Lines end in `\r\n`, as EdgeLake's do.
+pub fn nested_lists(titles: &[&str], rows: &[Vec<String>]) -> String {
+    const MAX: usize = 100;
+    let len = |s: &str| s.chars().count();
+    let mut widths: Vec<usize> = titles.iter().map(|t| len(t)).collect();
+    for r in rows {
+        for (j, c) in r.iter().enumerate() {
+            let l = len(c).min(MAX);
+            match widths.get_mut(j) {
+                Some(w) => *w = (*w).max(l),
+                None => widths.push(l),
+            }
+        }
+    }
+    let mut out = String::from("\r\n");
+    for (t, w) in titles.iter().zip(&widths) {
+        let _ = write!(out, "{t:<w$}", w = w + 1);
+    }
+    out.push_str("\r\n");
+    for w in widths.iter().take(titles.len()) {
+        out.push_str(&"-".repeat(*w));
+        out.push('|');
+    }
+    for r in rows {
+        out.push_str("\r\n");
+        // The text that starts a continuation line: the columns before.
+        let mut before = String::from("\r\n");
+        for (c, w) in r.iter().zip(&widths) {
+            let w = *w;
+            let text = c.replace('\r', "").replace(['\n', '\t'], " ");
+            if right_shift(&text) {
+                let _ = write!(out, "{text:>w$}|");
+            } else if len(&text) <= MAX {
+                let _ = write!(out, "{text:<w$}|");
+            } else {
+                let chars: Vec<char> = text.chars().collect();
+                for (k, part) in chars.chunks(MAX).enumerate() {
+                    if k > 0 {
+                        out.push_str(&before);
+                    }
+                    let part: String = part.iter().collect();
+                    let _ = write!(out, "{part:<MAX$}|");
+                }
+            }
+            before.push_str(&" ".repeat(w));
+            before.push('|');
+        }
+    }
+    out.push_str("\r\n");
+    out
+}
+
+/// EdgeLake's `is_right_shift` for text: shorter than 20 characters, only
+/// digits, `.` and `,`, a `-` only before the first digit (the empty text
+/// counts too).
+fn right_shift(text: &str) -> bool {
+    if len_lt(text, 20) {
+        let mut number = false;
+        for c in text.chars() {
+            match c {
+                '0'..='9' => number = true,
+                '-' if number => return false,
+                '-' => number = true,
+                '.' | ',' => {}
+                _ => return false,
+            }
+        }
+        true
+    } else {
+        false
+    }
+}
+
+fn len_lt(text: &str, n: usize) -> bool {
+    text.chars().count() < n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +351,62 @@ mod tests {
         assert_eq!(
             native_value(&v, Some(ColType::Text)),
             "2024-01-01 00:00:00.000000"
+        );
+    }
+
+    #[test]
+    fn get_tables_layout() {
+        // An AnyLog node's `get operator` error summary, as its docs show it
+        // (AnyLog-co/documentation, deployment examples).
+        let rows: Vec<Vec<String>> = [
+            "Duplicate JSON Files",
+            "JSON Files Errors",
+            "SQL Files Errors",
+        ]
+        .iter()
+        .map(|e| {
+            vec![
+                e.to_string(),
+                "0".into(),
+                "".into(),
+                "".into(),
+                "0".into(),
+                "".into(),
+            ]
+        })
+        .collect();
+        let out = nested_lists(
+            &[
+                "Error Type",
+                "Counter",
+                "DBMS Name",
+                "Table Name",
+                "Last Error",
+                "Last Error Text",
+            ],
+            &rows,
+        );
+        assert_eq!(
+            out,
+            "\r\nError Type           Counter DBMS Name Table Name Last Error Last Error Text \r\n\
+             --------------------|-------|---------|----------|----------|---------------|\r\n\
+             Duplicate JSON Files|      0|         |          |         0|               |\r\n\
+             JSON Files Errors   |      0|         |          |         0|               |\r\n\
+             SQL Files Errors    |      0|         |          |         0|               |\r\n"
+        );
+        // A cell over 100 characters runs on under its column.
+        let long = "x".repeat(150);
+        let out = nested_lists(&["a", "b"], &[vec!["1".into(), long]]);
+        assert_eq!(
+            out,
+            format!(
+                "\r\na b{pad}\r\n-|{dash}|\r\n1|{x100}|\r\n |{x50}{s50}|\r\n",
+                pad = " ".repeat(100),
+                dash = "-".repeat(100),
+                x100 = "x".repeat(100),
+                x50 = "x".repeat(50),
+                s50 = " ".repeat(50)
+            )
         );
     }
 }

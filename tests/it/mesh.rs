@@ -203,15 +203,19 @@ fn nodes_join_by_bootstrap_and_share_policies() {
         holders[0]["External IP/Port"],
         format!("127.0.0.1:{tcp}").as_str()
     );
+    // EdgeLake's layout for its `get` tables (utils_print.output_nested_lists,
+    // as AnyLog's docs show `get data nodes`): `|` after each cell, numbers
+    // right-aligned, CRLF line ends.
     let text = master.command("get data nodes where dbms = lab").body;
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text.split("\r\n").collect();
     assert!(
         lines[1].starts_with(&format!(
             "Company DBMS Table    {:<32} Cluster Status Node Name Member ID",
             "Cluster ID"
-        )) && lines[3].contains(&format!("{root_id} active         test-node 1 "))
-            && lines[1].ends_with("Main Node Status")
-            && lines[2].starts_with("------- ---- -------- ")
+        )) && lines[3].contains(&format!("|{root_id}|active        |test-node|        1|"))
+            && lines[1].ends_with("Main Node Status ")
+            && lines[2].starts_with("-------|----|--------|")
+            && lines[3].starts_with("       |lab |readings|")
             && lines[3].contains(&format!("127.0.0.1:{tcp}")),
         "{text}"
     );

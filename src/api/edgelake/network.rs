@@ -59,7 +59,8 @@ pub(super) async fn data_nodes(s: &AppState, kv: Vec<(String, String)>) -> Reply
     if wants_json(&kv) {
         return Reply::Json(Value::Array(rows).to_string());
     }
-    // Every column, each as wide as its widest value.
+    // EdgeLake's table: a table's company, dbms and name are written on its
+    // first row only (each further row is another copy of it).
     const COLUMNS: [&str; 11] = [
         "Company",
         "DBMS",
@@ -74,31 +75,18 @@ pub(super) async fn data_nodes(s: &AppState, kv: Vec<(String, String)>) -> Reply
         "Node Status",
     ];
     let cell = |r: &Value, c: &str| r[c].as_str().unwrap_or_default().to_owned();
-    let widths: Vec<usize> = COLUMNS
-        .iter()
-        .map(|c| {
-            rows.iter()
-                .map(|r| cell(r, c).chars().count())
-                .chain([c.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |vals: Vec<String>| {
-        let cells: Vec<String> = vals
-            .iter()
-            .zip(&widths)
-            .map(|(v, w)| format!("{v:<w$}"))
-            .collect();
-        cells.join(" ").trim_end().to_owned() + "\n"
-    };
-    let mut out = String::from("\n");
-    out.push_str(&line(COLUMNS.iter().map(|c| c.to_string()).collect()));
-    out.push_str(&line(widths.iter().map(|w| "-".repeat(*w)).collect()));
+    let mut cells: Vec<Vec<String>> = Vec::with_capacity(rows.len());
+    let mut last: Option<(String, String)> = None;
     for r in &rows {
-        out.push_str(&line(COLUMNS.iter().map(|c| cell(r, c)).collect()));
+        let mut line: Vec<String> = COLUMNS.iter().map(|c| cell(r, c)).collect();
+        let key = (line[1].clone(), line[2].clone());
+        if last.as_ref() == Some(&key) {
+            line[..3].iter_mut().for_each(String::clear);
+        }
+        last = Some(key);
+        cells.push(line);
     }
-    Reply::Text(out)
+    Reply::Text(crate::api::format::nested_lists(&COLUMNS, &cells))
 }
 
 /// Asks every known node for its ledger heads (at most 3 s each, all at
