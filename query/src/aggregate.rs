@@ -64,6 +64,11 @@ pub struct GroupedAggregate {
     /// Keys the query node puts before the scan's (EdgeLake's `extend=`:
     /// where the groups came from), as `_x0..` in `system_query`.
     pub lead: usize,
+    /// When the final query only picks aggregates of the one global group
+    /// (no keys, HAVING, ORDER BY, LIMIT or DISTINCT): the aggregate slot
+    /// and the name of each answer column, so the answer can be made
+    /// without running `final_sql` (the same row SQLite would give).
+    pub direct: Option<Vec<(usize, String)>>,
 }
 
 impl GroupedAggregate {
@@ -160,6 +165,7 @@ impl GroupedAggregate {
             ok: true,
         };
         let mut items = Vec::new();
+        let mut picks = Vec::new();
         for p in &s.projection {
             let (expr, name) = match p {
                 SelectItem::UnnamedExpr(e) => (e.clone(), output_name(e)),
@@ -169,7 +175,19 @@ impl GroupedAggregate {
             let mut e = expr;
             let _ = e.visit(&mut sub);
             items.push(format!("{e} AS {}", quote(&name)));
+            let slot = match &e {
+                Expr::Identifier(id) => id.value.strip_prefix("_a").and_then(|n| n.parse().ok()),
+                _ => None,
+            };
+            picks.push(slot.map(|i: usize| (i, name)));
         }
+        let direct = (keys.is_empty()
+            && !distinct
+            && s.having.is_none()
+            && q.order_by.is_none()
+            && q.limit_clause.is_none())
+        .then(|| picks.into_iter().collect::<Option<Vec<_>>>())
+        .flatten();
         sub.allowed = aliases;
         let having = match &s.having {
             Some(h) => {
@@ -223,6 +241,7 @@ impl GroupedAggregate {
             aggs: sub.aggs,
             final_sql,
             lead: 0,
+            direct,
         })
     }
 }
@@ -494,6 +513,29 @@ mod tests {
             "SELECT _k0 AS \"device\", _a0 AS \"avg(temp)\", _a1 AS \"n\", _a2 - _a3 AS \"spread\" \
              FROM system_query WHERE _a1 > 2 ORDER BY _a0 DESC LIMIT 3"
         );
+    }
+
+    #[test]
+    fn plain_global_aggregates_need_no_final_query() {
+        let p = plan("SELECT count(*), avg(v) AS a, count(*) AS again FROM t WHERE v > 0").unwrap();
+        assert_eq!(
+            p.direct,
+            Some(vec![
+                (0, "count(*)".to_owned()),
+                (1, "a".to_owned()),
+                (0, "again".to_owned())
+            ])
+        );
+        for sql in [
+            "SELECT k, count(*) FROM t GROUP BY k",
+            "SELECT max(v) - min(v) FROM t",
+            "SELECT count(*) FROM t HAVING count(*) > 1",
+            "SELECT avg(v) FROM t LIMIT 0",
+            "SELECT avg(v) FROM t ORDER BY 1",
+            "SELECT DISTINCT avg(v) FROM t",
+        ] {
+            assert_eq!(plan(sql).unwrap().direct, None, "{sql}");
+        }
     }
 
     #[test]

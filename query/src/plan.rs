@@ -514,6 +514,7 @@ impl Plan {
             Shape::Rows { final_sql, .. } => (final_sql, false),
             Shape::Groups(g) => {
                 g.lead = names.len();
+                g.direct = None;
                 (&mut g.final_sql, true)
             }
         };

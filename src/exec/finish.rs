@@ -87,6 +87,9 @@ pub(super) fn finish_groups(
     for j in 0..plan.aggs.len() {
         cols.push(format!("_a{j}"));
     }
+    if let (Some(direct), 0) = (&plan.direct, plan.lead) {
+        return direct_row(plan, direct, groups);
+    }
     // Final values first: an error (integer overflow) refuses the query.
     let mut finished = Vec::with_capacity(groups.len());
     for (key, states) in groups {
@@ -121,6 +124,36 @@ pub(super) fn finish_groups(
     };
     fill(&mut mem).map_err(|e| ExecError::internal("filling system_query", e))?;
     Ok(run_sql(&mut mem, &plan.final_sql, limits)?)
+}
+
+/// The one row of a global aggregate whose answer only picks aggregates:
+/// what `final_sql` over `system_query` gives, made without SQLite (as
+/// SQLite stores them, a boolean is an integer and a NaN a NULL).
+fn direct_row(
+    plan: &GroupedAggregate,
+    direct: &[(usize, String)],
+    groups: crate::store::Groups,
+) -> Result<QueryResult, ExecError> {
+    let states = match groups.into_iter().next() {
+        Some((_, s)) => s,
+        None => plan.aggs.iter().map(|a| State::new(a.kind)).collect(),
+    };
+    let vals = states
+        .iter()
+        .map(|s| {
+            s.finish().map(|v| match v {
+                Val::Bool(b) => Val::Int(i64::from(b)),
+                Val::Float(f) if f.is_nan() => Val::Null,
+                v => v,
+            })
+        })
+        .collect::<Result<Vec<Val>, _>>()
+        .map_err(|e| StoreError::Sql(e.to_owned()))?;
+    Ok(QueryResult {
+        columns: direct.iter().map(|(_, n)| n.clone()).collect(),
+        types: vec![None; direct.len()],
+        rows: vec![direct.iter().map(|(i, _)| vals[*i].clone()).collect()],
+    })
 }
 
 fn memory() -> Result<Connection, ExecError> {

@@ -149,6 +149,10 @@ mod tests {
             "SELECT ok, count(*), min(ts), max(ts) FROM m GROUP BY ok",
             "SELECT substr(ts, 1, 10) AS day, avg(v) FROM m GROUP BY substr(ts, 1, 10) ORDER BY day",
             "SELECT dev, sum(n) FROM m WHERE dev = 'nobody' GROUP BY dev",
+            // Global aggregates (answered without a final query).
+            "SELECT count(*), avg(v) FROM m",
+            "SELECT max(ok) AS yes, min(ts), sum(n), count(v) AS c, max(v) FROM m WHERE zone = 1",
+            "SELECT avg(v), count(*), sum(v), min(n) FROM m WHERE dev = 'nobody'",
         ] {
             let select = tarn_query::Select::parse(sql).unwrap();
             assert!(

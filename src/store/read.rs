@@ -154,8 +154,10 @@ impl Statement {
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as i64
         };
-        let key_types: Vec<Option<String>> = {
-            let st = first.prepare(&plan.scan_sql).map_err(sql_error)?;
+        let key_types: Vec<Option<String>> = if plan.keys == 0 {
+            Vec::new()
+        } else {
+            let st = first.prepare_cached(&plan.scan_sql).map_err(sql_error)?;
             st.columns()
                 .take(plan.keys)
                 .map(|c| c.decl_type().map(str::to_owned))
