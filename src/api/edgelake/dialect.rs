@@ -9,7 +9,10 @@
 //!   groups in their own order);
 //! - keeps one direction for the whole `ORDER BY`, the one written after its
 //!   last key, so `ORDER BY a, b DESC` sorts both keys descending;
-//! - takes a repeated alias (`count(*) as n as n`) as one.
+//! - takes a repeated alias (`count(*) as n as n`) as one;
+//! - names an unaliased result column by its text, lower case, spaces
+//!   tidied (`COUNT(DISTINCT( x ))` answers as `count(distinct(x))`, and
+//!   `SELECT DISTINCT(x)` as `distinct(x)`), a cast after `::` left out.
 
 /// A word of the statement outside quotes and parentheses.
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +87,145 @@ pub fn normalize(select: &str) -> String {
     {
         sql = next;
     }
-    sql
+    titled(&sql)
+}
+
+/// The byte offsets in `sql[from..to]` where `sep` stands outside quotes
+/// and parentheses.
+fn top_level_at(sql: &str, from: usize, to: usize, sep: &[u8]) -> Vec<usize> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let (mut depth, mut i) = (0usize, from);
+    while i < to {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < to && b[i] != q {
+                    i += 1;
+                }
+            }
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            _ if depth == 0 && b[i..to].starts_with(sep) => {
+                out.push(i);
+                i += sep.len();
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Every unaliased result column of the first SELECT given its EdgeLake
+/// title as an alias (a bare column, `*`, and `increments(...)`, which
+/// makes no column, are left as they are).
+fn titled(sql: &str) -> String {
+    let w = top_level(sql);
+    let Some(select) = w.iter().position(|x| is(sql, x, "select")) else {
+        return sql.to_owned();
+    };
+    let Some(from) = w[select..].iter().find(|x| is(sql, x, "from")) else {
+        return sql.to_owned();
+    };
+    let mut start = w[select].end;
+    // `DISTINCT x` is the select's; `DISTINCT(x)` is, for EdgeLake, the
+    // first column's text.
+    if let Some(d) = w
+        .get(select + 1)
+        .filter(|x| is(sql, x, "distinct") || is(sql, x, "all"))
+        && !sql[d.end..].starts_with('(')
+    {
+        start = d.end;
+    }
+    let mut cuts = vec![start];
+    cuts.extend(
+        top_level_at(sql, start, from.start, b",")
+            .iter()
+            .map(|c| c + 1),
+    );
+    cuts.push(from.start);
+    // Each alias goes right after its column's text; all else stays.
+    let mut out = String::with_capacity(sql.len() + 32);
+    let mut copied = 0;
+    for pair in cuts.windows(2) {
+        let item = &sql[pair[0]..pair[1]];
+        let body = item.trim_end();
+        let body = body.strip_suffix(',').unwrap_or(body).trim_end();
+        if let Some(title) = title(body) {
+            let at = pair[0] + body.len();
+            out.push_str(&sql[copied..at]);
+            out.push_str(&format!(" AS \"{}\"", title.replace('"', "\"\"")));
+            copied = at;
+        }
+    }
+    out.push_str(&sql[copied..]);
+    out
+}
+
+/// EdgeLake's title for one result column, `None` where it needs none.
+fn title(item: &str) -> Option<String> {
+    let t = item.trim();
+    let words = top_level(t);
+    let quoted = |q: char| t.len() > 1 && t.starts_with(q) && t.ends_with(q);
+    let plain = quoted('"')
+        || quoted('`')
+        || t.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.');
+    if t.is_empty()
+        || plain
+        || t.ends_with('*')
+        || words.iter().any(|x| is(t, x, "as"))
+        || t.to_ascii_lowercase().starts_with("increments")
+    {
+        return None;
+    }
+    let text = match top_level_at(t, 0, t.len(), b"::").first() {
+        Some(&c) => &t[..c],
+        None => t,
+    };
+    Some(tidy(text))
+}
+
+/// Lower case outside quotes, one space between words, none inside
+/// parentheses' edges, one after each comma.
+fn tidy(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quote: Option<char> = None;
+    let mut space = false;
+    for c in text.trim().chars() {
+        if let Some(q) = quote {
+            out.push(c);
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' | '`' => {
+                if space && !out.ends_with('(') {
+                    out.push(' ');
+                }
+                space = false;
+                quote = Some(c);
+                out.push(c);
+            }
+            c if c.is_whitespace() => space = true,
+            ')' | ',' => {
+                space = c == ',';
+                out.push(c);
+            }
+            c => {
+                if space && !out.ends_with('(') {
+                    out.push(' ');
+                }
+                space = false;
+                out.push(c.to_ascii_lowercase());
+            }
+        }
+    }
+    out
 }
 
 /// `... ORDER x, y` (no `BY`) without that tail (up to a `LIMIT`).
@@ -180,6 +321,22 @@ mod tests {
         assert_eq!(
             normalize("SELECT a FROM t ORDER x LIMIT 5"),
             "SELECT a FROM t LIMIT 5"
+        );
+        // Unaliased columns are titled as EdgeLake titles them.
+        assert_eq!(
+            normalize("SELECT DISTINCT(Value) FROM t ORDER BY value"),
+            "SELECT DISTINCT(Value) AS \"distinct(value)\" FROM t ORDER BY value"
+        );
+        assert_eq!(
+            normalize(
+                "select COUNT( DISTINCT(device_name) ), avg(v)::float(3), substr(ts,1,  10) from t"
+            ),
+            "select COUNT( DISTINCT(device_name) ) AS \"count(distinct(device_name))\", \
+             avg(v)::float(3) AS \"avg(v)\", substr(ts,1,  10) AS \"substr(ts, 1, 10)\" from t"
+        );
+        assert_eq!(
+            normalize("SELECT increments(day, 1, timestamp), max(v), x FROM t WHERE y = 'A b'"),
+            "SELECT increments(day, 1, timestamp), max(v) AS \"max(v)\", x FROM t WHERE y = 'A b'"
         );
         // What SQL and EdgeLake read alike is left as it is.
         for same in [
