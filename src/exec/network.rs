@@ -165,8 +165,10 @@ impl Exec {
         Ok(())
     }
 
-    /// Every operator's name and REST address, by PeerId (from its own
-    /// policies), when `extend=` needs them.
+    /// Every operator's name and `ip:port`, by PeerId (from its own
+    /// policies), when `extend=` needs them: EdgeLake's `@ip` and `@port`
+    /// are where peers reach the node (its TCP service; here libp2p's),
+    /// the REST address where a policy has none.
     fn names(&self, extend: &[String]) -> HashMap<PeerId, (String, String)> {
         if extend.is_empty() {
             return HashMap::new();
@@ -175,11 +177,19 @@ impl Exec {
             membership::operators(view)
                 .map(|(peer, body)| {
                     let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
-                    (peer, (text("name"), text("rest")))
+                    let at = match (body["ip"].as_str(), body["port"].as_u64()) {
+                        (Some(ip), Some(port)) if !ip.is_empty() => format!("{ip}:{port}"),
+                        _ => text("rest"),
+                    };
+                    (peer, (text("name"), at))
                 })
                 .collect()
         });
-        out.insert(self.me.peer, (self.me.name.clone(), self.me.rest.clone()));
+        let at = self
+            .mesh
+            .peer_endpoint()
+            .map_or_else(|| self.me.rest.clone(), |(ip, port)| format!("{ip}:{port}"));
+        out.insert(self.me.peer, (self.me.name.clone(), at));
         out
     }
 }

@@ -489,6 +489,29 @@ fn network_queries_across_processes_fail_over_and_subset() {
         rows[0].as_object().unwrap().keys().collect::<Vec<_>>(),
         ["table_name", "node_name", "device", "v"]
     );
+    // @ip and @port: where peers reach the operator that answered (its
+    // TCP service in EdgeLake; libp2p's TCP port here), not its REST port.
+    let tcp: Vec<u64> = [&a1, &a2, &b]
+        .iter()
+        .flat_map(|n| {
+            n.p2p
+                .iter()
+                .filter_map(|p| p.split("/tcp/").nth(1)?.split('/').next()?.parse().ok())
+        })
+        .collect();
+    let sql = "sql lab format=json and stat=false and extend=(@ip, @port) \"select v from readings where v > 58\"";
+    let r = q
+        .client
+        .command(sql, Some("network"))
+        .unwrap()
+        .json()
+        .unwrap();
+    let rows = r["Query"].as_array().unwrap();
+    assert!(!rows.is_empty(), "{r}");
+    for row in rows {
+        assert_eq!(row["ip"], "127.0.0.1", "{r}");
+        assert!(tcp.contains(&row["port"].as_u64().unwrap()), "{r} {tcp:?}");
+    }
     // extend= with an aggregate: a row per extended value, as EdgeLake
     // answers it (its docs: `include=(t2) and extend=(@table_name)
     // "select count(*) from t1"` gives table_name and the count per table).
