@@ -141,7 +141,13 @@ impl Statement {
         let first = reader()?;
         let bounds: (Option<i64>, Option<i64>) = first
             .query_row(
-                &format!("SELECT min(row_id), max(row_id) FROM \"{}\"", plan.table),
+                // Two subqueries: SQLite finds a lone min() or max() of the
+                // rowid from the b-tree's ends, but scans the whole table
+                // for both in one select.
+                &format!(
+                    "SELECT (SELECT min(row_id) FROM \"{t}\"), (SELECT max(row_id) FROM \"{t}\")",
+                    t = plan.table
+                ),
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
