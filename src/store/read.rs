@@ -281,9 +281,15 @@ fn update(
     r: &rusqlite::Row<'_>,
     max_values: usize,
 ) -> Result<(), StoreError> {
+    // Aggregates over one column (`min(v), max(v), avg(v)`) read it once.
+    let mut read: [Option<ValueRef<'_>>; 8] = [None; 8];
     for (s, a) in states.iter_mut().zip(&plan.aggs) {
         let arg = match a.arg {
-            Some(i) => Some(r.get_ref(i).map_err(sql_error)?),
+            Some(i) => Some(match read.get_mut(i.wrapping_sub(plan.keys)) {
+                Some(Some(v)) => *v,
+                Some(slot) => *slot.insert(r.get_ref(i).map_err(sql_error)?),
+                None => r.get_ref(i).map_err(sql_error)?,
+            }),
             None => None,
         };
         s.update(arg);
