@@ -277,7 +277,11 @@ mod tests {
         assert_eq!(c.select, "select * from t");
         let c = SqlCommand::parse("lab SELECT count(*) FROM t WHERE a = 'x and y'").unwrap();
         assert_eq!((c.format, c.stat), (Format::Json, true));
-        assert_eq!(c.select, "SELECT count(*) FROM t WHERE a = 'x and y'");
+        // Read as EdgeLake reads it: the column titled by its text.
+        assert_eq!(
+            c.select,
+            "SELECT count(*) AS \"count(*)\" FROM t WHERE a = 'x and y'"
+        );
         let c = SqlCommand::parse(
             "lab format=json:list and include=(t2, db.t3) and extend=(@table_name) select 1",
         )
