@@ -200,6 +200,7 @@ pub async fn run(s: &AppState, command: &str, destination: Option<&str>, body: &
         ("get", "data") if word(2) == "nodes" => network::data_nodes(s, kv()).await,
         ("blockchain", "get") => blockchain::get(s, after_words(cmd, 2)),
         ("blockchain", "insert") => blockchain::insert(s, cmd, body).await,
+        ("blockchain", "prepare") => blockchain::prepare(cmd, body),
         ("test", "network") => network::test(s, kv()).await,
         // tarn's own: rows `stream/error/` keeps, written again.
         ("replay", "stream") if word(2) == "errors" => {

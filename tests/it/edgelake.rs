@@ -568,3 +568,71 @@ fn anylog_unit_tests_get_edgelake_answers() {
     tables.sort();
     assert_eq!(tables, ["power_plant", "power_plant_pv", "rand_data"]);
 }
+
+/// How AnyLog-Testing's blockchain tests (tests/test_blockchain.py,
+/// support/blockchain.py) write and read policies: the policy sent as
+/// EdgeLake's assignment `<new_policy={...}>`, `blockchain prepare policy`,
+/// then `get`, `bring [type][key]`, `bring.count`, `bring.unique` and
+/// `get * where`.
+#[test]
+fn anylog_testing_blockchain_commands() {
+    let node = LocalNode::start(|_| {});
+    let post = |cmd: &str, body: &str| {
+        node.client
+            .post(
+                "/",
+                &[("command", cmd), ("User-Agent", "AnyLog/1.23")],
+                body.as_bytes(),
+            )
+            .unwrap()
+    };
+    let bosch = r#"{"manufacturer": {"name": "Bosch", "url": "https://www.bosch-sensortec.com/"}}"#;
+    let prepared = post(
+        "blockchain prepare policy !new_policy",
+        &format!("<new_policy={bosch}>"),
+    );
+    assert_eq!(prepared.status, 200, "{}", prepared.body);
+    let prepared = prepared.json().unwrap();
+    let id = prepared["manufacturer"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    let put = post(
+        "blockchain insert where policy=!new_policy and local=true and master=!master_node",
+        &format!("<new_policy={bosch}>"),
+    );
+    assert_eq!(put.status, 200, "{}", put.body);
+    for (name, serial) in [("fic11", "a"), ("fic11_pv", "b"), ("fic11_mv", "c")] {
+        let sensor = format!(
+            r#"<new_policy={{"sensor": {{"name": "{name}", "manufacturer": "{id}", "serial_number": "{serial}"}}}}>"#
+        );
+        assert_eq!(
+            post(
+                "blockchain insert where policy=!new_policy and local=true",
+                &sensor
+            )
+            .status,
+            200
+        );
+    }
+    let got = node
+        .command("blockchain get manufacturer where name=Bosch bring [manufacturer][id]")
+        .body;
+    assert_eq!(got, id);
+    assert_eq!(node.command("blockchain get sensor bring.count").body, "3");
+    let unique = node
+        .command("blockchain get sensor bring.unique")
+        .json()
+        .unwrap();
+    assert_eq!(unique.as_array().unwrap().len(), 3, "{unique}");
+    let by_maker = node
+        .command(&format!("blockchain get * where manufacturer={id}"))
+        .json()
+        .unwrap();
+    assert_eq!(by_maker.as_array().unwrap().len(), 3, "{by_maker}");
+    // A policy that is not one is refused and nothing is stored.
+    let bad = post(
+        "blockchain insert where policy=!p",
+        "<p={\"a\": 1, \"b\": 2}>",
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(node.command("blockchain get a bring.count").body, "0");
+}

@@ -92,6 +92,16 @@ fn bring(matches: Vec<Value>, bring: &str) -> Reply {
         );
     }
     let unique = b.starts_with("bring.unique");
+    if unique && !bring.contains('[') {
+        // The policies themselves, each once.
+        let mut seen: Vec<Value> = Vec::new();
+        for m in matches {
+            if !seen.contains(&m) {
+                seen.push(m);
+            }
+        }
+        return Reply::Json(Value::Array(seen).to_string());
+    }
     let sep = b.find("separator=").map(|i| {
         bring[i + 10..]
             .trim()
@@ -136,12 +146,17 @@ fn where_pairs(s: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `blockchain insert where policy = !x ...` with `x={...}` or the bare policy in the body.
-pub(super) async fn insert(s: &AppState, cmd: &str, body: &[u8]) -> Reply {
+/// The policy a command carries: in the body as the bare policy, as
+/// `name={...}`, or as EdgeLake's assignment `<name={...}>`; or inline in
+/// the command (`... where policy = {...}`).
+fn policy_of(cmd: &str, body: &[u8]) -> Result<tarn_ledger::policy::Policy, Reply> {
     let Ok(text) = std::str::from_utf8(body) else {
-        return Reply::err(code::COMMAND, "the policy is not UTF-8");
+        return Err(Reply::err(code::COMMAND, "the policy is not UTF-8"));
     };
     let mut text = text.trim();
+    if let Some(inner) = text.strip_prefix('<').and_then(|t| t.strip_suffix('>')) {
+        text = inner.trim();
+    }
     if let Some(i) = text.find('=')
         && !text.starts_with('{')
         && text[..i]
@@ -151,15 +166,36 @@ pub(super) async fn insert(s: &AppState, cmd: &str, body: &[u8]) -> Reply {
     {
         text = text[i + 1..].trim();
     }
-    if text.is_empty() {
-        // The policy may also travel inline: `... where policy = {...}`.
-        if let Some(i) = cmd.find('{') {
-            text = cmd[i..].trim();
-        }
+    if text.is_empty()
+        && let Some(i) = cmd.find('{')
+    {
+        text = cmd[i..].trim();
     }
-    let policy = match tarn_ledger::policy::Policy::parse(text) {
+    tarn_ledger::policy::Policy::parse(text)
+        .map_err(|e| Reply::err(code::COMMAND, format!("the policy is not valid: {e}")))
+}
+
+/// `blockchain prepare policy !x` with the policy in the body: checks it and
+/// answers it with the `id` the ledger will give it (EdgeLake adds its id
+/// and date the same way). Nothing is stored.
+pub(super) fn prepare(cmd: &str, body: &[u8]) -> Reply {
+    let policy = match policy_of(cmd, body) {
         Ok(p) => p,
-        Err(e) => return Reply::err(code::COMMAND, format!("the policy is not valid: {e}")),
+        Err(r) => return r,
+    };
+    let mut v = policy.json().clone();
+    if let Some(b) = v.get_mut(policy.kind()).and_then(Value::as_object_mut) {
+        b.insert("id".into(), policy.id().into());
+    }
+    Reply::Json(v.to_string())
+}
+
+/// `blockchain insert where policy = !x ...` with the policy in the body
+/// (see [`policy_of`]).
+pub(super) async fn insert(s: &AppState, cmd: &str, body: &[u8]) -> Reply {
+    let policy = match policy_of(cmd, body) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     if s.mesh.with_view(|v| v.get(&policy.id()).is_some()) {
         return Reply::Text(String::new());
