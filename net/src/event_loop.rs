@@ -16,7 +16,7 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Config, Event, NetError, PeerInfo};
-use crate::{book, rpc};
+use crate::{book, deferred, rpc};
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -84,8 +84,11 @@ const MAX_PENDING_INBOUND: usize = 1024;
 const GRACE: Duration = Duration::from_secs(10);
 /// A connection is idle once no request went over it for this long.
 const IDLE: Duration = Duration::from_secs(10);
-/// Connections this node may open beyond `peers_max` for its own requests.
-pub(crate) const ON_DEMAND: usize = 64;
+/// A link unused this long may be closed to make room for a dial this
+/// node's limits refused.
+pub(crate) const ROOM_IDLE: Duration = Duration::from_secs(1);
+/// How long a refused dial is remembered for the request that asked for it.
+const DENIED_FOR: Duration = Duration::from_secs(5);
 /// Most dials started per tick to get back up to the target.
 const DIALS_PER_TICK: usize = 4;
 /// Every how many ticks (seconds) a node links to one more peer picked at
@@ -103,11 +106,24 @@ struct Link {
     used: Instant,
 }
 
+/// A request of this node's, waiting for its answer. A request to a peer
+/// it was not linked to keeps its bytes, to be sent again if this node's
+/// own limits refuse the dial (see [`deferred`]).
+struct Pending {
+    peer: PeerId,
+    reply: Reply,
+    resend: Option<(Vec<u8>, u8)>,
+}
+
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
-    pending_out: HashMap<OutboundRequestId, (PeerId, Reply)>,
+    pending_out: HashMap<OutboundRequestId, Pending>,
+    /// Peers whose dial this node's connection limits refused, and when;
+    /// the request that asked for the dial learns it right after.
+    denied: HashMap<PeerId, Instant>,
+    deferred: deferred::Queue<Reply>,
     pending_in: HashMap<u64, (PeerId, ResponseChannel<Vec<u8>>)>,
     next_in: u64,
     topics: HashSet<String>,
@@ -138,14 +154,14 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, NetError> {
     let request_timeout = cfg.request_timeout;
     let max_gossip = cfg.max_gossip_bytes;
     // Peers may open at most `peers_max` connections to this node; the
-    // node itself may open up to ON_DEMAND more (a query over many
+    // node itself may open up to `on_demand` more (a query over many
     // operators, replication), closed again once idle.
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established_incoming(Some(cfg.peers_max as u32))
-        .with_max_established(Some((cfg.peers_max + ON_DEMAND) as u32))
+        .with_max_established(Some((cfg.peers_max + cfg.on_demand) as u32))
         .with_max_established_per_peer(Some(4))
         .with_max_pending_incoming(Some(cfg.peers_max as u32))
-        .with_max_pending_outgoing(Some(ON_DEMAND as u32));
+        .with_max_pending_outgoing(Some(cfg.on_demand.max(1) as u32));
     let swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
         .with_tokio()
         .with_tcp(
@@ -245,6 +261,8 @@ impl EventLoop {
             commands,
             events,
             pending_out: HashMap::new(),
+            denied: HashMap::new(),
+            deferred: deferred::Queue::default(),
             pending_in: HashMap::new(),
             next_in: 0,
             topics: HashSet::new(),
@@ -272,6 +290,9 @@ impl EventLoop {
                     None => break,
                 },
                 ev = self.swarm.select_next_some() => self.swarm_event(ev).await,
+                _ = sleep_until(self.deferred.next_due()), if self.deferred.next_due().is_some() => {
+                    self.resend_due();
+                }
                 _ = redial.tick() => self.keep_bootstrap_connected(),
                 _ = manage.tick() => self.manage_links(),
             }
@@ -384,9 +405,84 @@ impl EventLoop {
             }
             return;
         }
-        if let Some((peer, r)) = self.pending_out.remove(&id) {
-            self.used(&peer);
-            let _ = r.send(outcome);
+        if let Some(p) = self.pending_out.remove(&id) {
+            self.used(&p.peer);
+            let _ = p.reply.send(outcome);
+        }
+    }
+
+    /// Sends `data` to `peer`, keeping a copy to send again if the peer is
+    /// not linked yet (the dial may be refused by this node's limits).
+    fn send(&mut self, peer: PeerId, data: Vec<u8>, reply: Reply, resends: u8) {
+        let resend = (!self.swarm.is_connected(&peer)).then(|| (data.clone(), resends));
+        let id = self.swarm.behaviour_mut().rpc.send_request(&peer, data);
+        self.closing.remove(&peer);
+        self.used(&peer);
+        self.pending_out.insert(
+            id,
+            Pending {
+                peer,
+                reply,
+                resend,
+            },
+        );
+    }
+
+    /// A request failed: one whose dial this node's own limits refused is
+    /// kept to be sent again once a link is freed (one is closed now);
+    /// any other failure goes to its caller.
+    fn request_failed(&mut self, id: OutboundRequestId, error: NetError, dial: bool) {
+        let Some(p) = self.pending_out.get(&id) else {
+            return self.answered(id, Err(error));
+        };
+        let refused_here = dial && self.denied.remove(&p.peer).is_some();
+        if !refused_here || p.resend.is_none() || p.reply.is_closed() {
+            return self.answered(id, Err(error));
+        }
+        let p = self.pending_out.remove(&id).expect("looked up above");
+        let (data, resends) = p.resend.expect("checked above");
+        match self
+            .deferred
+            .defer(p.peer, data, p.reply, resends, Instant::now())
+        {
+            Ok(()) => {
+                tracing::debug!("{}: no room for a link, sending again soon", p.peer);
+                self.make_room();
+            }
+            Err(reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
+    /// Sends again the deferred requests that are due (not those whose
+    /// caller has given up).
+    fn resend_due(&mut self) {
+        for d in self.deferred.take_due(Instant::now()) {
+            if !d.reply.is_closed() {
+                self.send(d.peer, d.data, d.reply, d.resends + 1);
+            }
+        }
+    }
+
+    /// Closes the least recently used link that nothing is using and no
+    /// rule keeps (this node's limits refused a dial).
+    fn make_room(&mut self) {
+        let now = Instant::now();
+        let busy = self.busy();
+        let lru = self
+            .links
+            .iter()
+            .filter(|(p, l)| {
+                !self.protected.contains(p)
+                    && !self.closing.contains(p)
+                    && !busy.contains(p)
+                    && now.duration_since(l.used) >= ROOM_IDLE
+            })
+            .min_by_key(|(_, l)| l.used)
+            .map(|(p, _)| *p);
+        if let Some(p) = lru {
+            self.say_bye(p);
         }
     }
 
@@ -412,7 +508,7 @@ impl EventLoop {
     fn busy(&self) -> HashSet<PeerId> {
         self.pending_out
             .values()
-            .map(|(p, _)| *p)
+            .map(|p| p.peer)
             .chain(self.pending_in.values().map(|(p, _)| *p))
             .collect()
     }
@@ -437,10 +533,7 @@ impl EventLoop {
                     let _ = reply.send(Err(NetError::Request("an empty request".into())));
                     return;
                 }
-                let id = self.swarm.behaviour_mut().rpc.send_request(&peer, data);
-                self.closing.remove(&peer);
-                self.used(&peer);
-                self.pending_out.insert(id, (peer, reply));
+                self.send(peer, data, reply, 0);
             }
             Command::Respond { id, data } => {
                 if let Some((peer, ch)) = self.pending_in.remove(&id) {
@@ -553,6 +646,14 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!("dialing {peer} failed: {error:?}");
+                if matches!(error, libp2p::swarm::DialError::Denied { .. }) {
+                    let now = Instant::now();
+                    self.denied
+                        .retain(|_, at| now.duration_since(*at) < DENIED_FOR);
+                    if self.denied.len() < deferred::MAX_DEFERRED {
+                        self.denied.insert(peer, now);
+                    }
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -663,10 +764,9 @@ impl EventLoop {
                     ..
                 },
             )) => {
-                self.answered(
-                    request_id,
-                    Err(NetError::Request(format!("{peer}: {error}"))),
-                );
+                let dial = matches!(error, request_response::OutboundFailure::DialFailure);
+                let error = NetError::Request(format!("{peer}: {error}"));
+                self.request_failed(request_id, error, dial);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(
                 request_response::Event::InboundFailure { peer, error, .. },
@@ -677,6 +777,13 @@ impl EventLoop {
         }
         // Responses whose handlers went away: drop their channels.
         self.pending_in.retain(|_, (_, ch)| ch.is_open());
+    }
+}
+
+/// Sleeps until `at` (at once if `None`: the branch is disabled then).
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
     }
 }
 

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod book;
 pub mod codec;
+mod deferred;
 mod event_loop;
 mod rpc;
 
@@ -57,9 +58,13 @@ pub struct Config {
     /// peers are dialed.
     pub peers_target: usize,
     /// The hard cap on connections peers open to this node; more are
-    /// refused. The node's own dials (queries, replication) may add a few
-    /// dozen more, closed again when idle.
+    /// refused. The node's own dials (queries, replication) may add
+    /// `on_demand` more, closed again when idle.
     pub peers_max: usize,
+    /// Connections this node may open beyond `peers_max` for its own
+    /// requests. A request that finds no room waits for a link to be freed
+    /// (the least recently used idle one is closed) rather than failing.
+    pub on_demand: usize,
 }
 
 impl Config {
@@ -82,6 +87,7 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             peers_target: 24,
             peers_max: 48,
+            on_demand: 64,
         }
     }
 
@@ -381,6 +387,56 @@ mod tests {
             !next_matching(&mut b_ev, closed).await,
             "a peer that vanished"
         );
+    }
+
+    /// The address a freshly started peer listens on, with its id.
+    async fn listening(c: &Client, ev: &mut mpsc::Receiver<Event>) -> Multiaddr {
+        let addr = next_matching(ev, |e| match e {
+            Event::Listening(addr) => Some(addr.clone()),
+            _ => None,
+        })
+        .await;
+        addr.with(libp2p::multiaddr::Protocol::P2p(c.peer_id()))
+    }
+
+    /// A request to a peer this node is not linked to, while its own
+    /// connection cap is reached, waits for an idle link to be closed
+    /// instead of failing at once.
+    #[tokio::test]
+    async fn a_request_waits_for_room_under_the_connection_cap() {
+        let mut ca = config(21);
+        (ca.peers_target, ca.peers_max, ca.on_demand) = (1, 1, 0);
+        let (a, mut a_ev) = start(ca).await.unwrap();
+        let (b, mut b_ev) = start(config(22)).await.unwrap();
+        let (c, mut c_ev) = start(config(23)).await.unwrap();
+        let b_addr = listening(&b, &mut b_ev).await;
+        let c_addr = listening(&c, &mut c_ev).await;
+        a.dial(b_addr).await.unwrap();
+        next_matching(&mut a_ev, |e| {
+            matches!(e, Event::Connected(p) if *p == b.peer_id()).then_some(())
+        })
+        .await;
+        a.set_addresses(c.peer_id(), vec![c_addr]).await.unwrap();
+        let c2 = c.clone();
+        tokio::spawn(async move {
+            let id = next_matching(&mut c_ev, |e| match e {
+                Event::Request { id, .. } => Some(*id),
+                _ => None,
+            })
+            .await;
+            c2.respond(id, b"pong".to_vec()).await.unwrap();
+            c_ev
+        });
+        // The link to B must have been idle a while to be the one closed.
+        tokio::time::sleep(event_loop::ROOM_IDLE + Duration::from_millis(200)).await;
+        let answer = tokio::time::timeout(
+            Duration::from_secs(20),
+            a.request(c.peer_id(), b"ping".to_vec()),
+        )
+        .await
+        .expect("answered before the deadline");
+        assert_eq!(answer.unwrap(), b"pong");
+        drop(b_ev);
     }
 
     #[tokio::test]

@@ -68,7 +68,11 @@ pub fn run_demo(n: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
         let mesh = start(n, &base).await?;
         load_samples(&mesh).await?;
         print_nodes(&mesh);
-        first_query(&mesh, n).await?;
+        // The mesh is what the demo is for: a query that fails is said,
+        // and the mesh keeps running.
+        if let Err(e) = first_query(&mesh, n).await {
+            println!("network query on node-0 failed: {e:#}");
+        }
         print_hints(&mesh);
         let mut mesh = mesh;
         let mut lines = stdin_lines();
@@ -101,10 +105,16 @@ async fn start(n: usize, base: &Path) -> anyhow::Result<LocalMesh> {
     );
     let entries = 4 + (n - 1) * 2;
     // Joins cost every running node a little: a larger mesh takes longer.
-    let took = mesh
-        .wait_converged(entries, Duration::from_secs(120 + 2 * n as u64))
-        .await?;
-    println!("ledger converged on all {n} nodes ({entries} entries) after {took:.1?}");
+    let wait = Duration::from_secs(120 + 2 * n as u64);
+    match mesh.wait_converged(entries, wait).await {
+        Ok(took) => {
+            println!("ledger converged on all {n} nodes ({entries} entries) after {took:.1?}")
+        }
+        // A slow host: the nodes go on converging; the demo runs on.
+        Err(e) => {
+            println!("ledger not converged on all {n} nodes after {wait:.0?} ({e:#}); going on")
+        }
+    }
     Ok(mesh)
 }
 
