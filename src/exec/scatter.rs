@@ -7,14 +7,17 @@
 //! An operator that fails in a way another member might not (unreachable,
 //! too slow, busy) is replaced by the next candidate of its cluster; one
 //! that refuses the query as every member would (bad SQL, too large) ends
-//! the whole query at once. A cluster whose candidates are all used up, or
-//! whose time ran out, is reported as not answering. At most
+//! the whole query at once. A cluster whose candidates all failed, the
+//! last of them quickly (a link that closed, a dial that failed: often a
+//! passing fault on a busy node or a poor link), is asked once more, after
+//! the clusters still waiting; one whose candidates are all used up again,
+//! or whose time ran out, is reported as not answering. At most
 //! [`MAX_IN_FLIGHT`] fetches run at once: a table held by hundreds of
 //! clusters is asked a few dozen operators at a time, so one query never
 //! opens hundreds of connections.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tarn_net::PeerId;
 
@@ -23,6 +26,9 @@ use crate::proto::query::NodeError;
 
 /// Most partial queries one query has in flight at once.
 pub const MAX_IN_FLIGHT: usize = 32;
+/// A failure this soon after the ask is a fault worth a second round (a
+/// silent operator takes the fetch's whole idle timeout instead).
+pub const QUICK_FAILURE: Duration = Duration::from_secs(5);
 
 /// The operators that can answer for one cluster, best first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +54,8 @@ pub struct Fetch {
 }
 
 enum State<P> {
-    Asking(PeerId),
+    /// Asked, since.
+    Asking(PeerId, Instant),
     Done(P),
     Failed,
 }
@@ -59,6 +66,8 @@ struct Slot<P> {
     next: usize,
     tried: Vec<(PeerId, String)>,
     state: State<P>,
+    /// Whether the second round was taken.
+    again: bool,
 }
 
 /// What the query gathered.
@@ -98,6 +107,7 @@ impl<P> Scatter<P> {
                 next: 0,
                 tried: Vec::new(),
                 state: State::Failed,
+                again: false,
             })
             .collect();
         Scatter {
@@ -142,9 +152,10 @@ impl<P> Scatter<P> {
         now: Instant,
     ) -> Option<Fetch> {
         let slot = self.slots.get_mut(target)?;
-        if !matches!(slot.state, State::Asking(p) if p == peer) || self.fatal.is_some() {
-            return None;
-        }
+        let since = match slot.state {
+            State::Asking(p, since) if p == peer && self.fatal.is_none() => since,
+            _ => return None,
+        };
         match result {
             Ok(part) => {
                 slot.state = State::Done(part);
@@ -159,6 +170,14 @@ impl<P> Scatter<P> {
                 tracing::debug!("{peer} failed a partial query: {msg}");
                 slot.tried.push((peer, msg));
                 slot.state = State::Failed;
+                let quick = now.saturating_duration_since(since) < QUICK_FAILURE;
+                if slot.next >= slot.target.candidates.len() && quick && !slot.again {
+                    // Every member failed, quickly: once more, later.
+                    slot.again = true;
+                    slot.next = 0;
+                    self.waiting.push_back(target);
+                    return self.next_waiting(now);
+                }
                 self.ask_next(target, now)
                     .or_else(|| self.next_waiting(now))
             }
@@ -174,7 +193,7 @@ impl<P> Scatter<P> {
                 .push((peer, "the query's time ran out".to_owned()));
             return None;
         }
-        slot.state = State::Asking(peer);
+        slot.state = State::Asking(peer, now);
         self.asked += 1;
         Some(Fetch { target, peer })
     }
@@ -187,7 +206,7 @@ impl<P> Scatter<P> {
                 && self
                     .slots
                     .iter()
-                    .all(|s| !matches!(s.state, State::Asking(_))))
+                    .all(|s| !matches!(s.state, State::Asking(..))))
     }
 
     /// What arrived (call once [`finished`](Self::finished)), or the error
@@ -255,6 +274,42 @@ mod tests {
         Refuses,
         /// Answers only after the query's deadline.
         Late,
+    }
+
+    /// A lone member that fails quickly (a closed link) is asked once more
+    /// and answers; one that failed only after a long silence is not.
+    #[test]
+    fn a_quick_failure_gets_a_second_round_a_slow_one_does_not() {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(60);
+        let target = |c: &str, p: u64| Target {
+            cluster: c.into(),
+            candidates: vec![peer(p)],
+        };
+        let mut s: Scatter<u32> = Scatter::new(vec![target("a", 1)], deadline);
+        let f = s.start(t0);
+        let again = s
+            .on_result(0, f[0].peer, Err(Failure::Retry("closed".into())), t0)
+            .expect("asked again");
+        assert_eq!(again.peer, peer(1));
+        assert!(s.on_result(0, again.peer, Ok(7), t0).is_none());
+        let out = s.outcome().unwrap();
+        assert_eq!((out.parts.len(), out.asked), (1, 2));
+
+        let mut s: Scatter<u32> = Scatter::new(vec![target("b", 2)], deadline);
+        let f = s.start(t0);
+        let late = t0 + QUICK_FAILURE;
+        assert!(
+            s.on_result(
+                0,
+                f[0].peer,
+                Err(Failure::Retry("no answer in time".into())),
+                late
+            )
+            .is_none()
+        );
+        assert!(s.finished());
+        assert_eq!(s.outcome().unwrap().errors.len(), 1);
     }
 
     /// A query over operators that answer, fail, refuse or answer late, in
@@ -349,13 +404,25 @@ mod tests {
             }
             let out = outcome.unwrap_or_else(|e| panic!("run {run}: {e}"));
             for (t, target) in targets.iter().enumerate() {
-                // Asked in order, each at most once.
+                // Asked in order, each at most once a round; a second
+                // round only once every candidate failed (quickly: a late
+                // one ends its cluster at the deadline).
+                let n = target.candidates.len();
+                let (first, second) = asked[t].split_at(asked[t].len().min(n));
                 assert!(
-                    target.candidates.starts_with(&asked[t]),
+                    target.candidates.starts_with(first)
+                        && target.candidates.starts_with(second)
+                        && (second.is_empty() || first.len() == n),
                     "run {run}: {:?} vs {:?}",
                     asked[t],
                     target.candidates
                 );
+                if !second.is_empty() {
+                    assert!(
+                        first.iter().all(|p| behaviour[p] == Behaves::Fails),
+                        "run {run}: a second round after {first:?}"
+                    );
+                }
                 let first_ok = asked[t].iter().find(|p| behaviour[*p] == Behaves::Answers);
                 match out.parts.iter().find(|(i, _)| *i == t) {
                     Some((_, p)) => assert_eq!(Some(p), first_ok, "run {run}"),
