@@ -296,6 +296,23 @@ fn one_direction(sql: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::normalize;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text a client sends: read, never a panic, never a loop.
+        #[test]
+        fn fuzz_edgelake_dialect_never_panics(parts in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "select ", "SELECT ", "distinct", "(", ")", ",", " from ", "t", " where ",
+                " order ", " ORDER BY ", " by ", " group by ", " as ", " AS ", "x", "y",
+                " desc", " ASC", " limit 5", "'", "\"", "`", "::float(3)", "::", "count(*)",
+                "increments(day, 1, ts)", "é", "\u{2003}", " ", "*", ".", "''",
+            ]),
+            0..30,
+        )) {
+            let _ = normalize(&parts.concat());
+        }
+    }
 
     #[test]
     fn reads_selects_as_edgelake_does() {
