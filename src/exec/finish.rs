@@ -71,6 +71,9 @@ pub(super) fn finish_groups(
             plan.aggs.iter().map(|a| State::new(a.kind)).collect(),
         );
     }
+    if let (Some(direct), 0) = (&plan.direct, plan.lead) {
+        return direct_row(plan, direct, groups);
+    }
     let mut cols = Vec::new();
     for i in 0..plan.lead {
         cols.push(format!("_x{i}"));
@@ -86,9 +89,6 @@ pub(super) fn finish_groups(
     // Aggregates carry no declared type, as in SQLite's own answer.
     for j in 0..plan.aggs.len() {
         cols.push(format!("_a{j}"));
-    }
-    if let (Some(direct), 0) = (&plan.direct, plan.lead) {
-        return direct_row(plan, direct, groups);
     }
     // Final values first: an error (integer overflow) refuses the query.
     let mut finished = Vec::with_capacity(groups.len());
@@ -152,7 +152,12 @@ fn direct_row(
     Ok(QueryResult {
         columns: direct.iter().map(|(_, n)| n.clone()).collect(),
         types: vec![None; direct.len()],
-        rows: vec![direct.iter().map(|(i, _)| vals[*i].clone()).collect()],
+        rows: vec![
+            direct
+                .iter()
+                .map(|(i, _)| vals.get(*i).cloned().unwrap_or(Val::Null))
+                .collect(),
+        ],
     })
 }
 
