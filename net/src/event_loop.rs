@@ -646,7 +646,15 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!("dialing {peer} failed: {error:?}");
-                if matches!(error, libp2p::swarm::DialError::Denied { .. }) {
+                // Only this node's connection cap: a blocked peer stays
+                // refused at once.
+                let capped = match &error {
+                    libp2p::swarm::DialError::Denied { cause } => cause
+                        .downcast_ref::<connection_limits::Exceeded>()
+                        .is_some(),
+                    _ => false,
+                };
+                if capped {
                     let now = Instant::now();
                     self.denied
                         .retain(|_, at| now.duration_since(*at) < DENIED_FOR);
