@@ -210,8 +210,9 @@ fn table_block(out: &mut String, names: &[String], rows: &[Vec<Val>]) {
 /// dashes with `|` after each column, then each row's cells, numbers (and
 /// short number-like text) right-aligned, each followed by `|`. A column is
 /// as wide as its title or widest cell (at most 100; a longer cell runs on
-/// in lines of 100 under its column). Lines end in `\r\n`, as EdgeLake's do.
-pub fn nested_lists(titles: &[&str], rows: &[Vec<String>]) -> String {
+/// in lines of 100 under its column). Lines end in `\r\n`, as EdgeLake's do,
+/// and begin with `prefix` (`get processes` indents by four spaces).
+pub fn nested_lists(titles: &[&str], rows: &[Vec<String>], prefix: &str) -> String {
     const MAX: usize = 100;
     let len = |s: &str| s.chars().count();
     let mut widths: Vec<usize> = titles.iter().map(|t| len(t)).collect();
@@ -224,19 +225,19 @@ pub fn nested_lists(titles: &[&str], rows: &[Vec<String>]) -> String {
             }
         }
     }
-    let mut out = String::from("\r\n");
+    let mut out = format!("\r\n{prefix}");
     for (t, w) in titles.iter().zip(&widths) {
         let _ = write!(out, "{t:<w$}", w = w + 1);
     }
-    out.push_str("\r\n");
+    let _ = write!(out, "\r\n{prefix}");
     for w in widths.iter().take(titles.len()) {
         out.push_str(&"-".repeat(*w));
         out.push('|');
     }
     for r in rows {
-        out.push_str("\r\n");
+        let _ = write!(out, "\r\n{prefix}");
         // The text that starts a continuation line: the columns before.
-        let mut before = String::from("\r\n");
+        let mut before = format!("\r\n{prefix}");
         for (c, w) in r.iter().zip(&widths) {
             let w = *w;
             let text = c.replace('\r', "").replace(['\n', '\t'], " ");
@@ -385,6 +386,7 @@ mod tests {
                 "Last Error Text",
             ],
             &rows,
+            "",
         );
         assert_eq!(
             out,
@@ -394,9 +396,35 @@ mod tests {
              JSON Files Errors   |      0|         |          |         0|               |\r\n\
              SQL Files Errors    |      0|         |          |         0|               |\r\n"
         );
+        // EdgeLake's `get processes` (AnyLog's deployment docs show it so).
+        let out = nested_lists(
+            &["Process", "Status", "Details"],
+            &[
+                vec![
+                    "TCP".into(),
+                    "Running".into(),
+                    "Listening on: 45.79.74.39:32048, Threads Pool: 6".into(),
+                ],
+                vec!["Operator".into(), "Not declared".into(), "".into()],
+                vec![
+                    "Blockchain Sync".into(),
+                    "Running".into(),
+                    "Sync every 30 seconds".into(),
+                ],
+            ],
+            "    ",
+        );
+        assert_eq!(
+            out,
+            "\r\n    Process         Status       Details                                          \
+             \r\n    ---------------|------------|------------------------------------------------|\
+             \r\n    TCP            |Running     |Listening on: 45.79.74.39:32048, Threads Pool: 6|\
+             \r\n    Operator       |Not declared|                                                |\
+             \r\n    Blockchain Sync|Running     |Sync every 30 seconds                           |\r\n"
+        );
         // A cell over 100 characters runs on under its column.
         let long = "x".repeat(150);
-        let out = nested_lists(&["a", "b"], &[vec!["1".into(), long]]);
+        let out = nested_lists(&["a", "b"], &[vec!["1".into(), long]], "");
         assert_eq!(
             out,
             format!(

@@ -65,21 +65,27 @@ pub(super) fn processes(s: &AppState, kv: Vec<(String, String)>) -> Reply {
         }
         Reply::Json(serde_json::Value::Object(m).to_string())
     } else {
-        let mut out = String::from(
-            "\n    Process         Status       Details\n    ---------------|------------|-------\n",
-        );
-        for (name, details) in &procs {
-            let status = if details.is_some() {
-                "Running"
-            } else {
-                "Not declared"
-            };
-            out.push_str(&format!(
-                "    {name:<15}| {status:<11}| {}\n",
-                details.as_deref().unwrap_or("")
-            ));
-        }
-        Reply::Text(out)
+        // EdgeLake's layout for its `get` tables, indented by four spaces.
+        let rows: Vec<Vec<String>> = procs
+            .iter()
+            .map(|(name, details)| {
+                let status = if details.is_some() {
+                    "Running"
+                } else {
+                    "Not declared"
+                };
+                vec![
+                    (*name).to_owned(),
+                    status.to_owned(),
+                    details.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        Reply::Text(crate::api::format::nested_lists(
+            &["Process", "Status", "Details"],
+            &rows,
+            "    ",
+        ))
     }
 }
 

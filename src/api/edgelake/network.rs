@@ -86,7 +86,7 @@ pub(super) async fn data_nodes(s: &AppState, kv: Vec<(String, String)>) -> Reply
         last = Some(key);
         cells.push(line);
     }
-    Reply::Text(crate::api::format::nested_lists(&COLUMNS, &cells))
+    Reply::Text(crate::api::format::nested_lists(&COLUMNS, &cells, ""))
 }
 
 /// Asks every known node for its ledger heads (at most 3 s each, all at
