@@ -196,7 +196,7 @@ pub async fn run(s: &AppState, command: &str, destination: Option<&str>, body: &
         ("get", "databases") => get::databases(s, kv()),
         ("get", "processes") => get::processes(s, kv()),
         ("get", "tables") => get::tables(s, kv()),
-        ("get", "columns") => get::columns(s, kv()),
+        ("get", "columns") => get::columns(s, kv()).await,
         ("get", "data") if word(2) == "nodes" => network::data_nodes(s, kv()).await,
         ("blockchain", "get") => blockchain::get(s, after_words(cmd, 2)),
         ("blockchain", "insert") => blockchain::insert(s, cmd, body).await,

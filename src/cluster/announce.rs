@@ -114,7 +114,7 @@ async fn publish_mine(
 /// The table policies this node published for another cluster (it was
 /// alone, or in another cluster, before) are withdrawn: its rows are its
 /// cluster's now, and counting them under both would count them twice.
-pub async fn announce_tables(mesh: &Arc<Mesh>, me: &Me, store: &Storage) {
+pub async fn announce_tables(mesh: &Arc<Mesh>, me: &Me, store: &Arc<Storage>) {
     if !mesh.admitted() {
         // A closed network takes nothing from a node it has not admitted.
         return;
@@ -132,7 +132,11 @@ pub async fn announce_tables(mesh: &Arc<Mesh>, me: &Me, store: &Storage) {
         }
     }
     for (db, table) in store.user_tables() {
-        let Ok(columns) = store.declared_columns(&db, &table) else {
+        // The declared types are read from the database: off the runtime.
+        let (st, d, t) = (store.clone(), db.clone(), table.clone());
+        let Ok(Ok(columns)) =
+            tokio::task::spawn_blocking(move || st.declared_columns(&d, &t)).await
+        else {
             continue;
         };
         let Ok(policy) = Policy::from_value(table_policy(&db, &table, &cluster, &columns)) else {

@@ -213,7 +213,7 @@ pub(super) fn tables(s: &AppState, kv: Vec<(String, String)>) -> Reply {
     }
 }
 
-pub(super) fn columns(s: &AppState, kv: Vec<(String, String)>) -> Reply {
+pub(super) async fn columns(s: &AppState, kv: Vec<(String, String)>) -> Reply {
     let (Some(dbms), Some(table)) = (get(&kv, "dbms"), get(&kv, "table")) else {
         return Reply::err(
             code::COMMAND,
@@ -222,7 +222,12 @@ pub(super) fn columns(s: &AppState, kv: Vec<(String, String)>) -> Reply {
     };
     // A node that holds the table answers from its store; any other (a
     // query node) from the schema its operators announced in the ledger.
-    let cols: Vec<(String, String)> = match s.store.declared_columns(dbms, table) {
+    // The declared types are read from the database: off the runtime.
+    let (store, d, t) = (s.store.clone(), dbms.to_owned(), table.to_owned());
+    let declared = tokio::task::spawn_blocking(move || store.declared_columns(&d, &t))
+        .await
+        .unwrap_or_else(|e| Err(crate::store::StoreError::internal("reading columns", e)));
+    let cols: Vec<(String, String)> = match declared {
         Ok(c) => c,
         Err(e) => match s
             .mesh
