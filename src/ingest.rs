@@ -23,6 +23,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 mod forward;
+pub mod mqtt;
 mod parse;
 mod publisher;
 mod serve;

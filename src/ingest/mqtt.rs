@@ -1,0 +1,21 @@
+//! MQTT in: the node's own broker for devices that publish, subscriptions
+//! to brokers elsewhere, and EdgeLake's `POST` with `command: data` — all
+//! mapped by `run msg client` topics (or `mapping` policies) to rows that
+//! take the one ingest path as streaming writes.
+//!
+//! - `command`: parsing `run msg client where ...`
+//! - `mapping`: a message into rows (sans-I/O)
+//! - `clients`: the registry of clients, its file, counters, and storing
+//! - `broker`: the built-in MQTT 3.1.1 broker
+//! - `remote`: subscriptions to other brokers (rumqttc)
+
+mod broker;
+mod clients;
+mod command;
+mod mapping;
+mod remote;
+
+pub use broker::{Limits as BrokerLimits, spawn as spawn_broker};
+pub use clients::{Client, Counters, Delivery, Message, MsgClients, Origin, PolicyLookup};
+pub use command::{Broker, ClientSpec, is_run_client, split_and};
+pub use mapping::MAX_ROWS_PER_MESSAGE;

@@ -1,0 +1,501 @@
+//! The node's message clients (`run msg client`): their subscriptions,
+//! counters, the file that keeps them across restarts, and the one path
+//! every message takes to the ingest service — mapped, grouped by table,
+//! written as streaming rows (journaled before anything is acknowledged).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use super::command::{self, Broker, ClientSpec};
+use super::mapping::{self, Mapping};
+use crate::error::{Code, Coded};
+use crate::ingest::{Consistency, Ingest, IngestError, IngestRequest, Mode};
+
+/// Most message clients one node runs.
+pub const MAX_CLIENTS: usize = 64;
+
+/// Finds a `mapping` policy by its id (the one its body gives, or the ledger's).
+pub type PolicyLookup = Arc<dyn Fn(&str) -> Option<Value> + Send + Sync>;
+
+/// Counters of one client (or of the node's broker).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub messages: AtomicU64,
+    pub rows: AtomicU64,
+    pub errors: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Counters {
+    pub(super) fn error(&self, e: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_owned());
+    }
+}
+
+/// One `run msg client`.
+#[derive(Debug)]
+pub struct Client {
+    pub id: u32,
+    pub spec: ClientSpec,
+    pub command: String,
+    pub counters: Counters,
+    /// Remote brokers only: whether the link is up now.
+    pub connected: AtomicBool,
+    stop: watch::Sender<bool>,
+}
+
+impl Client {
+    /// The MQTT client id it uses with a remote broker: stable across
+    /// restarts, so the broker keeps its session (and its QoS 1 messages).
+    pub fn mqtt_id(&self, node: &str) -> String {
+        self.spec
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("tarn-{node}-{}", self.id))
+    }
+
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    id: u32,
+    command: String,
+}
+
+/// Where a message came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The node's own MQTT broker.
+    Broker,
+    /// `POST /` with `command: data`.
+    Rest,
+}
+
+/// A message to store, and whose it is.
+pub struct Message {
+    pub client: Arc<Client>,
+    /// Which of the client's topics it matched.
+    pub topic: usize,
+    pub payload: Bytes,
+    /// QoS 1 and 2 only: who sent it and under which packet id, and
+    /// whether it is marked as sent again (see [`Resent`]).
+    pub delivery: Option<Delivery>,
+}
+
+/// How an acknowledged delivery is told apart from its resends.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    /// A digest of the sender (MQTT client id), packet id and payload.
+    pub key: u64,
+    /// The DUP flag: the sender is sending it again.
+    pub dup: bool,
+}
+
+impl Delivery {
+    pub fn new(sender: &str, pkid: u16, payload: &[u8], dup: bool) -> Delivery {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (sender, pkid, payload).hash(&mut h);
+        Delivery {
+            key: h.finish(),
+            dup,
+        }
+    }
+}
+
+/// The deliveries stored lately. A QoS 1 message whose acknowledgement was
+/// lost (a link that broke, a broker that restarted) comes again with the
+/// DUP flag, the same packet id and payload; one found here was stored
+/// already, and is acknowledged without being stored twice.
+#[derive(Debug, Default)]
+pub struct Resent {
+    order: std::collections::VecDeque<u64>,
+    keys: std::collections::HashSet<u64>,
+}
+
+impl Resent {
+    /// Deliveries remembered.
+    const CAPACITY: usize = 200_000;
+
+    fn contains(&self, k: u64) -> bool {
+        self.keys.contains(&k)
+    }
+
+    fn insert(&mut self, k: u64) {
+        if self.keys.insert(k) {
+            self.order.push_back(k);
+            if self.order.len() > Self::CAPACITY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.keys.remove(&old);
+            }
+        }
+    }
+}
+
+/// The registry of message clients.
+pub struct MsgClients {
+    ingest: Arc<Ingest>,
+    policies: PolicyLookup,
+    file: PathBuf,
+    node: String,
+    clients: Mutex<BTreeMap<u32, Arc<Client>>>,
+    /// Messages the node's broker took (all topics).
+    pub broker: Counters,
+    /// Messages on no subscribed topic.
+    pub unmatched: AtomicU64,
+    /// Resent messages that had been stored already, and were not again.
+    pub resent: AtomicU64,
+    stored: Mutex<Resent>,
+    /// Where the node's broker listens, once started.
+    broker_addr: Mutex<Option<SocketAddr>>,
+    /// The node's stop signal: ends the broker and every client.
+    node_stop: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for MsgClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsgClients")
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
+impl MsgClients {
+    /// The registry, kept in `file` (`msg_clients.json` in the data directory).
+    pub fn new(
+        ingest: Arc<Ingest>,
+        policies: PolicyLookup,
+        file: PathBuf,
+        node: &str,
+        node_stop: watch::Receiver<bool>,
+    ) -> Self {
+        MsgClients {
+            ingest,
+            policies,
+            file,
+            node: node.to_owned(),
+            clients: Mutex::new(BTreeMap::new()),
+            broker: Counters::default(),
+            unmatched: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
+            stored: Mutex::new(Resent::default()),
+            broker_addr: Mutex::new(None),
+            node_stop,
+        }
+    }
+
+    /// Starts the node's MQTT broker on `addr` (one per node); where it listens.
+    pub async fn start_broker(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        limits: super::BrokerLimits,
+    ) -> Result<SocketAddr, String> {
+        if let Some(a) = self.broker_addr() {
+            return Err(format!("this node's MQTT broker runs already, on {a}"));
+        }
+        let bound = super::spawn_broker(addr, self.clone(), limits, self.node_stop.clone())
+            .await
+            .map_err(|e| format!("binding {addr}: {e}"))?;
+        *self.broker_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(bound);
+        Ok(bound)
+    }
+
+    /// Where the node's broker listens (`None`: it does not run).
+    pub fn broker_addr(&self) -> Option<SocketAddr> {
+        *self.broker_addr.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The clients the file holds, started again (a command that no longer
+    /// parses is logged and dropped); all of them stop with the node.
+    pub fn restore(self: &Arc<Self>) {
+        let this = Arc::downgrade(self);
+        let mut stop = self.node_stop.clone();
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            if let Some(this) = this.upgrade() {
+                for c in this.list() {
+                    let _ = c.stop.send(true);
+                }
+            }
+        });
+        let saved: Vec<Saved> = match std::fs::read(&self.file) {
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("{}: {e}; no message client restored", self.file.display());
+                    return;
+                }
+            },
+            Err(_) => return,
+        };
+        for s in saved {
+            match command::parse(&s.command) {
+                Ok(spec) => {
+                    self.insert(s.id, spec, s.command);
+                }
+                Err(e) => tracing::error!("message client {} not restored: {e}", s.id),
+            }
+        }
+    }
+
+    /// Starts a client from a `run msg client` command.
+    pub fn add(self: &Arc<Self>, cmd: &str) -> Result<Arc<Client>, String> {
+        let spec = command::parse(cmd)?;
+        let id = {
+            let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            if clients.len() >= MAX_CLIENTS {
+                return Err(format!(
+                    "this node runs {MAX_CLIENTS} message clients already"
+                ));
+            }
+            clients.keys().next_back().map_or(1, |k| k + 1)
+        };
+        let c = self.insert(id, spec, cmd.trim().to_owned());
+        self.save()
+            .map_err(|e| format!("the client runs but was not saved: {e}"))?;
+        Ok(c)
+    }
+
+    fn insert(self: &Arc<Self>, id: u32, spec: ClientSpec, command: String) -> Arc<Client> {
+        let (stop, _) = watch::channel(false);
+        let c = Arc::new(Client {
+            id,
+            spec,
+            command,
+            counters: Counters::default(),
+            connected: AtomicBool::new(false),
+            stop,
+        });
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, c.clone());
+        if let Broker::Remote { .. } = c.spec.broker {
+            tokio::spawn(super::remote::run(
+                self.clone(),
+                c.clone(),
+                self.node.clone(),
+            ));
+        }
+        c
+    }
+
+    /// Stops client `id`, or all with `None`; how many stopped.
+    pub fn remove(&self, id: Option<u32>) -> Result<usize, String> {
+        let gone: Vec<Arc<Client>> = {
+            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            match id {
+                Some(id) => clients.remove(&id).into_iter().collect(),
+                None => std::mem::take(&mut *clients).into_values().collect(),
+            }
+        };
+        for c in &gone {
+            let _ = c.stop.send(true);
+        }
+        self.save()
+            .map_err(|e| format!("saving the message clients: {e}"))?;
+        Ok(gone.len())
+    }
+
+    pub fn list(&self) -> Vec<Arc<Client>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        let saved: Vec<Saved> = self
+            .list()
+            .iter()
+            .map(|c| Saved {
+                id: c.id,
+                command: c.command.clone(),
+            })
+            .collect();
+        let tmp = self.file.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&saved)?)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &self.file)
+    }
+
+    /// The client and topic a message on `topic` that came in by `origin` is for.
+    pub fn route(&self, origin: Origin, topic: &str) -> Option<(Arc<Client>, usize)> {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.values().find_map(|c| {
+            let ours = matches!(
+                (&c.spec.broker, origin),
+                (Broker::Local, Origin::Broker) | (Broker::Rest, Origin::Rest)
+            );
+            if !ours {
+                return None;
+            }
+            let i = c
+                .spec
+                .topics
+                .iter()
+                .position(|t| t.name == topic || rumqttc::matches(topic, &t.name))?;
+            Some((c.clone(), i))
+        })
+    }
+
+    /// Stores messages: each mapped to rows, rows grouped by table, each
+    /// table's rows written to its streaming buffer at once. A message that
+    /// does not fit is counted against its client and dropped, and takes no
+    /// other message with it. `Err` only when the node could not store what
+    /// fits (then nothing may be acknowledged).
+    pub async fn store(&self, mut msgs: Vec<Message>) -> Result<(), IngestError> {
+        {
+            let stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+            msgs.retain(|m| match m.delivery {
+                Some(d) if d.dup && stored.contains(d.key) => {
+                    self.resent.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                _ => true,
+            });
+        }
+        self.store_new(&msgs).await?;
+        let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        for d in msgs.iter().filter_map(|m| m.delivery) {
+            stored.insert(d.key);
+        }
+        Ok(())
+    }
+
+    async fn store_new(&self, msgs: &[Message]) -> Result<(), IngestError> {
+        // (db, table, source) -> rows, and which message gave how many of them.
+        let mut groups: HashMap<(String, String, String), Group> = HashMap::new();
+        for (n, m) in msgs.iter().enumerate() {
+            m.client.counters.messages.fetch_add(1, Ordering::Relaxed);
+            match self.map(m) {
+                Ok(sets) => {
+                    // The source names the subscribed topic: a publisher
+                    // routes each topic's rows to one cluster.
+                    let source = format!("mqtt:{}", m.client.spec.topics[m.topic].name);
+                    for r in sets {
+                        let g = groups.entry((r.db, r.table, source.clone())).or_default();
+                        g.from.push((n, r.rows.len()));
+                        g.rows.extend(r.rows);
+                    }
+                }
+                Err(e) => self.refuse(m, &e),
+            }
+        }
+        for ((db, table, source), g) in groups {
+            match self.write(&db, &table, &source, &g.rows).await {
+                Ok(()) => {
+                    for (n, k) in g.from {
+                        msgs[n]
+                            .client
+                            .counters
+                            .rows
+                            .fetch_add(k as u64, Ordering::Relaxed);
+                    }
+                }
+                Err(e) if node_failure(&e) => return Err(e),
+                // Rows of one message the table refuses: write message by
+                // message, so that only the ones that do not fit are lost.
+                Err(_) => {
+                    let mut at = 0;
+                    for (n, k) in g.from {
+                        let rows = &g.rows[at..at + k];
+                        at += k;
+                        match self.write(&db, &table, &source, rows).await {
+                            Ok(()) => {
+                                msgs[n]
+                                    .client
+                                    .counters
+                                    .rows
+                                    .fetch_add(k as u64, Ordering::Relaxed);
+                            }
+                            Err(e) if node_failure(&e) => return Err(e),
+                            Err(e) => self.refuse(&msgs[n], &format!("{db}.{table}: {e}")),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, m: &Message, why: &str) {
+        m.client.counters.error(why);
+        let topic = &m.client.spec.topics[m.topic].name;
+        if m.client.spec.log {
+            tracing::warn!("msg client {} topic {topic:?}: {why}", m.client.id);
+        } else {
+            tracing::debug!("msg client {} topic {topic:?}: {why}", m.client.id);
+        }
+    }
+
+    async fn write(
+        &self,
+        db: &str,
+        table: &str,
+        source: &str,
+        rows: &[Map<String, Value>],
+    ) -> Result<(), IngestError> {
+        let body =
+            serde_json::to_vec(rows).map_err(|e| IngestError::internal("encoding rows", e))?;
+        let mut req = IngestRequest::batch(db, table, Bytes::from(body), source);
+        req.mode = Mode::Streaming;
+        req.consistency = Consistency::Local;
+        self.ingest.ingest(req).await.map(|_| ())
+    }
+
+    /// The rows of one message, per table.
+    fn map(&self, m: &Message) -> Result<Vec<mapping::Rows>, String> {
+        let msg: Value = serde_json::from_slice(&m.payload)
+            .map_err(|e| format!("the message is not JSON: {e}"))?;
+        let topic = &m.client.spec.topics[m.topic];
+        if topic.policies.is_empty() {
+            return Ok(vec![topic.mapping.apply(&msg)?]);
+        }
+        let mut out = Vec::new();
+        for id in &topic.policies {
+            let p = (self.policies)(id).ok_or_else(|| format!("no mapping policy {id:?}"))?;
+            let mut map: Mapping = mapping::from_policy(&p)?;
+            // The topic's own dbms and table stand in for ones the policy leaves out.
+            map.dbms = map.dbms.or_else(|| topic.mapping.dbms.clone());
+            map.table = map.table.or_else(|| topic.mapping.table.clone());
+            if map.applies(&msg) {
+                out.push(map.apply(&msg)?);
+            }
+        }
+        if out.is_empty() {
+            return Err("no mapping policy of the topic applies to the message".into());
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Default)]
+struct Group {
+    rows: Vec<Map<String, Value>>,
+    from: Vec<(usize, usize)>,
+}
+
+/// Whether an ingest error is the node's (nothing can be acknowledged)
+/// rather than the data's.
+fn node_failure(e: &IngestError) -> bool {
+    matches!(
+        e.code(),
+        Code::Internal | Code::QueueFull | Code::NoOperator | Code::Busy | Code::TooManyBatches
+    )
+}
