@@ -86,6 +86,8 @@ pub struct AppState {
     pub auth: Option<Arc<auth::Auth>>,
     /// Where changes and refusals are recorded.
     pub audit: crate::audit::Sink,
+    /// Message clients (`run msg client`) and the node's MQTT broker.
+    pub msg: Arc<crate::ingest::mqtt::MsgClients>,
 }
 
 impl FromRef<AppState> for Arc<Ingest> {

@@ -109,6 +109,31 @@ pub struct Config {
     pub auth: AuthConfig,
     pub audit: AuditConfig,
     pub tls: TlsConfig,
+    pub mqtt: MqttConfig,
+}
+
+/// The node's own MQTT broker, for devices that publish (EdgeLake's
+/// `run message broker`); what it takes is mapped by `run msg client where
+/// broker = local` subscriptions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Where the broker listens (EdgeLake's broker port is 32150); `None`: no broker.
+    pub listen: Option<SocketAddr>,
+    /// Most device connections at once.
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted, in bytes.
+    pub max_packet_bytes: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: None,
+            max_connections: 1024,
+            max_packet_bytes: 8 << 20,
+        }
+    }
 }
 
 /// HTTPS on the REST port.
@@ -259,6 +284,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             audit: AuditConfig::default(),
+            mqtt: MqttConfig::default(),
         }
     }
 }
@@ -366,6 +392,14 @@ impl Config {
         if self.peers_target == 0 || self.peers_max < self.peers_target || self.peers_max > 4096 {
             return Err(
                 "peers_target must be at least 1, and peers_max between it and 4096".into(),
+            );
+        }
+        if !(1..=65_536).contains(&self.mqtt.max_connections)
+            || !(1024..=256 << 20).contains(&self.mqtt.max_packet_bytes)
+        {
+            return Err(
+                "mqtt.max_connections must be 1-65536 and mqtt.max_packet_bytes 1 KiB-256 MiB"
+                    .into(),
             );
         }
         if self.streaming.threshold_rows == 0 || self.streaming.threshold_ms == 0 {

@@ -44,7 +44,8 @@ pub mod proto;
 pub mod store;
 
 pub use config::{
-    Config, PublisherConfig, ReplicationConfig, Route, Service, StreamingConfig, WatchConfig,
+    Config, MqttConfig, PublisherConfig, ReplicationConfig, Route, Service, StreamingConfig,
+    WatchConfig,
 };
 pub use ingest::batch_hash;
 pub use local_mesh::LocalMesh;

@@ -304,6 +304,10 @@ struct NodeArgs {
     /// Do not look for peers on the local network by mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// Run an MQTT broker for devices on HOST:PORT (alone: 0.0.0.0:32150);
+    /// `run msg client where broker = local` maps what they publish to rows.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "0.0.0.0:32150")]
+    mqtt: Option<String>,
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -383,6 +387,11 @@ impl NodeArgs {
         }
         if self.no_mdns {
             cfg.mdns = false;
+        }
+        if let Some(v) = self.mqtt {
+            cfg.mqtt.listen = Some(v.parse().map_err(|_| {
+                anyhow::anyhow!("--mqtt {v:?} is not HOST:PORT (an IP address and a port)")
+            })?);
         }
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;

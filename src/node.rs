@@ -26,6 +26,7 @@ use crate::cluster::membership::Me;
 use crate::cluster::replication::{self, Replicator, Timing};
 use crate::config::{Config, Service};
 use crate::exec::{self, Exec, Limits};
+use crate::ingest::mqtt::{self, MsgClients};
 use crate::ingest::{self, Ingest, Publisher, Streams, Watcher};
 use crate::mesh::{Events, Mesh, Router};
 use crate::store::Storage;
@@ -251,8 +252,16 @@ impl Node {
             stopped.clone(),
             span,
         ));
+        let msg = Arc::new(MsgClients::new(
+            ingest.clone(),
+            mapping_lookup(&mesh),
+            cfg.data_dir.join("msg_clients.json"),
+            &cfg.name,
+            stopped.clone(),
+        ));
         let state = AppState {
             info: Arc::new(info),
+            msg,
             ingest,
             exec,
             mesh,
@@ -321,6 +330,19 @@ impl Node {
                 .push(every(period, stopped.clone(), span, move || {
                     watcher.lock().unwrap_or_else(|p| p.into_inner()).scan()
                 }));
+        }
+        s.msg.restore();
+        if let Some(addr) = cfg.mqtt.listen {
+            let limits = mqtt::BrokerLimits {
+                max_packet: cfg.mqtt.max_packet_bytes,
+                max_connections: cfg.mqtt.max_connections,
+            };
+            let bound = s
+                .msg
+                .start_broker(addr, limits)
+                .await
+                .map_err(|e| anyhow::anyhow!("the MQTT broker: {e}"))?;
+            tracing::info!(parent: span, "MQTT broker listening on {bound}");
         }
         if let (Some(p), false) = (&s.publisher, cfg.has(Service::Operator)) {
             self.tasks.push(ingest::spawn_forwarder(
@@ -451,6 +473,24 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Finds `mapping` policies in the ledger by their id, the ledger's or the
+/// one the policy's body names (EdgeLake refers to them by the latter).
+fn mapping_lookup(mesh: &Arc<Mesh>) -> mqtt::PolicyLookup {
+    let mesh = Arc::downgrade(mesh);
+    Arc::new(move |id: &str| {
+        mesh.upgrade()?.with_view(|v| {
+            v.get(id)
+                .filter(|p| p.kind == "mapping")
+                .or_else(|| {
+                    v.policies().find(|p| {
+                        p.kind == "mapping" && p.policy["mapping"]["id"].as_str() == Some(id)
+                    })
+                })
+                .map(|p| p.policy.clone())
+        })
+    })
 }
 
 /// The closed network the node is in (`None`: open), and the admin key it

@@ -447,7 +447,7 @@ pub fn command_needs(cmd: &str) -> (Role, Option<String>) {
     match (w(0), w(1)) {
         ("sql", db) => (Role::Reader, Some(db.to_owned())),
         ("blockchain", "get") | ("get", _) | ("test", _) => (Role::Reader, None),
-        ("flush", _) | ("replay", _) => (Role::Writer, None),
+        ("flush", _) | ("replay", _) | ("data", _) => (Role::Writer, None),
         // Everything else, `blockchain insert` first, is an admin's.
         _ => (Role::Admin, None),
     }

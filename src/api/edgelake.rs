@@ -5,6 +5,8 @@
 //! - `get`: `get status|databases|processes|tables|columns`
 //! - `blockchain`: `blockchain get ...`, `blockchain insert ...`
 //! - `network`: `get data nodes`, `test network`
+//! - `msg`: `run msg client`, `get msg clients`, `exit msg client`,
+//!   `run message broker`, `get local broker`, and `data` (EdgeLake's POST)
 //!
 //! A new command is a function in one of these and a line in [`run`].
 
@@ -18,6 +20,7 @@ use serde::Deserialize;
 mod blockchain;
 mod dialect;
 mod get;
+mod msg;
 mod network;
 mod shapes;
 mod sql;
@@ -91,7 +94,7 @@ pub(super) async fn command_get(
         return e.into_response();
     }
     let dest = header_str(&headers, "destination").map(str::to_owned);
-    let r = run(&s, &cmd, dest.as_deref(), &[]).await;
+    let r = run(&s, &cmd, dest.as_deref(), None, &[]).await;
     reply(&s, "get", r)
 }
 
@@ -129,7 +132,8 @@ pub(super) async fn command_post(
     if let Err(e) = may_run(user.as_deref(), &cmd) {
         return e.into_response();
     }
-    let r = run(&s, &cmd, dest.as_deref(), payload).await;
+    let topic = header_str(&headers, "topic");
+    let r = run(&s, &cmd, dest.as_deref(), topic, payload).await;
     reply(&s, "post", r)
 }
 
@@ -181,8 +185,19 @@ fn after_words(cmd: &str, n: usize) -> &str {
 
 /// Runs one command (EdgeLake's GET-only rule for `flush buffers` is not kept:
 /// tarn accepts read and write commands by either method).
-pub async fn run(s: &AppState, command: &str, destination: Option<&str>, body: &[u8]) -> Reply {
+pub async fn run(
+    s: &AppState,
+    command: &str,
+    destination: Option<&str>,
+    topic: Option<&str>,
+    body: &[u8],
+) -> Reply {
+    // EdgeLake's scripts wrap a command that spans lines in `<...>`.
     let cmd = command.trim();
+    let cmd = match cmd.strip_prefix('<').and_then(|c| c.strip_suffix('>')) {
+        Some(inner) => inner.trim(),
+        None => cmd,
+    };
     let words: Vec<String> = cmd
         .split_whitespace()
         .take(3)
@@ -202,6 +217,12 @@ pub async fn run(s: &AppState, command: &str, destination: Option<&str>, body: &
         ("blockchain", "insert") => blockchain::insert(s, cmd, body).await,
         ("blockchain", "prepare") => blockchain::prepare(cmd, body),
         ("test", "network") => network::test(s, kv()).await,
+        ("run", "msg" | "mqtt") if word(2) == "client" => msg::run_client(s, cmd),
+        ("run", "message") if word(2) == "broker" => msg::run_broker(s, kv()).await,
+        ("get", "msg") if word(2).starts_with("client") => msg::clients(s, cmd, kv()),
+        ("get", "local") if word(2) == "broker" => msg::local_broker(s, kv()),
+        ("exit", "msg" | "mqtt") => msg::exit(s, &cmd.to_ascii_lowercase()),
+        ("data", "") => msg::data(s, topic, body).await,
         // tarn's own: rows `stream/error/` keeps, written again.
         ("replay", "stream") if word(2) == "errors" => {
             let streams = s.streams.clone();
@@ -242,50 +263,7 @@ fn where_clause(cmd: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Splits on the word `and` (any case) outside quotes and parentheses.
-pub(super) fn split_and(s: &str) -> Vec<String> {
-    let mut parts = Vec::new();
-    let mut cur = String::new();
-    let mut depth = 0i32;
-    let mut quote: Option<char> = None;
-    let chars: Vec<char> = s.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None => match c {
-                '\'' | '"' => quote = Some(c),
-                '(' => depth += 1,
-                ')' => depth -= 1,
-                _ => {}
-            },
-        }
-        if quote.is_none()
-            && depth == 0
-            && c.is_whitespace()
-            && chars.len() >= i + 5
-            && chars[i + 1..i + 4]
-                .iter()
-                .collect::<String>()
-                .eq_ignore_ascii_case("and")
-            && chars[i + 4].is_whitespace()
-        {
-            parts.push(std::mem::take(&mut cur));
-            i += 5;
-            continue;
-        }
-        cur.push(c);
-        i += 1;
-    }
-    parts.push(cur);
-    parts
-        .into_iter()
-        .map(|p| p.trim().to_owned())
-        .filter(|p| !p.is_empty())
-        .collect()
-}
+pub(super) use crate::ingest::mqtt::split_and;
 
 pub(super) fn unquote(s: &str) -> &str {
     for q in ['"', '\''] {

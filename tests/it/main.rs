@@ -12,6 +12,7 @@ mod harness;
 mod ingest;
 mod lan;
 mod mesh;
+mod mqtt;
 mod netns;
 mod robust;
 mod watch;
