@@ -71,12 +71,8 @@ pub fn parse(cmd: &str) -> Result<ClientSpec, String> {
     for (k, v) in pairs(&cmd[at + 7..])? {
         match k.as_str() {
             "broker" => broker = Some(v),
-            "port" => {
-                port = Some(
-                    v.parse::<u16>()
-                        .map_err(|_| format!("port {v:?} is not a port number"))?,
-                )
-            }
+            // Parsed below: only a remote broker's port counts.
+            "port" => port = Some(v),
             "user" | "username" => spec.user = Some(v),
             "password" => spec.password = Some(v),
             "client_id" => spec.client_id = Some(v),
@@ -94,10 +90,23 @@ pub fn parse(cmd: &str) -> Result<ClientSpec, String> {
         None => return Err("run msg client needs broker = <host>, local or rest".into()),
         Some("local") => Broker::Local,
         Some("rest") => Broker::Rest,
-        Some(_) => Broker::Remote {
-            host: broker.unwrap_or_default(),
-            port: port.unwrap_or(1883),
-        },
+        Some(_) => {
+            let host = broker.unwrap_or_default();
+            for v in std::iter::once(&host).chain(port.as_ref()) {
+                if v.starts_with('!') {
+                    return Err(format!(
+                        "{v} is an EdgeLake variable, which tarn does not keep: give its value"
+                    ));
+                }
+            }
+            let port = match port {
+                None => 1883,
+                Some(p) => p
+                    .parse::<u16>()
+                    .map_err(|_| format!("port {p:?} is not a port number"))?,
+            };
+            Broker::Remote { host, port }
+        }
     };
     if spec.topics.is_empty() {
         return Err("run msg client needs at least one topic = (name = ...)".into());
@@ -195,6 +204,11 @@ fn topic(v: &str) -> Result<Topic, String> {
         policies: Vec::new(),
     };
     for (k, v) in pairs(inner)? {
+        if v.starts_with('!') {
+            return Err(format!(
+                "{k} = {v}: {v} is an EdgeLake variable, which tarn does not keep: give its value"
+            ));
+        }
         match k.as_str() {
             "name" => t.name = v,
             "qos" => t.qos = Some(qos(&v)?),
@@ -308,6 +322,14 @@ mod tests {
         assert_eq!(s.topics[0].policies, ["rnd_val", "device"]);
         assert_eq!(s.topics[1].name, "a/+/c");
 
+        // EdgeLake's scripts name the local ports by variables: not needed here.
+        let local = "<run msg client where broker=local and port=!anylog_broker_port and log=false and topic=(\n    name=anylog-demo and\n    dbms=\"bring [dbms]\" and\n    table=\"bring [table]\" and\n    column.timestamp.timestamp=\"bring [timestamp]\" and\n    column.value=(type=float and value=\"bring [value]\")\n)>";
+        assert_eq!(parse(local).unwrap().broker, Broker::Local);
+        assert!(
+            parse("run msg client where broker = !ip and port = 1 and topic = (name = x and dbms = d and table = t)")
+                .unwrap_err()
+                .contains("EdgeLake variable")
+        );
         let rest = "run msg client where broker = rest and user-agent=anylog and topic = (name = test and dbms = \"bring [metadata][company]\" and table = \"bring [metadata][machine_name] _ [metadata][serial_number]\" and column.timestamp.timestamp = \"bring [ts]\" and column.value.int = \"bring [value]\")";
         assert_eq!(parse(rest).unwrap().broker, Broker::Rest);
     }
