@@ -126,6 +126,20 @@ pub struct MqttConfig {
     pub max_packet_bytes: usize,
 }
 
+impl MqttConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=65_536).contains(&self.max_connections)
+            || !(1024..=256 << 20).contains(&self.max_packet_bytes)
+        {
+            return Err(
+                "mqtt.max_connections must be 1-65536 and mqtt.max_packet_bytes 1 KiB-256 MiB"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
@@ -394,14 +408,7 @@ impl Config {
                 "peers_target must be at least 1, and peers_max between it and 4096".into(),
             );
         }
-        if !(1..=65_536).contains(&self.mqtt.max_connections)
-            || !(1024..=256 << 20).contains(&self.mqtt.max_packet_bytes)
-        {
-            return Err(
-                "mqtt.max_connections must be 1-65536 and mqtt.max_packet_bytes 1 KiB-256 MiB"
-                    .into(),
-            );
-        }
+        self.mqtt.validate()?;
         if self.streaming.threshold_rows == 0 || self.streaming.threshold_ms == 0 {
             return Err("streaming thresholds must be positive".into());
         }

@@ -252,16 +252,15 @@ impl Node {
             stopped.clone(),
             span,
         ));
-        let msg = Arc::new(MsgClients::new(
-            ingest.clone(),
-            mapping_lookup(&mesh),
-            cfg.data_dir.join("msg_clients.json"),
-            &cfg.name,
-            stopped.clone(),
-        ));
         let state = AppState {
             info: Arc::new(info),
-            msg,
+            msg: Arc::new(MsgClients::new(
+                ingest.clone(),
+                mapping_lookup(&mesh),
+                cfg.data_dir.join("msg_clients.json"),
+                &cfg.name,
+                stopped.clone(),
+            )),
             ingest,
             exec,
             mesh,
@@ -331,19 +330,7 @@ impl Node {
                     watcher.lock().unwrap_or_else(|p| p.into_inner()).scan()
                 }));
         }
-        s.msg.restore();
-        if let Some(addr) = cfg.mqtt.listen {
-            let limits = mqtt::BrokerLimits {
-                max_packet: cfg.mqtt.max_packet_bytes,
-                max_connections: cfg.mqtt.max_connections,
-            };
-            let bound = s
-                .msg
-                .start_broker(addr, limits)
-                .await
-                .map_err(|e| anyhow::anyhow!("the MQTT broker: {e}"))?;
-            tracing::info!(parent: span, "MQTT broker listening on {bound}");
-        }
+        start_mqtt(&s.msg, cfg, span).await?;
         if let (Some(p), false) = (&s.publisher, cfg.has(Service::Operator)) {
             self.tasks.push(ingest::spawn_forwarder(
                 s.mesh.clone(),
@@ -473,6 +460,28 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Starts the message clients kept in the data directory, and the MQTT
+/// broker if the configuration asks for one.
+async fn start_mqtt(
+    msg: &Arc<MsgClients>,
+    cfg: &Config,
+    span: &tracing::Span,
+) -> anyhow::Result<()> {
+    msg.restore();
+    if let Some(addr) = cfg.mqtt.listen {
+        let limits = mqtt::BrokerLimits {
+            max_packet: cfg.mqtt.max_packet_bytes,
+            max_connections: cfg.mqtt.max_connections,
+        };
+        let bound = msg
+            .start_broker(addr, limits)
+            .await
+            .map_err(|e| anyhow::anyhow!("the MQTT broker: {e}"))?;
+        tracing::info!(parent: span, "MQTT broker listening on {bound}");
+    }
+    Ok(())
 }
 
 /// Finds `mapping` policies in the ledger by their id, the ledger's or the

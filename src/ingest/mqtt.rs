@@ -6,14 +6,16 @@
 //! - `command`: parsing `run msg client where ...`
 //! - `mapping`: a message into rows (sans-I/O)
 //! - `clients`: the registry of clients, its file, counters, and storing
-//! - `broker`: the built-in MQTT 3.1.1 broker
+//! - `broker`: the built-in MQTT broker
 //! - `remote`: subscriptions to other brokers (rumqttc)
+//! - `wire`: MQTT 3.1.1 and 5 packets as the broker reads and writes them
 
 mod broker;
 mod clients;
 mod command;
 mod mapping;
 mod remote;
+mod wire;
 
 pub use broker::{Limits as BrokerLimits, spawn as spawn_broker};
 pub use clients::{Client, Counters, Delivery, Message, MsgClients, Origin, PolicyLookup};

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::clients::{Client, Delivery, Message, MsgClients};
 use super::command::Broker;
@@ -96,17 +97,24 @@ pub async fn run(clients: Arc<MsgClients>, c: Arc<Client>, node: String) {
             }
         }
     }
-    // Stop reading, but keep the link up until what was read is stored
-    // and its acks are on the wire: otherwise the broker sends it again
-    // after a restart and it is stored twice. What arrives meanwhile is not
-    // acknowledged (the broker keeps it for the next session).
     drop(tx);
+    finish(&mqtt, &mut events, store).await;
+    c.connected.store(false, Ordering::Relaxed);
+}
+
+/// Stops reading, but keeps the link up until what was read is stored and
+/// its acks are on the wire: otherwise the broker sends it again after a
+/// restart and it is stored twice. What arrives meanwhile is not
+/// acknowledged (the broker keeps it for the next session).
+async fn finish(mqtt: &AsyncClient, events: &mut EventLoop, mut store: JoinHandle<()>) {
     let flushed = async {
-        let mut store = store;
         loop {
             tokio::select! {
                 _ = &mut store => break,
-                ev = events.poll() => if ev.is_err() { let _ = (&mut store).await; return; },
+                ev = events.poll() => if ev.is_err() {
+                    let _ = (&mut store).await;
+                    return;
+                },
             }
         }
         let _ = mqtt.try_disconnect();
@@ -117,7 +125,6 @@ pub async fn run(clients: Arc<MsgClients>, c: Arc<Client>, node: String) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(10), flushed).await;
-    c.connected.store(false, Ordering::Relaxed);
 }
 
 /// Stores what arrives, a batch at a time, then acknowledges it.
