@@ -254,13 +254,7 @@ impl Node {
         ));
         let state = AppState {
             info: Arc::new(info),
-            msg: Arc::new(MsgClients::new(
-                ingest.clone(),
-                mapping_lookup(&mesh),
-                cfg.data_dir.join("msg_clients.json"),
-                &cfg.name,
-                stopped.clone(),
-            )),
+            msg: Arc::new(msg_clients(cfg, &ingest, &mesh, auth.as_ref(), &stopped)),
             ingest,
             exec,
             mesh,
@@ -460,6 +454,43 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// The message clients; with REST authentication on, devices log in to
+/// the MQTT broker with a user's name and token (a writer of every database).
+fn msg_clients(
+    cfg: &Config,
+    ingest: &Arc<Ingest>,
+    mesh: &Arc<Mesh>,
+    auth: Option<&Arc<api::auth::Auth>>,
+    stopped: &watch::Receiver<bool>,
+) -> MsgClients {
+    let msg = MsgClients::new(
+        ingest.clone(),
+        mapping_lookup(mesh),
+        cfg.data_dir.join("msg_clients.json"),
+        &cfg.name,
+        stopped.clone(),
+    );
+    let Some(auth) = auth else { return msg };
+    let auth = Arc::downgrade(auth);
+    msg.with_login(Arc::new(move |login, from| {
+        let auth = auth.clone();
+        Box::pin(async move {
+            let (name, secret) = login.ok_or("a user name and token are required")?;
+            let auth = auth.upgrade().ok_or("the node is stopping")?;
+            let p = auth
+                .login(name, secret, from.map(|a| a.ip()))
+                .await
+                .map_err(|e| e.to_string())?;
+            p.require(api::auth::Role::Writer, None)
+                .map_err(|e| e.to_string())?;
+            if p.dbs.is_some() {
+                return Err(format!("user {} is limited to some databases", p.name));
+            }
+            Ok(())
+        })
+    }))
 }
 
 /// Starts the message clients kept in the data directory, and the MQTT

@@ -209,6 +209,38 @@ impl Auth {
 
     async fn check_token(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
         let (name, secret) = credentials(headers)?;
+        self.check_secret(name, secret).await
+    }
+
+    /// Who logs in with `name` and `secret` from `ip` (an MQTT device, say),
+    /// or why not; failures count against `ip` as REST's do.
+    pub async fn login(
+        &self,
+        name: String,
+        secret: String,
+        ip: Option<IpAddr>,
+    ) -> Result<Principal, ApiError> {
+        if let Some(ip) = ip {
+            self.not_locked_out(ip)?;
+        }
+        // The password is the secret, or the whole token.
+        let secret = match secret.strip_prefix(&format!("{name}.")) {
+            Some(s) => s.to_owned(),
+            None => secret,
+        };
+        if name.is_empty() || name.len() > 64 || secret.is_empty() || secret.len() > 128 {
+            return Err(bad_login());
+        }
+        let r = self.check_secret(name, secret).await;
+        if r.is_err()
+            && let Some(ip) = ip
+        {
+            self.failed(ip);
+        }
+        r
+    }
+
+    async fn check_secret(&self, name: String, secret: String) -> Result<Principal, ApiError> {
         let digest = *blake3::hash(format!("{name}.{secret}").as_bytes()).as_bytes();
         let cached = self
             .verified

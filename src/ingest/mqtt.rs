@@ -18,6 +18,6 @@ mod remote;
 mod wire;
 
 pub use broker::{Limits as BrokerLimits, spawn as spawn_broker};
-pub use clients::{Client, Counters, Delivery, Message, MsgClients, Origin, PolicyLookup};
+pub use clients::{Client, Counters, Delivery, Login, Message, MsgClients, Origin, PolicyLookup};
 pub use command::{Broker, ClientSpec, is_run_client, split_and};
 pub use mapping::MAX_ROWS_PER_MESSAGE;

@@ -535,3 +535,66 @@ fn a_publisher_routes_what_devices_publish_to_a_cluster() {
         (op.count("lab", "presses") == 10).then_some(())
     });
 }
+
+/// With `--auth`, devices log in to the broker with a user's name and
+/// token, as REST clients do.
+#[test]
+fn with_auth_devices_log_in_to_the_broker() {
+    need_mosquitto();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("admin.key");
+    let key_s = key.to_str().unwrap();
+    let tarn = |args: &[&str]| {
+        let out = Command::new(crate::harness::BIN)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    tarn(&["network", "create", "--out", key_s]);
+    let mut node = TestNode::start(&["--admin-key", key_s, "--auth", "--mqtt", "127.0.0.1:0"]);
+    let base = node.client.base().to_owned();
+    let user = |name: &str, role: &str| {
+        tarn(&[
+            "user", "add", name, "--role", role, "--key", key_s, "--node", &base,
+        ])
+    };
+    let admin = user("root", "admin");
+    let device = user("device", "writer");
+    let reader = user("viewer", "reader");
+    node.set_client(|c| c.with_token(Some(&admin)));
+    run_client(
+        &node,
+        "run msg client where broker = local and topic = (name = t and dbms = lab and \
+         table = t and column.v.int = \"bring [v]\")",
+    );
+    let port = broker_port(&node).to_string();
+    let pub_as = |login: &[&str], v: i64| {
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", "t"])
+            .args(login)
+            .args(["-m", &format!(r#"{{"v": {v}}}"#)])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let secret = device.split_once('.').unwrap().1;
+    assert!(pub_as(&["-u", "device", "-P", &device], 1));
+    assert!(pub_as(&["-u", "device", "-P", secret], 2));
+    assert!(!pub_as(&[], 100), "no login");
+    assert!(
+        !pub_as(&["-u", "device", "-P", "wrong"], 100),
+        "a wrong token"
+    );
+    assert!(!pub_as(&["-u", "viewer", "-P", &reader], 100), "a reader");
+    assert_eq!(
+        rows(&node, "select count(*), sum(v) from t"),
+        [[serde_json::json!(2), serde_json::json!(3)]]
+    );
+}

@@ -111,6 +111,8 @@ enum ConnError {
     Protocol(&'static str),
     #[error("storing: {0}")]
     Store(String),
+    #[error("login refused: {0}")]
+    Login(String),
 }
 
 impl Conn {
@@ -166,8 +168,15 @@ impl Conn {
                     version,
                     keep_alive,
                     client_id,
+                    login,
                 })) => {
                     self.version = version;
+                    if let Some(check) = self.clients.login()
+                        && let Err(e) = check(login, self.sock.peer_addr().ok()).await
+                    {
+                        self.send(Out::RefuseLogin).await?;
+                        return Err(ConnError::Login(e));
+                    }
                     // An empty client id asks for a clean session of its own.
                     self.sender = match client_id.is_empty() {
                         true => format!(

@@ -22,6 +22,18 @@ use crate::ingest::{Consistency, Ingest, IngestError, IngestRequest, Mode};
 /// Most message clients one node runs.
 pub const MAX_CLIENTS: usize = 64;
 
+/// Checks the user name and password a device connects with (and from
+/// where): `Err` with the reason to refuse it.
+pub type Login = Arc<
+    dyn Fn(
+            Option<(String, String)>,
+            Option<SocketAddr>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Finds a `mapping` policy by its id (the one its body gives, or the ledger's).
 pub type PolicyLookup = Arc<dyn Fn(&str) -> Option<Value> + Send + Sync>;
 
@@ -163,6 +175,8 @@ pub struct MsgClients {
     broker_addr: Mutex<Option<SocketAddr>>,
     /// The node's stop signal: ends the broker and every client.
     node_stop: watch::Receiver<bool>,
+    /// How the broker checks devices (`None`: it takes any).
+    login: Option<Login>,
 }
 
 impl std::fmt::Debug for MsgClients {
@@ -194,7 +208,18 @@ impl MsgClients {
             stored: Mutex::new(Resent::default()),
             broker_addr: Mutex::new(None),
             node_stop,
+            login: None,
         }
+    }
+
+    /// Devices must log in to the broker, as `login` decides.
+    pub fn with_login(mut self, login: Login) -> Self {
+        self.login = Some(login);
+        self
+    }
+
+    pub(super) fn login(&self) -> Option<&Login> {
+        self.login.as_ref()
     }
 
     /// Starts the node's MQTT broker on `addr` (one per node); where it listens.
@@ -329,8 +354,17 @@ impl MsgClients {
             })
             .collect();
         let tmp = self.file.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&saved)?)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
+        // Only the node's user reads it: commands may carry broker passwords.
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&saved)?)?;
+        f.sync_all()?;
         std::fs::rename(&tmp, &self.file)
     }
 
