@@ -8,6 +8,7 @@
 //! - `clients`: the registry of clients, its file, counters, and storing
 //! - `broker`: the built-in MQTT broker
 //! - `remote`: subscriptions to other brokers (rumqttc)
+//! - `resent`: deliveries stored lately, so that a resend is not stored twice
 //! - `wire`: MQTT 3.1.1 and 5 packets as the broker reads and writes them
 
 mod broker;
@@ -15,6 +16,7 @@ mod clients;
 mod command;
 mod mapping;
 mod remote;
+mod resent;
 mod wire;
 
 pub use broker::{Limits as BrokerLimits, spawn as spawn_broker};

@@ -337,11 +337,11 @@ fn a_subscription_outlives_restarts_of_its_broker_and_of_the_node() {
     };
     connected(&node);
     let count = |node: &TestNode| rows(node, "select count(*), count(distinct n) from power");
-    // A device publishes 1,200 QoS 1 messages, one connection each, and
+    // A device publishes 1,500 QoS 1 messages, one connection each, and
     // sends a message again while the broker does not take it. Each retry
     // is written down: a retry of a message the broker had taken before it
     // went away is the device's double, not tarn's.
-    const TOTAL: u64 = 1200;
+    const TOTAL: u64 = 1500;
     let retries = dir.path().join("retries");
     let script = format!(
         "i=0; while [ $i -lt {TOTAL} ]; do i=$((i+1)); \
@@ -367,6 +367,14 @@ fn a_subscription_outlives_restarts_of_its_broker_and_of_the_node() {
     // The node stops mid-stream (messages wait at the broker) and starts
     // again with its subscription, from its data directory.
     node.stop();
+    node.restart();
+    // And is killed mid-stream: what it acknowledged is kept, and what it
+    // stored but had not acknowledged yet is recognised when it comes again.
+    let before = stored(&node);
+    wait_for("rows before the node is killed", LONG, || {
+        (stored(&node) >= before + 200).then_some(())
+    });
+    node.kill();
     node.restart();
     assert!(device.0.wait().unwrap().success());
     wait_for("every message as a row", LONG, || {
@@ -597,4 +605,53 @@ fn with_auth_devices_log_in_to_the_broker() {
         rows(&node, "select count(*), sum(v) from t"),
         [[serde_json::json!(2), serde_json::json!(3)]]
     );
+}
+
+/// A QoS 1 message sent again with the DUP flag (its PUBACK was lost) is
+/// acknowledged and not stored twice, even after the node was killed.
+#[test]
+fn a_resent_message_is_stored_once_even_across_a_crash() {
+    use rumqttc::mqttbytes::QoS;
+    use rumqttc::mqttbytes::v4::{Connect, Packet, Publish};
+    use std::io::Read as _;
+
+    let mut node = TestNode::start(&["--mqtt", "127.0.0.1:0"]);
+    run_client(
+        &node,
+        "run msg client where broker = local and topic = (name = m and dbms = lab and \
+         table = m and column.v.int = \"bring [v]\")",
+    );
+    // One device session: CONNECT, then PUBLISH packets, each answered.
+    let session = |node: &TestNode, sends: &[(bool, u16)]| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", broker_port(node))).unwrap();
+        s.set_read_timeout(Some(LONG)).unwrap();
+        let mut out = bytes::BytesMut::new();
+        Packet::Connect(Connect::new("device-7"))
+            .write(&mut out, usize::MAX)
+            .unwrap();
+        for &(dup, pkid) in sends {
+            let mut p = Publish::new("m", QoS::AtLeastOnce, r#"{"v": 1}"#);
+            p.dup = dup;
+            p.pkid = pkid;
+            Packet::Publish(p).write(&mut out, usize::MAX).unwrap();
+        }
+        s.write_all(&out).unwrap();
+        // CONNACK (4 bytes), then a PUBACK (4 bytes) per PUBLISH.
+        let mut answers = vec![0u8; 4 + 4 * sends.len()];
+        s.read_exact(&mut answers).unwrap();
+        assert_eq!(answers[0], 0x20, "CONNACK");
+        for a in answers[4..].chunks(4) {
+            assert_eq!(a[0], 0x40, "PUBACK: {answers:?}");
+        }
+    };
+    let count = |node: &TestNode| rows(node, "select count(*) from m")[0][0].as_i64().unwrap();
+    session(&node, &[(false, 7), (true, 7)]);
+    assert_eq!(count(&node), 1);
+    node.kill();
+    node.restart();
+    session(&node, &[(true, 7)]);
+    assert_eq!(count(&node), 1, "the resend after a crash");
+    // Not marked as a resend: a new message that happens to be the same.
+    session(&node, &[(false, 7)]);
+    assert_eq!(count(&node), 2);
 }

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::command::{self, Broker, ClientSpec};
 use super::mapping::{self, Mapping};
+use super::resent::Resent;
 use crate::error::{Code, Coded};
 use crate::ingest::{Consistency, Ingest, IngestError, IngestRequest, Mode};
 
@@ -102,7 +103,7 @@ pub struct Message {
     pub topic: usize,
     pub payload: Bytes,
     /// QoS 1 and 2 only: who sent it and under which packet id, and
-    /// whether it is marked as sent again (see [`Resent`]).
+    /// whether it is marked as sent again (see `resent.rs`).
     pub delivery: Option<Delivery>,
 }
 
@@ -123,36 +124,6 @@ impl Delivery {
         Delivery {
             key: h.finish(),
             dup,
-        }
-    }
-}
-
-/// The deliveries stored lately. A QoS 1 message whose acknowledgement was
-/// lost (a link that broke, a broker that restarted) comes again with the
-/// DUP flag, the same packet id and payload; one found here was stored
-/// already, and is acknowledged without being stored twice.
-#[derive(Debug, Default)]
-pub struct Resent {
-    order: std::collections::VecDeque<u64>,
-    keys: std::collections::HashSet<u64>,
-}
-
-impl Resent {
-    /// Deliveries remembered.
-    const CAPACITY: usize = 200_000;
-
-    fn contains(&self, k: u64) -> bool {
-        self.keys.contains(&k)
-    }
-
-    fn insert(&mut self, k: u64) {
-        if self.keys.insert(k) {
-            self.order.push_back(k);
-            if self.order.len() > Self::CAPACITY
-                && let Some(old) = self.order.pop_front()
-            {
-                self.keys.remove(&old);
-            }
         }
     }
 }
@@ -196,6 +167,7 @@ impl MsgClients {
         node: &str,
         node_stop: watch::Receiver<bool>,
     ) -> Self {
+        let delivered = file.with_file_name("msg_delivered.bin");
         MsgClients {
             ingest,
             policies,
@@ -205,7 +177,7 @@ impl MsgClients {
             broker: Counters::default(),
             unmatched: AtomicU64::new(0),
             resent: AtomicU64::new(0),
-            stored: Mutex::new(Resent::default()),
+            stored: Mutex::new(Resent::open(&delivered)),
             broker_addr: Mutex::new(None),
             node_stop,
             login: None,
@@ -395,20 +367,30 @@ impl MsgClients {
     /// fits (then nothing may be acknowledged).
     pub async fn store(&self, mut msgs: Vec<Message>) -> Result<(), IngestError> {
         {
+            // A resend of what was stored before, or of what is earlier in this batch.
             let stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+            let mut here = std::collections::HashSet::new();
             msgs.retain(|m| match m.delivery {
-                Some(d) if d.dup && stored.contains(d.key) => {
+                Some(d) if d.dup && (stored.contains(d.key) || here.contains(&d.key)) => {
                     self.resent.fetch_add(1, Ordering::Relaxed);
                     false
                 }
-                _ => true,
+                Some(d) => {
+                    here.insert(d.key);
+                    true
+                }
+                None => true,
             });
         }
         self.store_new(&msgs).await?;
-        let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
-        for d in msgs.iter().filter_map(|m| m.delivery) {
-            stored.insert(d.key);
-        }
+        let keys: Vec<u64> = msgs
+            .iter()
+            .filter_map(|m| m.delivery.map(|d| d.key))
+            .collect();
+        self.stored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(&keys);
         Ok(())
     }
 
