@@ -122,7 +122,8 @@ pub struct MqttConfig {
     pub listen: Option<SocketAddr>,
     /// Most device connections at once.
     pub max_connections: usize,
-    /// Largest MQTT packet accepted, in bytes.
+    /// Largest MQTT packet accepted, in bytes: a connection holds at most
+    /// about one, so the broker holds at most `max_connections` times this.
     pub max_packet_bytes: usize,
 }
 
@@ -145,7 +146,7 @@ impl Default for MqttConfig {
         MqttConfig {
             listen: None,
             max_connections: 1024,
-            max_packet_bytes: 8 << 20,
+            max_packet_bytes: 1 << 20,
         }
     }
 }

@@ -31,7 +31,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_packet: 8 << 20,
+            max_packet: 1 << 20,
             max_connections: 1024,
         }
     }
