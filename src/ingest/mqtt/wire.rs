@@ -244,3 +244,105 @@ pub(super) fn write(version: Version, out: Out, buf: &mut BytesMut) -> Result<()
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_version_from_connect() {
+        let mut b = BytesMut::new();
+        v4::Packet::Connect(v4::Connect::new("d"))
+            .write(&mut b, usize::MAX)
+            .unwrap();
+        assert!(matches!(
+            read(None, &mut b.clone(), 1 << 20),
+            Ok(Some(In::Connect {
+                version: Version::V4,
+                ..
+            }))
+        ));
+        // Cut short: not yet.
+        assert!(matches!(
+            read(None, &mut b.split_to(b.len() - 1), 1 << 20),
+            Ok(None)
+        ));
+        let mut v3 = BytesMut::from(
+            &[
+                0x10, 12, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 2, 0, 60,
+            ][..],
+        );
+        assert!(matches!(
+            read(None, &mut v3, 1 << 20),
+            Err(WireError::Level(3))
+        ));
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes a device sends, reading them never panics, and
+        /// every packet read consumes bytes.
+        #[test]
+        fn fuzz_wire_read_never_panics(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            version in 0u8..3,
+        ) {
+            let version = match version {
+                0 => None,
+                1 => Some(Version::V4),
+                _ => Some(Version::V5),
+            };
+            let mut buf = BytesMut::from(&bytes[..]);
+            for _ in 0..64 {
+                let before = buf.len();
+                match read(version, &mut buf, 1024) {
+                    Ok(Some(_)) => proptest::prop_assert!(buf.len() < before),
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Valid packets of both versions with bytes changed or cut.
+        #[test]
+        fn fuzz_wire_read_of_changed_packets(
+            flips in proptest::collection::vec((0usize..400, proptest::num::u8::ANY), 0..6),
+            cut in 0usize..400,
+            v5 in proptest::bool::ANY,
+        ) {
+            let mut b = BytesMut::new();
+            if v5 {
+                v5::Packet::Connect(
+                    v5::Connect { keep_alive: 30, client_id: "dev".into(), clean_start: true, properties: None },
+                    None,
+                    Some(v5::Login::new("u", "p")),
+                )
+                .write(&mut b, None)
+                .unwrap();
+                let mut p = v5::Publish::new("a/b", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, vec![b'{'; 100], None);
+                p.pkid = 1;
+                v5::Packet::Publish(p).write(&mut b, None).unwrap();
+            } else {
+                v4::Packet::Connect(v4::Connect::new("dev")).write(&mut b, usize::MAX).unwrap();
+                let mut p = v4::Publish::new("a/b", rumqttc::mqttbytes::QoS::AtLeastOnce, vec![b'{'; 100]);
+                p.pkid = 1;
+                v4::Packet::Publish(p).write(&mut b, usize::MAX).unwrap();
+            }
+            for (i, v) in flips {
+                let n = b.len();
+                if let Some(x) = b.get_mut(i % n) {
+                    *x = v;
+                }
+            }
+            b.truncate(cut.max(1).min(b.len()));
+            let mut version = None;
+            for _ in 0..8 {
+                match read(version, &mut b, 1024) {
+                    Ok(Some(In::Connect { version: v, .. })) => version = Some(v),
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+        }
+    }
+}
