@@ -413,17 +413,16 @@ impl MsgClients {
                 Err(e) => self.refuse(m, &e),
             }
         }
+        let counted = |n: usize, k: usize| {
+            msgs[n]
+                .client
+                .counters
+                .rows
+                .fetch_add(k as u64, Ordering::Relaxed);
+        };
         for ((db, table, source), g) in groups {
             match self.write(&db, &table, &source, &g.rows).await {
-                Ok(()) => {
-                    for (n, k) in g.from {
-                        msgs[n]
-                            .client
-                            .counters
-                            .rows
-                            .fetch_add(k as u64, Ordering::Relaxed);
-                    }
-                }
+                Ok(()) => g.from.into_iter().for_each(|(n, k)| counted(n, k)),
                 Err(e) if node_failure(&e) => return Err(e),
                 // Rows of one message the table refuses: write message by
                 // message, so that only the ones that do not fit are lost.
@@ -433,13 +432,7 @@ impl MsgClients {
                         let rows = &g.rows[at..at + k];
                         at += k;
                         match self.write(&db, &table, &source, rows).await {
-                            Ok(()) => {
-                                msgs[n]
-                                    .client
-                                    .counters
-                                    .rows
-                                    .fetch_add(k as u64, Ordering::Relaxed);
-                            }
+                            Ok(()) => counted(n, k),
                             Err(e) if node_failure(&e) => return Err(e),
                             Err(e) => self.refuse(&msgs[n], &format!("{db}.{table}: {e}")),
                         }
