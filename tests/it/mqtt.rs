@@ -212,6 +212,12 @@ fn devices_publish_to_the_nodes_broker() {
     );
     let c = counters(&node, id);
     assert_eq!(c["errors"], 2, "{c}");
+    let procs = node
+        .command("get processes where format = json")
+        .json()
+        .unwrap();
+    assert_eq!(procs["Message Broker"]["Status"], "Running", "{procs}");
+    assert_eq!(procs["MQTT"]["Status"], "Running", "{procs}");
     assert!(c["last_error"].as_str().unwrap().contains("warm"), "{c}");
 
     // A large payload: one message of 20,000 readings, 20,000 rows.

@@ -147,8 +147,18 @@ fn process_list(s: &AppState) -> Vec<(&'static str, Option<String>)> {
                 .as_ref()
                 .map(|d| format!("Archiving loaded files in {}", d.join("archive").display())),
         ),
-        ("MQTT", None),
-        ("Message Broker", None),
+        (
+            "MQTT",
+            Some(s.msg.list().len())
+                .filter(|n| *n > 0)
+                .map(|n| format!("Message clients: {n} (get msg clients)")),
+        ),
+        (
+            "Message Broker",
+            s.msg
+                .broker_addr()
+                .map(|a| format!("Listening on: {a} (MQTT 3.1.1 and 5)")),
+        ),
         ("SMTP", None),
         (
             "Streamer",
