@@ -471,7 +471,11 @@ fn msg_clients(
         cfg.data_dir.join("msg_clients.json"),
         &cfg.name,
         stopped.clone(),
-    );
+    )
+    .with_broker_limits(mqtt::BrokerLimits {
+        max_packet: cfg.mqtt.max_packet_bytes,
+        max_connections: cfg.mqtt.max_connections,
+    });
     let Some(auth) = auth else { return msg };
     let auth = Arc::downgrade(auth);
     msg.with_login(Arc::new(move |login, from| {
@@ -502,12 +506,8 @@ async fn start_mqtt(
 ) -> anyhow::Result<()> {
     msg.restore();
     if let Some(addr) = cfg.mqtt.listen {
-        let limits = mqtt::BrokerLimits {
-            max_packet: cfg.mqtt.max_packet_bytes,
-            max_connections: cfg.mqtt.max_connections,
-        };
         let bound = msg
-            .start_broker(addr, limits)
+            .start_broker(addr)
             .await
             .map_err(|e| anyhow::anyhow!("the MQTT broker: {e}"))?;
         tracing::info!(parent: span, "MQTT broker listening on {bound}");

@@ -661,3 +661,71 @@ fn a_resent_message_is_stored_once_even_across_a_crash() {
     session(&node, &[(false, 7)]);
     assert_eq!(count(&node), 2);
 }
+
+/// EdgeLake's `run message broker` starts the broker on a running node.
+#[test]
+fn run_message_broker_starts_the_broker_at_run_time() {
+    need_mosquitto();
+    let node = TestNode::start(&[]);
+    let none = node
+        .command("get local broker where format = json")
+        .json()
+        .unwrap();
+    assert_eq!(none["listening"], serde_json::Value::Null, "{none}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cmd = format!(
+        "run message broker where external_ip = 127.0.0.1 and external_port = {port} and \
+         internal_ip = 127.0.0.1 and internal_port = {port} and bind = true"
+    );
+    let a = node.command(&cmd);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(broker_port(&node), port);
+    let again = node.command(&cmd);
+    assert_eq!(again.status, 400, "{}", again.body);
+    run_client(
+        &node,
+        "run msg client where broker = local and topic = (name = x and dbms = lab and table = x)",
+    );
+    // No columns mapped: the message's own keys, lower-cased, become columns.
+    publish(
+        port,
+        &[
+            "-t",
+            "x",
+            "-q",
+            "1",
+            "-m",
+            r#"{"Temp": 20.5, "Site": "north"}"#,
+        ],
+    );
+    publish(
+        port,
+        &[
+            "-t",
+            "x",
+            "-q",
+            "1",
+            "-m",
+            r#"{"temp": 21.5, "site": "south", "new_key": 1}"#,
+        ],
+    );
+    assert_eq!(
+        rows(&node, "select temp, site, new_key from x order by temp"),
+        [
+            [
+                serde_json::json!(20.5),
+                serde_json::json!("north"),
+                serde_json::Value::Null
+            ],
+            [
+                serde_json::json!(21.5),
+                serde_json::json!("south"),
+                serde_json::json!(1)
+            ]
+        ]
+    );
+}

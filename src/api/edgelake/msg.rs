@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::{AppState, Reply, code, get, wants_json};
-use crate::ingest::mqtt::{Broker, BrokerLimits, Client, Message, Origin};
+use crate::ingest::mqtt::{Broker, Client, Message, Origin};
 
 /// EdgeLake's broker port, the default of `run message broker`.
 pub const BROKER_PORT: u16 = 32150;
@@ -224,11 +224,7 @@ pub(super) async fn run_broker(s: &AppState, kv: Vec<(String, String)>) -> Reply
         },
         _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
     };
-    match s
-        .msg
-        .start_broker((ip, port).into(), BrokerLimits::default())
-        .await
-    {
+    match s.msg.start_broker((ip, port).into()).await {
         Ok(a) => Reply::Text(format!("Message broker listening on {a}")),
         Err(e) => Reply::err(code::COMMAND, e),
     }

@@ -148,6 +148,8 @@ pub struct MsgClients {
     node_stop: watch::Receiver<bool>,
     /// How the broker checks devices (`None`: it takes any).
     login: Option<Login>,
+    /// The broker's limits, also when `run message broker` starts it.
+    limits: super::BrokerLimits,
 }
 
 impl std::fmt::Debug for MsgClients {
@@ -181,7 +183,14 @@ impl MsgClients {
             broker_addr: Mutex::new(None),
             node_stop,
             login: None,
+            limits: super::BrokerLimits::default(),
         }
+    }
+
+    /// The broker's limits.
+    pub fn with_broker_limits(mut self, limits: super::BrokerLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Devices must log in to the broker, as `login` decides.
@@ -195,17 +204,18 @@ impl MsgClients {
     }
 
     /// Starts the node's MQTT broker on `addr` (one per node); where it listens.
-    pub async fn start_broker(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        limits: super::BrokerLimits,
-    ) -> Result<SocketAddr, String> {
+    pub async fn start_broker(self: &Arc<Self>, addr: SocketAddr) -> Result<SocketAddr, String> {
         if let Some(a) = self.broker_addr() {
             return Err(format!("this node's MQTT broker runs already, on {a}"));
         }
-        let bound = super::spawn_broker(addr, self.clone(), limits, self.node_stop.clone())
-            .await
-            .map_err(|e| format!("binding {addr}: {e}"))?;
+        let bound = super::spawn_broker(
+            addr,
+            self.clone(),
+            self.limits.clone(),
+            self.node_stop.clone(),
+        )
+        .await
+        .map_err(|e| format!("binding {addr}: {e}"))?;
         *self.broker_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(bound);
         Ok(bound)
     }
@@ -395,11 +405,13 @@ impl MsgClients {
     }
 
     async fn store_new(&self, msgs: &[Message]) -> Result<(), IngestError> {
+        // Each mapping policy is read from the ledger once per batch.
+        let mut policies = HashMap::new();
         // (db, table, source) -> rows, and which message gave how many of them.
         let mut groups: HashMap<(String, String, String), Group> = HashMap::new();
         for (n, m) in msgs.iter().enumerate() {
             m.client.counters.messages.fetch_add(1, Ordering::Relaxed);
-            match self.map(m) {
+            match self.map(m, &mut policies) {
                 Ok(sets) => {
                     // The source names the subscribed topic: a publisher
                     // routes each topic's rows to one cluster.
@@ -469,7 +481,11 @@ impl MsgClients {
     }
 
     /// The rows of one message, per table.
-    fn map(&self, m: &Message) -> Result<Vec<mapping::Rows>, String> {
+    fn map(
+        &self,
+        m: &Message,
+        policies: &mut HashMap<String, Result<Mapping, String>>,
+    ) -> Result<Vec<mapping::Rows>, String> {
         let msg: Value = serde_json::from_slice(&m.payload)
             .map_err(|e| format!("the message is not JSON: {e}"))?;
         let topic = &m.client.spec.topics[m.topic];
@@ -478,8 +494,14 @@ impl MsgClients {
         }
         let mut out = Vec::new();
         for id in &topic.policies {
-            let p = (self.policies)(id).ok_or_else(|| format!("no mapping policy {id:?}"))?;
-            let mut map: Mapping = mapping::from_policy(&p)?;
+            let mut map = policies
+                .entry(id.clone())
+                .or_insert_with(|| {
+                    let p =
+                        (self.policies)(id).ok_or_else(|| format!("no mapping policy {id:?}"))?;
+                    mapping::from_policy(&p)
+                })
+                .clone()?;
             // The topic's own dbms and table stand in for ones the policy leaves out.
             map.dbms = map.dbms.or_else(|| topic.mapping.dbms.clone());
             map.table = map.table.or_else(|| topic.mapping.table.clone());
