@@ -392,19 +392,25 @@ impl MsgClients {
                 None => true,
             });
         }
-        self.store_new(&msgs).await?;
+        // How many of its tables each message still waits for: a message
+        // whose every table is written is remembered even if a later table
+        // fails the batch, so that its resend is not stored twice.
+        let mut left = vec![0usize; msgs.len()];
+        let r = self.store_new(&msgs, &mut left).await;
         let keys: Vec<u64> = msgs
             .iter()
-            .filter_map(|m| m.delivery.map(|d| d.key))
+            .zip(&left)
+            .filter(|(_, l)| **l == 0)
+            .filter_map(|(m, _)| m.delivery.map(|d| d.key))
             .collect();
         self.stored
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .record(&keys);
-        Ok(())
+        r
     }
 
-    async fn store_new(&self, msgs: &[Message]) -> Result<(), IngestError> {
+    async fn store_new(&self, msgs: &[Message], left: &mut [usize]) -> Result<(), IngestError> {
         // Each mapping policy is read from the ledger once per batch.
         let mut policies = HashMap::new();
         // (db, table, source) -> rows, and which message gave how many of them.
@@ -419,22 +425,24 @@ impl MsgClients {
                     for r in sets {
                         let g = groups.entry((r.db, r.table, source.clone())).or_default();
                         g.from.push((n, r.rows.len()));
+                        left[n] += 1;
                         g.rows.extend(r.rows);
                     }
                 }
                 Err(e) => self.refuse(m, &e),
             }
         }
-        let counted = |n: usize, k: usize| {
+        let mut done = |n: usize, k: usize| {
             msgs[n]
                 .client
                 .counters
                 .rows
                 .fetch_add(k as u64, Ordering::Relaxed);
+            left[n] -= 1;
         };
         for ((db, table, source), g) in groups {
             match self.write(&db, &table, &source, &g.rows).await {
-                Ok(()) => g.from.into_iter().for_each(|(n, k)| counted(n, k)),
+                Ok(()) => g.from.into_iter().for_each(|(n, k)| done(n, k)),
                 Err(e) if node_failure(&e) => return Err(e),
                 // Rows of one message the table refuses: write message by
                 // message, so that only the ones that do not fit are lost.
@@ -444,9 +452,12 @@ impl MsgClients {
                         let rows = &g.rows[at..at + k];
                         at += k;
                         match self.write(&db, &table, &source, rows).await {
-                            Ok(()) => counted(n, k),
+                            Ok(()) => done(n, k),
                             Err(e) if node_failure(&e) => return Err(e),
-                            Err(e) => self.refuse(&msgs[n], &format!("{db}.{table}: {e}")),
+                            Err(e) => {
+                                self.refuse(&msgs[n], &format!("{db}.{table}: {e}"));
+                                done(n, 0);
+                            }
                         }
                     }
                 }
