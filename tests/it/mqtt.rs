@@ -399,6 +399,32 @@ fn a_subscription_outlives_restarts_of_its_broker_and_of_the_node() {
     // Stopped, the client is gone for good (and after a restart too).
     let stopped = node.command(&format!("exit msg client {id}"));
     assert_eq!(stopped.status, 200, "{}", stopped.body);
+    // ... and so is its session at the broker: a message published now is
+    // queued for nobody (what a session kept would hand the next client
+    // that connects under its id).
+    let port = broker.port.to_string();
+    wait_for("the broker to forget the session", LONG, || {
+        publish(
+            broker.port,
+            &["-q", "1", "-t", "plant/a/power", "-m", "{\"n\": 0}"],
+        );
+        let out = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-c",
+                "-i",
+                "tarn-it",
+                "-q",
+                "1",
+            ])
+            .args(["-t", "probe/none", "-C", "1", "-W", "1"])
+            .output()
+            .unwrap();
+        out.stdout.is_empty().then_some(())
+    });
     node.stop();
     node.restart();
     let all = node

@@ -63,6 +63,9 @@ pub struct Client {
     pub counters: Counters,
     /// Remote brokers only: whether the link is up now.
     pub connected: AtomicBool,
+    /// Stopped by `exit msg client` (not by the node stopping): its
+    /// session at the broker ends too.
+    pub removed: AtomicBool,
     stop: watch::Sender<bool>,
 }
 
@@ -284,6 +287,7 @@ impl MsgClients {
             command,
             counters: Counters::default(),
             connected: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
             stop,
         });
         self.clients
@@ -310,6 +314,7 @@ impl MsgClients {
             }
         };
         for c in &gone {
+            c.removed.store(true, Ordering::Relaxed);
             let _ = c.stop.send(true);
         }
         self.save()
