@@ -220,6 +220,12 @@ impl MsgClients {
         .await
         .map_err(|e| format!("binding {addr}: {e}"))?;
         *self.broker_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(bound);
+        if self.login.is_none() && !bound.ip().is_loopback() {
+            tracing::warn!(
+                "the MQTT broker on {bound} takes data from any device that reaches it \
+                 (start the node with --auth for device logins)"
+            );
+        }
         Ok(bound)
     }
 
