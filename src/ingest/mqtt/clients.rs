@@ -45,6 +45,8 @@ pub struct Counters {
     pub rows: AtomicU64,
     pub errors: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// When a refusal was last logged without `log = true`.
+    logged: Mutex<Option<std::time::Instant>>,
 }
 
 impl Counters {
@@ -480,10 +482,25 @@ impl MsgClients {
     fn refuse(&self, m: &Message, why: &str) {
         m.client.counters.error(why);
         let topic = &m.client.spec.topics[m.topic].name;
-        if m.client.spec.log {
-            tracing::warn!("msg client {} topic {topic:?}: {why}", m.client.id);
-        } else {
+        // With `log = true` every refusal is logged; otherwise one every
+        // ten seconds per client, so that a bad device cannot flood the log.
+        let quiet = !m.client.spec.log && {
+            let mut last = m
+                .client
+                .counters
+                .logged
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let recent = last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(10));
+            if !recent {
+                *last = Some(std::time::Instant::now());
+            }
+            recent
+        };
+        if quiet {
             tracing::debug!("msg client {} topic {topic:?}: {why}", m.client.id);
+        } else {
+            tracing::warn!("msg client {} topic {topic:?}: {why}", m.client.id);
         }
     }
 
