@@ -151,7 +151,30 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::layer,
         ))
+        .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// One debug line per request: method, path, status and time (refusals by
+/// the authentication layer included).
+async fn log_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return next.run(req).await;
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    tracing::debug!(
+        method = %method,
+        path = %path,
+        status = res.status().as_u16(),
+        ms = started.elapsed().as_micros() as f64 / 1e3,
+        "request"
+    );
+    res
 }
 
 /// Runs blocking work (SQLite) off the runtime's threads.

@@ -21,7 +21,7 @@ mod query;
 
 pub use admin::{cluster, nodes, policies, policy_add, status};
 pub use cert::cert;
-pub use demo::{run_demo, run_node, shutdown_signal};
+pub use demo::{LogFormat, run_demo, run_node, shutdown_signal};
 pub use ingest::ingest;
 pub use network::{Admission, admit, key_create, network_create, revoke, user_add, user_remove};
 pub use query::{OutFormat, query};

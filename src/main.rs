@@ -304,6 +304,11 @@ struct NodeArgs {
     /// Do not look for peers on the local network by mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// How the log (stderr) is written: text, or json (one object a line;
+    /// with RUST_LOG=tarn=debug, a line per REST request with its outcome).
+    #[arg(long, value_name = "FORMAT", env = "TARN_LOG_FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
+    log_format: String,
     /// Run an MQTT broker for devices on HOST:PORT (alone: 0.0.0.0:32150);
     /// `run msg client where broker = local` maps what they publish to rows.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "0.0.0.0:32150")]
@@ -504,5 +509,9 @@ fn run_user(action: UserAction) -> anyhow::Result<()> {
 }
 
 fn run_node(args: NodeArgs) -> anyhow::Result<()> {
-    tarn::cli::run_node(args.into_config()?)
+    let logs = match args.log_format.as_str() {
+        "json" => tarn::cli::LogFormat::Json,
+        _ => tarn::cli::LogFormat::Text,
+    };
+    tarn::cli::run_node(args.into_config()?, logs)
 }

@@ -7,18 +7,31 @@ use std::time::{Duration, Instant};
 use crate::client::Client;
 use crate::{Config, LocalMesh, Node};
 
-fn init_logs(default: &str) {
+/// How the node writes its log (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
+fn init_logs(default: &str, format: LogFormat) {
     // gossipsub warns of every entry gossiped again that it already holds
     // (anti-entropy's repairs are gossiped on): noise, not news.
     let default = format!("{default},libp2p_gossipsub::behaviour=error");
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default.into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
 }
 
 /// Ctrl-C or SIGTERM.
@@ -38,8 +51,8 @@ pub async fn shutdown_signal() {
 }
 
 /// `tarn node`: runs a node until Ctrl-C or SIGTERM.
-pub fn run_node(cfg: Config) -> anyhow::Result<()> {
-    init_logs("info");
+pub fn run_node(cfg: Config, logs: LogFormat) -> anyhow::Result<()> {
+    init_logs("info", logs);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let node = Node::builder(cfg)
@@ -60,7 +73,7 @@ pub fn run_node(cfg: Config) -> anyhow::Result<()> {
 /// `tarn demo`: a local mesh of `n` nodes with sample data, until Ctrl-C.
 pub fn run_demo(n: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
     anyhow::ensure!((1..=300).contains(&n), "--nodes must be between 1 and 300");
-    init_logs("warn");
+    init_logs("warn", LogFormat::Text);
     let tmp = tempfile::tempdir()?;
     let base = dir.unwrap_or_else(|| tmp.path().to_owned());
     let rt = tokio::runtime::Runtime::new()?;

@@ -195,6 +195,8 @@ fn help_documents_every_node_flag() {
         "--stream-rows",
         "--stream-ms",
         "--write-immediate",
+        "--mqtt",
+        "--log-format",
     ] {
         assert!(help.contains(flag), "tarn node --help lacks {flag}");
     }
@@ -296,4 +298,69 @@ fn demo_nodes_stop_and_start_from_stdin() {
     });
     writeln!(stdin, "nodes").unwrap();
     assert!(next_line("running").starts_with("3 of 3 running"));
+}
+
+/// `--log-format json`: every log line is a JSON object, and at debug a
+/// line per REST request says its method, path, status and time.
+#[test]
+fn json_logs_with_a_line_per_request() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "node",
+            "--rest",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "warn,tarn::api=debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (url, _, _) = crate::harness::start_line(&mut child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let client = tarn::client::Client::new(&url);
+    assert_eq!(client.get("/v1/status", &[]).unwrap().status, 200);
+    assert_eq!(client.get("/no/such/path", &[]).unwrap().status, 404);
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while seen.len() < 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("request log lines within 30 s");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["fields"]["message"] == "request" {
+            assert!(v["fields"]["ms"].as_f64().unwrap() >= 0.0, "{v}");
+            seen.push((
+                v["fields"]["path"].as_str().unwrap().to_owned(),
+                v["fields"]["status"].as_u64().unwrap(),
+            ));
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            ("/v1/status".to_owned(), 200),
+            ("/no/such/path".to_owned(), 404)
+        ]
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
