@@ -147,18 +147,8 @@ fn process_list(s: &AppState) -> Vec<(&'static str, Option<String>)> {
                 .as_ref()
                 .map(|d| format!("Archiving loaded files in {}", d.join("archive").display())),
         ),
-        (
-            "MQTT",
-            Some(s.msg.list().len())
-                .filter(|n| *n > 0)
-                .map(|n| format!("Message clients: {n} (get msg clients)")),
-        ),
-        (
-            "Message Broker",
-            s.msg
-                .broker_addr()
-                .map(|a| format!("Listening on: {a} (MQTT 3.1.1 and 5)")),
-        ),
+        mqtt_clients(s),
+        message_broker(s),
         ("SMTP", None),
         (
             "Streamer",
@@ -181,6 +171,24 @@ fn process_list(s: &AppState) -> Vec<(&'static str, Option<String>)> {
         ("Distributor", None),
         ("Consumer", None),
     ]
+}
+
+/// EdgeLake's `MQTT` process: tarn's message clients, when there are any.
+fn mqtt_clients(s: &AppState) -> (&'static str, Option<String>) {
+    let n = s.msg.list().len();
+    (
+        "MQTT",
+        (n > 0).then(|| format!("Message clients: {n} (get msg clients)")),
+    )
+}
+
+/// EdgeLake's `Message Broker`: the node's MQTT broker, when it runs.
+fn message_broker(s: &AppState) -> (&'static str, Option<String>) {
+    let at = s.msg.broker_addr();
+    (
+        "Message Broker",
+        at.map(|a| format!("Listening on: {a} (MQTT 3.1.1 and 5)")),
+    )
 }
 
 pub(super) fn tables(s: &AppState, kv: Vec<(String, String)>) -> Reply {

@@ -34,7 +34,7 @@ pub async fn run(clients: Arc<MsgClients>, c: Arc<Client>, node: String) {
         return;
     };
     let mut opts = MqttOptions::new(c.mqtt_id(&node), host, port);
-    let mut forget = opts.clone();
+    let forget = opts.clone();
     opts.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(30))
@@ -102,26 +102,30 @@ pub async fn run(clients: Arc<MsgClients>, c: Arc<Client>, node: String) {
     finish(&mqtt, &mut events, store).await;
     c.connected.store(false, Ordering::Relaxed);
     if c.removed.load(Ordering::Relaxed) {
-        // `exit msg client`: a clean session ends the broker's copy (its
-        // subscriptions and the messages it queues for this client).
-        if let Some(u) = &c.spec.user {
-            forget.set_credentials(u.clone(), c.spec.password.clone().unwrap_or_default());
-        }
-        forget.set_clean_session(true);
-        let (mqtt, mut events) = AsyncClient::new(forget, 10);
-        let ended = async {
-            while let Ok(ev) = events.poll().await {
-                match ev {
-                    Event::Incoming(Packet::ConnAck(_)) => {
-                        let _ = mqtt.try_disconnect();
-                    }
-                    Event::Outgoing(rumqttc::Outgoing::Disconnect) => break,
-                    _ => {}
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        forget_session(&c, forget).await;
     }
+}
+
+/// `exit msg client`: a clean session ends the broker's copy (its
+/// subscriptions and the messages it queues for this client).
+async fn forget_session(c: &Client, mut opts: MqttOptions) {
+    if let Some(u) = &c.spec.user {
+        opts.set_credentials(u.clone(), c.spec.password.clone().unwrap_or_default());
+    }
+    opts.set_clean_session(true);
+    let (mqtt, mut events) = AsyncClient::new(opts, 10);
+    let ended = async {
+        while let Ok(ev) = events.poll().await {
+            match ev {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    let _ = mqtt.try_disconnect();
+                }
+                Event::Outgoing(rumqttc::Outgoing::Disconnect) => break,
+                _ => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
 }
 
 /// Stops reading, but keeps the link up until what was read is stored and
