@@ -471,11 +471,11 @@ fn msg_clients(
         cfg.data_dir.join("msg_clients.json"),
         &cfg.name,
         stopped.clone(),
-    )
-    .with_broker_limits(mqtt::BrokerLimits {
-        max_packet: cfg.mqtt.max_packet_bytes,
-        max_connections: cfg.mqtt.max_connections,
-    });
+        mqtt::BrokerLimits {
+            max_packet: cfg.mqtt.max_packet_bytes,
+            max_connections: cfg.mqtt.max_connections,
+        },
+    );
     let Some(auth) = auth else { return msg };
     let auth = Arc::downgrade(auth);
     msg.with_login(Arc::new(move |login, from| {

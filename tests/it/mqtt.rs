@@ -717,28 +717,12 @@ fn run_message_broker_starts_the_broker_at_run_time() {
         "run msg client where broker = local and topic = (name = x and dbms = lab and table = x)",
     );
     // No columns mapped: the message's own keys, lower-cased, become columns.
-    publish(
-        port,
-        &[
-            "-t",
-            "x",
-            "-q",
-            "1",
-            "-m",
-            r#"{"Temp": 20.5, "Site": "north"}"#,
-        ],
-    );
-    publish(
-        port,
-        &[
-            "-t",
-            "x",
-            "-q",
-            "1",
-            "-m",
-            r#"{"temp": 21.5, "site": "south", "new_key": 1}"#,
-        ],
-    );
+    for m in [
+        r#"{"Temp": 20.5, "Site": "north"}"#,
+        r#"{"temp": 21.5, "site": "south", "new_key": 1}"#,
+    ] {
+        publish(port, &["-t", "x", "-q", "1", "-m", m]);
+    }
     assert_eq!(
         rows(&node, "select temp, site, new_key from x order by temp"),
         [

@@ -267,7 +267,6 @@ pub(super) async fn data(s: &AppState, topic: Option<&str>, body: &[u8]) -> Repl
         // Not JSON or one message: the mapping counts and explains a bad one.
         _ => vec![Bytes::copy_from_slice(body)],
     };
-    let before = client.counters.errors.load(Ordering::Relaxed);
     let msgs: Vec<Message> = payloads
         .into_iter()
         .map(|payload| Message {
@@ -278,13 +277,13 @@ pub(super) async fn data(s: &AppState, topic: Option<&str>, body: &[u8]) -> Repl
         })
         .collect();
     let n = msgs.len();
-    if let Err(e) = s.msg.store(msgs).await {
-        return Reply::from_error(&e);
+    match s.msg.store(msgs).await {
+        Err(e) => Reply::from_error(&e),
+        Ok(refused) => match refused.first() {
+            Some(why) if n == 1 => {
+                Reply::err(code::COMMAND, format!("the message was not stored: {why}"))
+            }
+            _ => Reply::Text(String::new()),
+        },
     }
-    let failed = client.counters.errors.load(Ordering::Relaxed) - before;
-    if failed > 0 && n == 1 {
-        let why = last_error(&client.counters).unwrap_or_default();
-        return Reply::err(code::COMMAND, format!("the message was not stored: {why}"));
-    }
-    Reply::Text(String::new())
 }

@@ -28,15 +28,6 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_packet: 1 << 20,
-            max_connections: 1024,
-        }
-    }
-}
-
 /// Accepts devices on `listener` until `stop` turns true.
 pub async fn serve(
     listener: TcpListener,

@@ -81,6 +81,19 @@ impl Client {
             .unwrap_or_else(|| format!("tarn-{node}-{}", self.id))
     }
 
+    fn new(id: u32, spec: ClientSpec, command: String) -> Arc<Client> {
+        let (stop, _) = watch::channel(false);
+        Arc::new(Client {
+            id,
+            spec,
+            command,
+            counters: Counters::default(),
+            connected: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            stop,
+        })
+    }
+
     pub fn stopped(&self) -> watch::Receiver<bool> {
         self.stop.subscribe()
     }
@@ -123,11 +136,19 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn new(sender: &str, pkid: u16, payload: &[u8], dup: bool) -> Delivery {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::hash::DefaultHasher::new();
-        (sender, pkid, payload).hash(&mut h);
+        // BLAKE3, not std's hasher: the keys are kept on disk, and std's
+        // algorithm may change between Rust releases.
+        let mut h = blake3::Hasher::new();
+        h.update(&(sender.len() as u64).to_le_bytes());
+        h.update(sender.as_bytes());
+        h.update(&pkid.to_le_bytes());
+        h.update(payload);
+        let digest = h.finalize();
+        let first: [u8; 8] = digest.as_bytes()[..8]
+            .try_into()
+            .expect("a BLAKE3 digest is 32 bytes");
         Delivery {
-            key: h.finish(),
+            key: u64::from_le_bytes(first),
             dup,
         }
     }
@@ -173,6 +194,7 @@ impl MsgClients {
         file: PathBuf,
         node: &str,
         node_stop: watch::Receiver<bool>,
+        limits: super::BrokerLimits,
     ) -> Self {
         let delivered = file.with_file_name("msg_delivered.bin");
         MsgClients {
@@ -188,14 +210,8 @@ impl MsgClients {
             broker_addr: Mutex::new(None),
             node_stop,
             login: None,
-            limits: super::BrokerLimits::default(),
+            limits,
         }
-    }
-
-    /// The broker's limits.
-    pub fn with_broker_limits(mut self, limits: super::BrokerLimits) -> Self {
-        self.limits = limits;
-        self
     }
 
     /// Devices must log in to the broker, as `login` decides.
@@ -262,7 +278,12 @@ impl MsgClients {
         for s in saved {
             match command::parse(&s.command) {
                 Ok(spec) => {
-                    self.insert(s.id, spec, s.command);
+                    let c = Client::new(s.id, spec, s.command);
+                    self.clients
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(s.id, c.clone());
+                    self.start(&c);
                 }
                 Err(e) => tracing::error!("message client {} not restored: {e}", s.id),
             }
@@ -272,36 +293,28 @@ impl MsgClients {
     /// Starts a client from a `run msg client` command.
     pub fn add(self: &Arc<Self>, cmd: &str) -> Result<Arc<Client>, String> {
         let spec = command::parse(cmd)?;
-        let id = {
-            let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let c = {
+            // The id is chosen and taken under one lock: two commands at
+            // once get two ids.
+            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
             if clients.len() >= MAX_CLIENTS {
                 return Err(format!(
                     "this node runs {MAX_CLIENTS} message clients already"
                 ));
             }
-            clients.keys().next_back().map_or(1, |k| k + 1)
+            let id = clients.keys().next_back().map_or(1, |k| k + 1);
+            let c = Client::new(id, spec, cmd.trim().to_owned());
+            clients.insert(id, c.clone());
+            c
         };
-        let c = self.insert(id, spec, cmd.trim().to_owned());
+        self.start(&c);
         self.save()
             .map_err(|e| format!("the client runs but was not saved: {e}"))?;
         Ok(c)
     }
 
-    fn insert(self: &Arc<Self>, id: u32, spec: ClientSpec, command: String) -> Arc<Client> {
-        let (stop, _) = watch::channel(false);
-        let c = Arc::new(Client {
-            id,
-            spec,
-            command,
-            counters: Counters::default(),
-            connected: AtomicBool::new(false),
-            removed: AtomicBool::new(false),
-            stop,
-        });
-        self.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, c.clone());
+    /// Starts what a client runs of its own: a subscription to a remote broker.
+    fn start(self: &Arc<Self>, c: &Arc<Client>) {
         if let Broker::Remote { .. } = c.spec.broker {
             tokio::spawn(super::remote::run(
                 self.clone(),
@@ -309,7 +322,6 @@ impl MsgClients {
                 self.node.clone(),
             ));
         }
-        c
     }
 
     /// Stops client `id`, or all with `None`; how many stopped.
@@ -374,12 +386,7 @@ impl MsgClients {
             if !ours {
                 return None;
             }
-            let i = c
-                .spec
-                .topics
-                .iter()
-                .position(|t| t.name == topic || rumqttc::matches(topic, &t.name))?;
-            Some((c.clone(), i))
+            Some((c.clone(), c.spec.topic_of(topic)?))
         })
     }
 
@@ -387,8 +394,9 @@ impl MsgClients {
     /// table's rows written to its streaming buffer at once. A message that
     /// does not fit is counted against its client and dropped, and takes no
     /// other message with it. `Err` only when the node could not store what
-    /// fits (then nothing may be acknowledged).
-    pub async fn store(&self, mut msgs: Vec<Message>) -> Result<(), IngestError> {
+    /// fits (then nothing may be acknowledged); `Ok` holds why each message
+    /// refused in this call was.
+    pub async fn store(&self, mut msgs: Vec<Message>) -> Result<Vec<String>, IngestError> {
         {
             // A resend of what was stored before, or of what is earlier in this batch.
             let stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
@@ -409,7 +417,8 @@ impl MsgClients {
         // whose every table is written is remembered even if a later table
         // fails the batch, so that its resend is not stored twice.
         let mut left = vec![0usize; msgs.len()];
-        let r = self.store_new(&msgs, &mut left).await;
+        let mut refused = Vec::new();
+        let r = self.store_new(&msgs, &mut left, &mut refused).await;
         let keys: Vec<u64> = msgs
             .iter()
             .zip(&left)
@@ -420,10 +429,19 @@ impl MsgClients {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .record(&keys);
-        r
+        r.map(|()| refused)
     }
 
-    async fn store_new(&self, msgs: &[Message], left: &mut [usize]) -> Result<(), IngestError> {
+    async fn store_new(
+        &self,
+        msgs: &[Message],
+        left: &mut [usize],
+        refused: &mut Vec<String>,
+    ) -> Result<(), IngestError> {
+        let mut refuse = |m: &Message, why: String| {
+            self.refuse(m, &why);
+            refused.push(why);
+        };
         // Each mapping policy is read from the ledger once per batch.
         let mut policies = HashMap::new();
         // (db, table, source) -> rows, and which message gave how many of them.
@@ -442,7 +460,7 @@ impl MsgClients {
                         g.rows.extend(r.rows);
                     }
                 }
-                Err(e) => self.refuse(m, &e),
+                Err(e) => refuse(m, e),
             }
         }
         let mut done = |n: usize, k: usize| {
@@ -468,7 +486,7 @@ impl MsgClients {
                             Ok(()) => done(n, k),
                             Err(e) if node_failure(&e) => return Err(e),
                             Err(e) => {
-                                self.refuse(&msgs[n], &format!("{db}.{table}: {e}"));
+                                refuse(&msgs[n], format!("{db}.{table}: {e}"));
                                 done(n, 0);
                             }
                         }

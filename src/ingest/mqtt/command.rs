@@ -39,6 +39,15 @@ pub struct ClientSpec {
     pub topics: Vec<Topic>,
 }
 
+impl ClientSpec {
+    /// Which of the subscribed topics (filters) a message's topic is on.
+    pub fn topic_of(&self, topic: &str) -> Option<usize> {
+        self.topics
+            .iter()
+            .position(|t| t.name == topic || rumqttc::matches(topic, &t.name))
+    }
+}
+
 /// Whether `cmd` is `run msg client ...` or `run mqtt client ...`.
 pub fn is_run_client(words: &[&str]) -> bool {
     matches!(words, ["run", "msg" | "mqtt", "client", ..])

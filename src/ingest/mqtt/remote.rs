@@ -172,11 +172,7 @@ async fn store_loop(
         let msgs: Vec<Message> = batch
             .iter()
             .filter_map(|p| {
-                let topic = c
-                    .spec
-                    .topics
-                    .iter()
-                    .position(|t| t.name == p.topic || rumqttc::matches(&p.topic, &t.name));
+                let topic = c.spec.topic_of(&p.topic);
                 if topic.is_none() {
                     c.counters
                         .error(&format!("a message on topic {:?}, not subscribed", p.topic));

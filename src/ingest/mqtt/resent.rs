@@ -24,6 +24,8 @@ pub struct Resent {
     keys: HashSet<u64>,
     path: PathBuf,
     log: Option<File>,
+    /// Whether opening `log` was tried (once: a failure is logged once).
+    opened: bool,
     /// Keys in the file: it is rewritten with only the remembered ones
     /// when it holds twice as many.
     logged: usize,
@@ -37,6 +39,7 @@ impl Resent {
             keys: HashSet::new(),
             path: path.to_owned(),
             log: None,
+            opened: false,
             logged: 0,
         };
         let mut bytes = Vec::new();
@@ -48,7 +51,6 @@ impl Resent {
             r.remember(u64::from_le_bytes(k.try_into().expect("chunks of 8 bytes")));
         }
         r.logged = bytes.len() / 8;
-        r.log = r.append();
         r
     }
 
@@ -82,6 +84,11 @@ impl Resent {
             self.remember(k);
         }
         let bytes: Vec<u8> = keys.iter().flat_map(|k| k.to_le_bytes()).collect();
+        // Opened on first use: a node that takes no MQTT has no such file.
+        if !self.opened {
+            self.opened = true;
+            self.log = self.append();
+        }
         if let Some(f) = &mut self.log
             && let Err(e) = f.write_all(&bytes)
         {
